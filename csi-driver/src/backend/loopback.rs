@@ -1,0 +1,436 @@
+//! The loop backend: one sparse file per volume, attached to a loop device when staged.
+//!
+//! Layout under `<state-dir>/loop/`: `<id>.img` (the sparse file) and `<id>.json` (its
+//! metadata, written atomically). The metadata file is the volume: an image without one
+//! is a creation that crashed before it returned and is removed at start-up.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::Mutex;
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::os::{self, Os};
+use crate::volume::{Capacity, CreateSpec, Volume};
+
+/// Sizes are whole MiB.
+pub const GRANULARITY: u64 = 1 << 20;
+const META_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    version: u32,
+    #[serde(flatten)]
+    volume: Volume,
+}
+
+/// Loop-device backed volumes in a directory.
+#[derive(Debug)]
+pub struct LoopBackend {
+    os: Os,
+    dir: PathBuf,
+    overprovision_ratio: f64,
+    /// Serialises admission so two creates cannot both take the last free bytes.
+    admission: Mutex<()>,
+}
+
+impl LoopBackend {
+    /// Opens (creating if needed) the backend in `dir`, removing what crashed creations
+    /// and deletions left behind.
+    pub fn open(os: Os, dir: PathBuf, overprovision_ratio: f64) -> Result<Self> {
+        fs::create_dir_all(&dir).map_err(|e| os::Error::io("create directory", &dir, e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| os::Error::io("chmod", &dir, e))?;
+        let backend = LoopBackend {
+            os,
+            dir,
+            overprovision_ratio,
+            admission: Mutex::new(()),
+        };
+        backend.sweep()?;
+        Ok(backend)
+    }
+
+    fn image(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.img"))
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Removes temporary files and images that have no metadata (and no loop device).
+    fn sweep(&self) -> Result<()> {
+        for entry in read_dir(&self.dir)? {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                remove_file(&path)?;
+                tracing::info!(path = %path.display(), "removed an interrupted metadata write");
+            } else if let Some(id) = name.strip_suffix(".img")
+                && !self.meta_path(id).exists()
+                && self.os.loop_for_file(&path)?.is_none()
+            {
+                remove_file(&path)?;
+                tracing::info!(path = %path.display(), "removed the image of an interrupted create or delete");
+            }
+        }
+        Ok(())
+    }
+
+    fn read_meta(&self, id: &str) -> Result<Option<Volume>> {
+        let path = self.meta_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(os::Error::io("read", &path, e).into()),
+        };
+        let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if meta.version != META_VERSION || meta.volume.id != id {
+            return Err(Error::Metadata {
+                path: path.display().to_string(),
+                reason: format!(
+                    "version {} for id {} is not what this driver writes",
+                    meta.version, meta.volume.id
+                ),
+            });
+        }
+        Ok(Some(meta.volume))
+    }
+
+    /// Writes metadata with write-to-temp, fsync, rename, fsync-directory.
+    fn write_meta(&self, volume: &Volume) -> Result<()> {
+        let path = self.meta_path(&volume.id);
+        let tmp = self.dir.join(format!("{}.json.tmp", volume.id));
+        let body = serde_json::to_vec_pretty(&Meta {
+            version: META_VERSION,
+            volume: volume.clone(),
+        })
+        .map_err(|e| Error::Metadata {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| os::Error::io("create", &tmp, e))?;
+        f.write_all(&body)
+            .map_err(|e| os::Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| os::Error::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| os::Error::io("rename", &tmp, e))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| os::Error::io("fsync", &self.dir, e).into())
+    }
+
+    fn all(&self) -> Result<Vec<Volume>> {
+        let mut out = Vec::new();
+        for entry in read_dir(&self.dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json")
+                && let Some(v) = self.read_meta(id)?
+            {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn compute_capacity(&self, volumes: &[Volume]) -> Result<Capacity> {
+        let stats = self.os.fs_stats(&self.dir)?;
+        let mut allocated = 0u64;
+        let mut virtual_total = 0u64;
+        for v in volumes {
+            virtual_total += v.capacity_bytes;
+            if let Ok(m) = fs::metadata(self.image(&v.id)) {
+                allocated += m.blocks() * 512;
+            }
+        }
+        // What the volumes could hold if every byte were written: the space they already
+        // use plus what is free, times the ratio.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let provisionable =
+            ((stats.available_bytes + allocated) as f64 * self.overprovision_ratio) as u64;
+        let available = provisionable.saturating_sub(virtual_total) / GRANULARITY * GRANULARITY;
+        Ok(Capacity {
+            available,
+            max_volume_size: available,
+        })
+    }
+
+    fn exhausted(&self, want: u64, cap: Capacity) -> Error {
+        Error::ResourceExhausted(format!(
+            "loop backend in {}: {want} bytes requested but only {} bytes can be provisioned under overprovision ratio {}",
+            self.dir.display(),
+            cap.available,
+            self.overprovision_ratio
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LoopBackend {
+    fn kind(&self) -> &'static str {
+        "loop"
+    }
+
+    fn granularity(&self) -> u64 {
+        GRANULARITY
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let control = self.os.roots().dev.join("loop-control");
+        if !control.exists() {
+            return Err(format!(
+                "{} is missing: the loop driver is not loaded",
+                control.display()
+            ));
+        }
+        let md = fs::metadata(&self.dir)
+            .map_err(|e| format!("state directory {}: {e}", self.dir.display()))?;
+        if !md.is_dir() {
+            return Err(format!(
+                "state directory {} is not a directory",
+                self.dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Volume>> {
+        self.read_meta(id)
+    }
+
+    async fn list(&self) -> Result<Vec<Volume>> {
+        self.all()
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<Volume> {
+        let _admit = self.admission.lock().await;
+        let volumes = self.all()?;
+        let cap = self.compute_capacity(&volumes)?;
+        if spec.size > cap.available {
+            return Err(self.exhausted(spec.size, cap));
+        }
+        let image = self.image(&spec.id);
+        // An image without metadata can only be a crashed create of this same volume:
+        // nothing was returned for it, so start it over.
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&image)
+            .map_err(|e| os::Error::io("create", &image, e))?;
+        f.set_len(spec.size)
+            .map_err(|e| os::Error::io("truncate", &image, e))?;
+        f.sync_all()
+            .map_err(|e| os::Error::io("fsync", &image, e))?;
+        let volume = Volume {
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            capacity_bytes: spec.size,
+            fs_type: spec.fs_type,
+            parameters: spec.parameters.clone(),
+        };
+        if let Err(e) = self.write_meta(&volume) {
+            let _ = fs::remove_file(&image);
+            return Err(e);
+        }
+        tracing::debug!(volume.id = %spec.id, path = %image.display(), size = spec.size, "created sparse image");
+        Ok(volume)
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let image = self.image(id);
+        if let Some(dev) = self.os.loop_for_file(&image)? {
+            self.os.loop_detach(&dev).await?;
+        }
+        // Metadata first: once it is gone the volume is gone, and start-up removes an
+        // image left without metadata.
+        remove_file_if_exists(&self.meta_path(id))?;
+        self.sync_dir()?;
+        remove_file_if_exists(&image)?;
+        tracing::debug!(volume.id = %id, "deleted image and metadata");
+        Ok(())
+    }
+
+    async fn capacity(&self) -> Result<Capacity> {
+        let volumes = self.all()?;
+        self.compute_capacity(&volumes)
+    }
+
+    async fn expand(&self, id: &str, size: u64) -> Result<u64> {
+        let _admit = self.admission.lock().await;
+        let mut volume = self
+            .read_meta(id)?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if size <= volume.capacity_bytes {
+            return Ok(volume.capacity_bytes);
+        }
+        let grow = size - volume.capacity_bytes;
+        let cap = self.compute_capacity(&self.all()?)?;
+        if grow > cap.available {
+            return Err(self.exhausted(grow, cap));
+        }
+        let image = self.image(id);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| os::Error::io("open", &image, e))?;
+        f.set_len(size)
+            .map_err(|e| os::Error::io("truncate", &image, e))?;
+        f.sync_all()
+            .map_err(|e| os::Error::io("fsync", &image, e))?;
+        volume.capacity_bytes = size;
+        self.write_meta(&volume)?;
+        if let Some(dev) = self.os.loop_for_file(&image)? {
+            self.os.loop_refresh_size(&dev).await?;
+        }
+        Ok(size)
+    }
+
+    async fn attach(&self, id: &str) -> Result<PathBuf> {
+        let image = self.image(id);
+        if let Some(dev) = self.os.loop_for_file(&image)? {
+            return Ok(dev);
+        }
+        if !image.exists() {
+            return Err(Error::VolumeNotFound(id.to_owned()));
+        }
+        let dev = self.os.loop_attach(&image).await?;
+        tracing::debug!(volume.id = %id, device = %dev.display(), "attached loop device");
+        Ok(dev)
+    }
+
+    async fn attached(&self, id: &str) -> Result<Option<PathBuf>> {
+        Ok(self.os.loop_for_file(&self.image(id))?)
+    }
+
+    async fn detach(&self, id: &str) -> Result<()> {
+        if let Some(dev) = self.os.loop_for_file(&self.image(id))? {
+            self.os.loop_detach(&dev).await?;
+            tracing::debug!(volume.id = %id, device = %dev.display(), "detached loop device");
+        }
+        Ok(())
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    Ok(fs::read_dir(dir)
+        .map_err(|e| os::Error::io("read directory", dir, e))?
+        .filter_map(std::result::Result::ok)
+        .collect())
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into())
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(os::Error::io("remove", path, e).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::os::{Roots, command::RecordingRunner};
+    use crate::volume::{CapacityRange, Parameters};
+
+    fn backend(dir: &Path, ratio: f64) -> LoopBackend {
+        let roots = Roots {
+            proc: dir.join("proc"),
+            sys: dir.join("sys"),
+            dev: dir.join("dev"),
+        };
+        let os = Os::new(Arc::new(RecordingRunner::default()), roots);
+        LoopBackend::open(os, dir.join("loop"), ratio).unwrap()
+    }
+
+    fn spec(name: &str, size: u64) -> CreateSpec {
+        CreateSpec {
+            id: crate::volume::volume_id_for(name),
+            name: name.to_owned(),
+            range: CapacityRange::default(),
+            size,
+            fs_type: None,
+            parameters: Parameters::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_list_delete_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path(), 10.0);
+        let v = b.create(&spec("a", 8 << 20)).await.unwrap();
+        assert_eq!(b.list().await.unwrap(), vec![v.clone()]);
+        let img = b.image(&v.id);
+        assert_eq!(fs::metadata(&img).unwrap().len(), 8 << 20);
+        // Sparse: nothing allocated yet.
+        assert!(fs::metadata(&img).unwrap().blocks() * 512 < 1 << 20);
+        b.delete(&v.id).await.unwrap();
+        b.delete(&v.id).await.unwrap();
+        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn over_ratio_is_resource_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path(), 1.0);
+        let cap = b.capacity().await.unwrap();
+        let err = b
+            .create(&spec("huge", cap.available + GRANULARITY))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn restart_sweeps_orphans_and_keeps_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path(), 10.0);
+        let v = b.create(&spec("keep", 4 << 20)).await.unwrap();
+        fs::write(b.dir.join("iol-orphan.img"), b"").unwrap();
+        fs::write(b.dir.join("iol-x.json.tmp"), b"{").unwrap();
+        drop(b);
+        let b = backend(dir.path(), 10.0);
+        assert_eq!(b.list().await.unwrap(), vec![v]);
+        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn expand_grows_file_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path(), 10.0);
+        let v = b.create(&spec("grow", 4 << 20)).await.unwrap();
+        assert_eq!(b.expand(&v.id, 8 << 20).await.unwrap(), 8 << 20);
+        assert_eq!(b.expand(&v.id, 2 << 20).await.unwrap(), 8 << 20);
+        assert_eq!(b.get(&v.id).await.unwrap().unwrap().capacity_bytes, 8 << 20);
+        assert_eq!(fs::metadata(b.image(&v.id)).unwrap().len(), 8 << 20);
+    }
+}

@@ -1,0 +1,45 @@
+//! Storage backends: where a volume's blocks live and how its block device appears.
+//!
+//! The node and controller services see only [`Backend`]; the loop backend is the embedded
+//! default, the lvm backend (thin pools) comes next.
+
+pub mod loopback;
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::volume::{Capacity, CreateSpec, Volume};
+
+/// A place that stores thin volumes and exposes each as a block device.
+///
+/// Calls on one volume are serialised by the caller (the in-flight guard); a backend
+/// only has to make calls on different volumes safe together.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Short name for logs and `volume_context` (`loop`, `lvm`).
+    fn kind(&self) -> &'static str;
+    /// Sizes are multiples of this many bytes.
+    fn granularity(&self) -> u64;
+    /// `Ok` when the backend can serve requests; otherwise why not.
+    async fn ready(&self) -> Result<(), String>;
+
+    /// The volume with this ID, if it exists.
+    async fn get(&self, id: &str) -> Result<Option<Volume>>;
+    /// Every volume, in no particular order.
+    async fn list(&self) -> Result<Vec<Volume>>;
+    /// Creates a volume that does not exist yet, after admission against capacity.
+    async fn create(&self, spec: &CreateSpec) -> Result<Volume>;
+    /// Removes a volume and everything it owns; a missing volume is not an error.
+    async fn delete(&self, id: &str) -> Result<()>;
+    /// What can still be provisioned.
+    async fn capacity(&self) -> Result<Capacity>;
+    /// Grows a volume to at least `size` bytes and returns its new size.
+    async fn expand(&self, id: &str, size: u64) -> Result<u64>;
+
+    /// The volume's block device, making it appear if needed.
+    async fn attach(&self, id: &str) -> Result<PathBuf>;
+    /// The volume's block device if it is present now.
+    async fn attached(&self, id: &str) -> Result<Option<PathBuf>>;
+    /// Makes the volume's block device go away (a no-op where it is permanent).
+    async fn detach(&self, id: &str) -> Result<()>;
+}

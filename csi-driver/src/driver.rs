@@ -1,0 +1,670 @@
+//! The driver's behaviour, in domain terms: what each CSI call does once its request has
+//! been validated and converted. The gRPC adapters in `grpc/` call only this.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::inflight::InFlight;
+use crate::os::{self, FsStats, FsType, MountEntry, Os, Signature};
+use crate::validate;
+use crate::volume::{
+    AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
+    volume_id_for,
+};
+
+/// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
+const TOKEN_PREFIX: &str = "after:";
+
+/// A validated CreateVolume request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub name: String,
+    pub range: CapacityRange,
+    pub capabilities: Vec<Capability>,
+    pub parameters: BTreeMap<String, String>,
+    /// Topology segments the volume must be reachable from (empty = anywhere).
+    pub requisite: Vec<BTreeMap<String, String>>,
+}
+
+/// Figures returned by NodeGetVolumeStats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    Filesystem(FsStats),
+    Block { total_bytes: u64 },
+}
+
+/// NodeGetVolumeStats result: usage plus the volume's condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub usage: Usage,
+    /// `None` when healthy, otherwise what is wrong.
+    pub abnormal: Option<String>,
+}
+
+/// Static settings of a driver instance.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    /// When set, staging and target paths must lie below it (the kubelet root).
+    pub path_root: Option<PathBuf>,
+    /// Reported in NodeGetInfo; 0 means no limit.
+    pub max_volumes_per_node: i64,
+}
+
+/// The driver: one backend, the OS, and the in-flight guard.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    backend: Arc<dyn Backend>,
+    os: Os,
+    settings: Arc<Settings>,
+    inflight: InFlight,
+}
+
+impl Driver {
+    pub fn new(backend: Arc<dyn Backend>, os: Os, settings: Settings) -> Self {
+        Driver {
+            backend,
+            os,
+            settings: Arc::new(settings),
+            inflight: InFlight::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The topology segment of this node.
+    pub fn topology(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(TOPOLOGY_KEY.to_owned(), self.settings.node_id.clone())])
+    }
+
+    /// Whether the backend can serve requests.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.backend.ready().await
+    }
+
+    /// What CreateVolume returns in `volume_context`.
+    pub fn volume_context(&self, _volume: &Volume) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "iolane.dev/backend".to_owned(),
+            self.backend.kind().to_owned(),
+        )])
+    }
+
+    fn path(&self, field: &str, path: &str) -> Result<PathBuf> {
+        validate::abs_path(field, path, self.settings.path_root.as_deref())
+    }
+
+    async fn volume(&self, id: &str) -> Result<Volume> {
+        self.backend
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+    }
+
+    // ---- controller ---------------------------------------------------------------
+
+    #[tracing::instrument(skip_all, fields(volume.name = %req.name))]
+    pub async fn create_volume(&self, req: CreateRequest) -> Result<Volume> {
+        validate::volume_name(&req.name)?;
+        let parameters = Parameters::parse(&req.parameters)?;
+        if !req.requisite.is_empty() {
+            let here = self.topology();
+            let reachable = req
+                .requisite
+                .iter()
+                .any(|seg| seg.iter().all(|(k, v)| here.get(k) == Some(v)));
+            if !reachable {
+                return Err(Error::ResourceExhausted(format!(
+                    "accessibility_requirements.requisite does not include node {}: iolane volumes live on the node that creates them",
+                    self.settings.node_id
+                )));
+            }
+        }
+        let fs_type = single_fs_type(&req.capabilities)?;
+        let mounts = req
+            .capabilities
+            .iter()
+            .any(|c| matches!(c.access, AccessType::Mount { .. }));
+        let min = if mounts {
+            fs_type.unwrap_or(FsType::Ext4).min_size()
+        } else {
+            self.backend.granularity()
+        };
+        let size = req.range.pick(self.backend.granularity(), min)?;
+        let id = volume_id_for(&req.name);
+        let _guard = self.inflight.claim(&id)?;
+        if let Some(existing) = self.backend.get(&id).await? {
+            if existing.name != req.name {
+                return Err(Error::AlreadyExists(format!(
+                    "volume id {id} is taken by another name (hash collision)"
+                )));
+            }
+            if !req.range.admits(existing.capacity_bytes) {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {:?} already exists with {} bytes, outside the requested capacity_range",
+                    req.name, existing.capacity_bytes
+                )));
+            }
+            if existing.parameters != parameters {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {:?} already exists with other parameters",
+                    req.name
+                )));
+            }
+            if fs_type.is_some() && existing.fs_type.is_some() && existing.fs_type != fs_type {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {:?} already exists with another filesystem",
+                    req.name
+                )));
+            }
+            return Ok(existing);
+        }
+        let spec = CreateSpec {
+            id,
+            name: req.name,
+            range: req.range,
+            size,
+            fs_type,
+            parameters,
+        };
+        let volume = self.backend.create(&spec).await?;
+        tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, "created volume");
+        Ok(volume)
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_volume(&self, id: &str) -> Result<()> {
+        validate::volume_id("volume_id", id)?;
+        let _guard = self.inflight.claim(id)?;
+        if self.backend.get(id).await?.is_none() {
+            return Ok(());
+        }
+        if let Some(dev) = self.backend.attached(id).await? {
+            let mounts = self.os.mounts()?;
+            if let Some(m) = self.users(&mounts, &dev)?.first() {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is still mounted at {}",
+                    m.mount_point.display()
+                )));
+            }
+        }
+        self.backend.delete(id).await?;
+        tracing::info!(volume.id = %id, "deleted volume");
+        Ok(())
+    }
+
+    /// Whether the volume exists and every capability is one this driver can honour.
+    pub async fn validate_capabilities(&self, id: &str) -> Result<Volume> {
+        validate::volume_id("volume_id", id)?;
+        self.volume(id).await
+    }
+
+    /// One page of volumes in ID order, and the token for the next page.
+    pub async fn list_volumes(
+        &self,
+        max_entries: i32,
+        starting_token: &str,
+    ) -> Result<(Vec<Volume>, Option<String>)> {
+        let max = usize::try_from(max_entries)
+            .map_err(|_| Error::invalid("max_entries", "must not be negative"))?;
+        let after = if starting_token.is_empty() {
+            None
+        } else {
+            let id = starting_token
+                .strip_prefix(TOKEN_PREFIX)
+                .filter(|id| validate::volume_id("starting_token", id).is_ok())
+                .ok_or_else(|| Error::BadToken(starting_token.to_owned()))?;
+            Some(id.to_owned())
+        };
+        let mut all = self.backend.list().await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        // Keyed on the last ID returned, so deleting volumes between pages skips nothing
+        // and never repeats an entry.
+        let mut page: Vec<Volume> = all
+            .into_iter()
+            .filter(|v| after.as_ref().is_none_or(|a| v.id.as_str() > a.as_str()))
+            .collect();
+        let mut next = None;
+        if max > 0 && page.len() > max {
+            page.truncate(max);
+            next = page.last().map(|v| format!("{TOKEN_PREFIX}{}", v.id));
+        }
+        Ok((page, next))
+    }
+
+    /// Provisionable bytes; zero for a topology that does not include this node.
+    pub async fn capacity(
+        &self,
+        parameters: &BTreeMap<String, String>,
+        topology: Option<&BTreeMap<String, String>>,
+    ) -> Result<crate::volume::Capacity> {
+        Parameters::parse(parameters)?;
+        if let Some(seg) = topology {
+            let here = self.topology();
+            if !seg.iter().all(|(k, v)| here.get(k) == Some(v)) {
+                return Ok(crate::volume::Capacity {
+                    available: 0,
+                    max_volume_size: 0,
+                });
+            }
+        }
+        self.backend.capacity().await
+    }
+
+    /// Grows the volume's storage; the filesystem grows in [`Driver::node_expand`].
+    #[tracing::instrument(skip(self))]
+    pub async fn controller_expand(&self, id: &str, range: CapacityRange) -> Result<u64> {
+        validate::volume_id("volume_id", id)?;
+        if range.required == 0 && range.limit == 0 {
+            return Err(Error::invalid("capacity_range", "must be given"));
+        }
+        let _guard = self.inflight.claim(id)?;
+        let volume = self.volume(id).await?;
+        if range.admits(volume.capacity_bytes) && volume.capacity_bytes >= range.required {
+            return Ok(volume.capacity_bytes);
+        }
+        if range.limit != 0 && range.limit < volume.capacity_bytes {
+            return Err(Error::OutOfRange(format!(
+                "capacity_range.limit_bytes {} is below the volume's size {}: volumes never shrink",
+                range.limit, volume.capacity_bytes
+            )));
+        }
+        let size = range.pick(self.backend.granularity(), volume.capacity_bytes)?;
+        let size = self.backend.expand(id, size).await?;
+        tracing::info!(volume.id = %id, size, "expanded volume");
+        Ok(size)
+    }
+
+    // ---- node ---------------------------------------------------------------------
+
+    #[tracing::instrument(skip(self, cap))]
+    pub async fn node_stage(&self, id: &str, staging: &str, cap: &Capability) -> Result<()> {
+        let staging = self.path("staging_target_path", staging)?;
+        let _guard = self.inflight.claim(id)?;
+        let volume = self.volume(id).await?;
+        let (fs, flags) = match &cap.access {
+            AccessType::Block => {
+                self.backend.attach(id).await?;
+                return Ok(());
+            }
+            AccessType::Mount { fs, flags } => (*fs, flags),
+        };
+        ensure_dir(&staging)?;
+        let dev = self.backend.attach(id).await?;
+        let devnum = self.os.device_number(&dev)?;
+        if let Some(m) = self.os.mount_at(&staging)? {
+            if (m.major, m.minor) == (devnum.major, devnum.minor) {
+                return Ok(());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "staging_target_path {} already has {} mounted",
+                staging.display(),
+                m.source
+            )));
+        }
+        let fs = match self.os.probe(&dev).await? {
+            Signature::Blank => {
+                let fs = fs.or(volume.fs_type).unwrap_or(FsType::Ext4);
+                self.os.mkfs(&dev, fs).await?;
+                tracing::info!(volume.id = %id, fs = fs.as_str(), "created filesystem");
+                fs
+            }
+            Signature::Filesystem(found) => match FsType::parse(&found) {
+                Some(f) if fs.is_none_or(|want| want == f) => f,
+                _ => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {id} holds a {found} filesystem, the capability asks for {}",
+                        fs.map_or("ext4 or xfs", FsType::as_str)
+                    )));
+                }
+            },
+            Signature::PartitionTable(pt) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} holds a {pt} partition table; iolane will not format it"
+                )));
+            }
+        };
+        let mut options = flags.clone();
+        if cap.mode.read_only() {
+            options.push("ro".to_owned());
+        }
+        self.os.mount_fs(&dev, &staging, fs, &options).await?;
+        tracing::info!(volume.id = %id, path = %staging.display(), "staged volume");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn node_unstage(&self, id: &str, staging: &str) -> Result<()> {
+        let staging = self.path("staging_target_path", staging)?;
+        let _guard = self.inflight.claim(id)?;
+        let dev = match self.backend.get(id).await? {
+            Some(_) => self.backend.attached(id).await?,
+            None => None,
+        };
+        let mounts = self.os.mounts()?;
+        if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == staging) {
+            let ours = match &dev {
+                Some(d) => {
+                    let n = self.os.device_number(d)?;
+                    (m.major, m.minor) == (n.major, n.minor)
+                }
+                None => false,
+            };
+            if !ours {
+                return Err(Error::FailedPrecondition(format!(
+                    "staging_target_path {} holds {}, not volume {id}",
+                    staging.display(),
+                    m.source
+                )));
+            }
+            if let Some(user) = self
+                .users(&mounts, dev.as_deref().unwrap_or(Path::new("")))?
+                .iter()
+                .find(|u| u.mount_point != staging)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is still published at {}",
+                    user.mount_point.display()
+                )));
+            }
+            self.os.unmount(&staging).await?;
+        } else if let Some(d) = &dev
+            && let Some(user) = self.users(&mounts, d)?.first()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still published at {}",
+                user.mount_point.display()
+            )));
+        }
+        if dev.is_some() {
+            self.backend.detach(id).await?;
+        }
+        tracing::info!(volume.id = %id, "unstaged volume");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, cap))]
+    pub async fn node_publish(
+        &self,
+        id: &str,
+        staging: &str,
+        target: &str,
+        cap: &Capability,
+        read_only: bool,
+    ) -> Result<()> {
+        let staging = self.path("staging_target_path", staging)?;
+        let target = self.path("target_path", target)?;
+        let read_only = read_only || cap.mode.read_only();
+        let _guard = self.inflight.claim(id)?;
+        self.volume(id).await?;
+        let not_staged = || {
+            Error::FailedPrecondition(format!(
+                "volume {id} is not staged at {}",
+                staging.display()
+            ))
+        };
+        refuse_symlink("target_path", &target)?;
+        match cap.access {
+            AccessType::Mount { .. } => {
+                let staged = self.os.mount_at(&staging)?.ok_or_else(not_staged)?;
+                let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
+                let n = self.os.device_number(&dev)?;
+                if (staged.major, staged.minor) != (n.major, n.minor) {
+                    return Err(not_staged());
+                }
+                if let Some(m) = self.os.mount_at(&target)? {
+                    return same_publication(&target, &m, (n.major, n.minor), read_only);
+                }
+                ensure_dir(&target)?;
+                self.os.bind_mount(&staging, &target, read_only).await?;
+            }
+            AccessType::Block => {
+                let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
+                let n = self.os.device_number(&dev)?;
+                if let Some(m) = self.os.mount_at(&target)? {
+                    let rdev = std::fs::metadata(&target)
+                        .map_err(|e| os::Error::io("stat", &target, e))?
+                        .rdev();
+                    let here = iops_controller::DeviceNumber::from_rdev(rdev);
+                    return same_publication(&target, &m, (here.major, here.minor), read_only)
+                        .and_then(|()| {
+                            if here == n {
+                                Ok(())
+                            } else {
+                                Err(Error::AlreadyExists(format!(
+                                    "target_path {} already has another device",
+                                    target.display()
+                                )))
+                            }
+                        });
+                }
+                ensure_file(&target)?;
+                self.os.bind_mount(&dev, &target, read_only).await?;
+            }
+        }
+        tracing::info!(volume.id = %id, path = %target.display(), read_only, "published volume");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn node_unpublish(&self, id: &str, target: &str) -> Result<()> {
+        let target = self.path("target_path", target)?;
+        let _guard = self.inflight.claim(id)?;
+        // Unmount every layer, then remove what NodePublish created.
+        for _ in 0..8 {
+            if self.os.mount_at(&target)?.is_none() {
+                break;
+            }
+            self.os.unmount(&target).await?;
+        }
+        if self.os.mount_at(&target)?.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "target_path {} is still mounted after 8 unmounts",
+                target.display()
+            )));
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir(&target)
+                .map_err(|e| os::Error::io("remove directory", &target, e))?,
+            Ok(_) => {
+                std::fs::remove_file(&target).map_err(|e| os::Error::io("remove", &target, e))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(os::Error::io("stat", &target, e).into()),
+        }
+        tracing::info!(volume.id = %id, path = %target.display(), "unpublished volume");
+        Ok(())
+    }
+
+    /// Usage of the volume at `path`, which must be where it is staged or published.
+    pub async fn node_stats(&self, id: &str, path: &str) -> Result<VolumeStats> {
+        self.volume(id).await?;
+        let path = self.published_path(id, path)?;
+        let Some(dev) = self.backend.attached(id).await? else {
+            return Err(Error::PathNotFound {
+                field: "volume_path",
+                path: path.display().to_string(),
+            });
+        };
+        let n = self.os.device_number(&dev)?;
+        let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
+        if md.file_type().is_block_device() {
+            if iops_controller::DeviceNumber::from_rdev(md.rdev()) != n {
+                return Err(self.not_here(id, &path));
+            }
+            return Ok(VolumeStats {
+                usage: Usage::Block {
+                    total_bytes: self.os.device_size(&dev)?,
+                },
+                abnormal: None,
+            });
+        }
+        let m = self
+            .os
+            .mount_at(&path)?
+            .ok_or_else(|| self.not_here(id, &path))?;
+        if (m.major, m.minor) != (n.major, n.minor) {
+            return Err(self.not_here(id, &path));
+        }
+        let stats = self.os.fs_stats(&path)?;
+        let abnormal = (m.super_options.split(',').any(|o| o == "ro") && !m.read_only())
+            .then(|| "the filesystem was remounted read-only after errors".to_owned());
+        Ok(VolumeStats {
+            usage: Usage::Filesystem(stats),
+            abnormal,
+        })
+    }
+
+    /// Grows the block device and, for a mounted volume, its filesystem.
+    #[tracing::instrument(skip(self))]
+    pub async fn node_expand(
+        &self,
+        id: &str,
+        path: &str,
+        range: Option<CapacityRange>,
+    ) -> Result<u64> {
+        let _guard = self.inflight.claim(id)?;
+        let volume = self.volume(id).await?;
+        let path = self.published_path(id, path)?;
+        let want = range.map_or(volume.capacity_bytes, |r| {
+            r.required.max(volume.capacity_bytes)
+        });
+        let size = self.backend.expand(id, want).await?;
+        let dev = self
+            .backend
+            .attached(id)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition(format!("volume {id} is not staged")))?;
+        let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
+        if !md.file_type().is_block_device() {
+            let m = self
+                .os
+                .mount_at(&path)?
+                .ok_or_else(|| self.not_here(id, &path))?;
+            let fs = FsType::parse(&m.fs_type).ok_or_else(|| {
+                Error::FailedPrecondition(format!("cannot grow a {} filesystem", m.fs_type))
+            })?;
+            self.os.grow_fs(&dev, &path, fs).await?;
+        }
+        tracing::info!(volume.id = %id, size, "expanded volume on node");
+        Ok(size)
+    }
+
+    /// Checks a stats/expand `volume_path`: malformed is INVALID_ARGUMENT, anything
+    /// that is not an existing absolute path is NOT_FOUND.
+    fn published_path(&self, id: &str, path: &str) -> Result<PathBuf> {
+        if path.is_empty() {
+            return Err(Error::invalid("volume_path", "must not be empty"));
+        }
+        if !path.starts_with('/') {
+            return Err(self.not_here(id, Path::new(path)));
+        }
+        let p = self.path("volume_path", path)?;
+        if !p.exists() {
+            return Err(Error::PathNotFound {
+                field: "volume_path",
+                path: p.display().to_string(),
+            });
+        }
+        Ok(p)
+    }
+
+    fn not_here(&self, id: &str, path: &Path) -> Error {
+        Error::PathNotFound {
+            field: "volume_path",
+            path: format!(
+                "{} (volume {id} is not staged or published there)",
+                path.display()
+            ),
+        }
+    }
+
+    /// Mounts that use `dev`: filesystems on it and bind mounts of the node itself.
+    fn users<'m>(&self, mounts: &'m [MountEntry], dev: &Path) -> Result<Vec<&'m MountEntry>> {
+        let n = self.os.device_number(dev)?;
+        let node_root = Path::new("/").join(dev.file_name().unwrap_or_default());
+        Ok(mounts
+            .iter()
+            .filter(|m| {
+                (m.major, m.minor) == (n.major, n.minor)
+                    || (m.fs_type == "devtmpfs" && m.root == node_root)
+            })
+            .collect())
+    }
+}
+
+/// The one filesystem the mount capabilities agree on, if they name one.
+fn single_fs_type(caps: &[Capability]) -> Result<Option<FsType>> {
+    let mut chosen: Option<FsType> = None;
+    for c in caps {
+        if let AccessType::Mount { fs: Some(f), .. } = c.access {
+            if chosen.is_some_and(|x| x != f) {
+                return Err(Error::invalid(
+                    "volume_capabilities",
+                    "mount capabilities name different filesystems",
+                ));
+            }
+            chosen = Some(f);
+        }
+    }
+    Ok(chosen)
+}
+
+/// An existing mount at the target is fine only if it is this volume with the same mode.
+fn same_publication(target: &Path, m: &MountEntry, dev: (u32, u32), read_only: bool) -> Result<()> {
+    if (m.major, m.minor) != dev && m.fs_type != "devtmpfs" {
+        return Err(Error::AlreadyExists(format!(
+            "target_path {} already has {} mounted",
+            target.display(),
+            m.source
+        )));
+    }
+    if m.read_only() != read_only {
+        return Err(Error::AlreadyExists(format!(
+            "target_path {} is already published {}",
+            target.display(),
+            if m.read_only() {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        )));
+    }
+    Ok(())
+}
+
+fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => Err(Error::invalid(
+            field,
+            format!("{} is a symbolic link", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn ensure_dir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(os::Error::io("create directory", path, e).into()),
+    }
+}
+
+fn ensure_file(path: &Path) -> Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(()),
+        Err(e) => Err(os::Error::io("create file", path, e).into()),
+    }
+}

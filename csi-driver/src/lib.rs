@@ -1,0 +1,14 @@
+//! iolane's CSI driver: gRPC adapters, the volume domain, storage backends and OS effects.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod backend;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod grpc;
+pub mod inflight;
+pub mod os;
+pub mod server;
+pub mod validate;
+pub mod volume;

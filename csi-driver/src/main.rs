@@ -1,0 +1,84 @@
+//! `iolane`: parse flags, set up logging, build the real dependencies, serve.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use csi_driver::backend::loopback::LoopBackend;
+use csi_driver::config::{self, Cli, Command, LogFormat, NodeArgs, NodeConfig};
+use csi_driver::driver::{Driver, Settings};
+use csi_driver::grpc::Role;
+use csi_driver::os::{Os, Roots, SystemRunner};
+use csi_driver::{server, validate};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "iolane stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let socket = config::socket_path(&args.endpoint)?;
+    let name = config::driver_name(&args.driver_name)?.to_owned();
+    let node_id = validate::node_id(&args.node_id)?.to_owned();
+    let cfg = match &args.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    let os = Os::new(Arc::new(SystemRunner), Roots::default());
+    let backend = LoopBackend::open(
+        os.clone(),
+        args.state_dir.join("loop"),
+        cfg.loopback.overprovision_ratio,
+    )?;
+    tracing::info!(
+        state_dir = %args.state_dir.display(),
+        overprovision_ratio = cfg.loopback.overprovision_ratio,
+        "loop backend ready"
+    );
+    let driver = Driver::new(
+        Arc::new(backend),
+        os,
+        Settings {
+            node_id,
+            path_root: args.path_root,
+            max_volumes_per_node: args.max_volumes,
+        },
+    );
+    server::serve(driver, &name, &socket, Role::Node).await?;
+    Ok(())
+}

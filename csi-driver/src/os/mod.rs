@@ -1,0 +1,470 @@
+//! OS effects: the only module that spawns processes, mounts, or reads `/proc` and `/sys`.
+//!
+//! **Architecture Invariant:** every root (`/proc`, `/sys`, `/dev`) comes in through
+//! [`Roots`], and every process goes through a [`CommandRunner`], so the rest of the driver
+//! is tested on tempdirs and recording fakes.
+
+pub mod command;
+pub mod mountinfo;
+
+use std::ffi::OsString;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use command::{Cmd, CommandRunner, Output, SystemRunner};
+pub use mountinfo::MountEntry;
+
+use iops_controller::DeviceNumber;
+
+/// Failures of OS effects. Each carries the command or path it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{argv} exited with {status}: {stderr}")]
+    CommandFailed {
+        argv: String,
+        status: String,
+        stdout: String,
+        stderr: String,
+    },
+    #[error("{argv} did not finish within {secs}s and was killed")]
+    Timeout { argv: String, secs: u64 },
+    #[error("could not start {argv}: {source}")]
+    Spawn {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: unexpected output {output:?}")]
+    Parse { what: &'static str, output: String },
+}
+
+impl Error {
+    /// Wraps an `io::Error` with the operation and the path.
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Result with the OS error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The host roots the driver looks at; injected so tests can point them at tempdirs.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Roots {
+            proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+        }
+    }
+}
+
+/// A filesystem iolane creates and mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    /// The name mount(8) and blkid use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+
+    /// Parses a name as blkid or a capability spells it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ext4" => Some(FsType::Ext4),
+            "xfs" => Some(FsType::Xfs),
+            _ => None,
+        }
+    }
+
+    /// Smallest device mkfs accepts for this filesystem.
+    pub fn min_size(self) -> u64 {
+        match self {
+            // ext4 fits in far less, but a journal needs a few MiB to be useful.
+            FsType::Ext4 => 16 << 20,
+            // xfsprogs 5.19+ refuses data sections under 300 MiB.
+            FsType::Xfs => 300 << 20,
+        }
+    }
+}
+
+/// What `blkid -p` found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// No signature at all: safe to format.
+    Blank,
+    /// A filesystem (or other superblock) of this type.
+    Filesystem(String),
+    /// A partition table of this type.
+    PartitionTable(String),
+}
+
+/// Space and inode figures of a mounted filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub used_inodes: u64,
+}
+
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+const MKFS_TIMEOUT: Duration = Duration::from_secs(300);
+const SHORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The real OS, reached through injected roots and a command runner.
+#[derive(Debug, Clone)]
+pub struct Os {
+    runner: Arc<dyn CommandRunner>,
+    roots: Roots,
+}
+
+impl Os {
+    pub fn new(runner: Arc<dyn CommandRunner>, roots: Roots) -> Self {
+        Os { runner, roots }
+    }
+
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    async fn run_ok(&self, cmd: Cmd) -> Result<Output> {
+        let out = self.runner.run(&cmd).await?;
+        if out.status == Some(0) {
+            Ok(out)
+        } else {
+            Err(out.into_error(&cmd))
+        }
+    }
+
+    // ---- mounts -------------------------------------------------------------------
+
+    /// The mount table of this process's mount namespace.
+    pub fn mounts(&self) -> Result<Vec<MountEntry>> {
+        let path = self.roots.proc.join("self/mountinfo");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        mountinfo::parse(&text)
+    }
+
+    /// The topmost mount at exactly `path`, if any.
+    pub fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>> {
+        Ok(self
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == path))
+    }
+
+    /// Mounts a filesystem of `fs` from `device` on `target` with `options`.
+    pub async fn mount_fs(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs: FsType,
+        options: &[String],
+    ) -> Result<()> {
+        let mut cmd = Cmd::new("mount", MOUNT_TIMEOUT).arg("-t").arg(fs.as_str());
+        if !options.is_empty() {
+            cmd = cmd.arg("-o").arg(options.join(","));
+        }
+        self.run_ok(cmd.arg("--").arg(device).arg(target)).await?;
+        Ok(())
+    }
+
+    /// Bind-mounts `source` on `target`, then makes the bind read-only if asked.
+    pub async fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
+        self.run_ok(
+            Cmd::new("mount", MOUNT_TIMEOUT)
+                .arg("--bind")
+                .arg("--")
+                .arg(source)
+                .arg(target),
+        )
+        .await?;
+        if read_only {
+            let remount = Cmd::new("mount", MOUNT_TIMEOUT)
+                .arg("-o")
+                .arg("remount,bind,ro")
+                .arg("--")
+                .arg(target);
+            if let Err(e) = self.run_ok(remount).await {
+                // Never leave a writable bind behind a read-only request.
+                let _ = self.unmount(target).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts the topmost mount at `target`.
+    pub async fn unmount(&self, target: &Path) -> Result<()> {
+        self.run_ok(Cmd::new("umount", MOUNT_TIMEOUT).arg("--").arg(target))
+            .await?;
+        Ok(())
+    }
+
+    // ---- loop devices -----------------------------------------------------------------
+
+    /// The loop device whose backing file is `file`, found through `/sys/block/loop*`.
+    pub fn loop_for_file(&self, file: &Path) -> Result<Option<PathBuf>> {
+        let block = self.roots.sys.join("block");
+        let entries = match std::fs::read_dir(&block) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read directory", &block, e)),
+        };
+        let mut found: Vec<String> = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let backing = entry.path().join("loop/backing_file");
+            let Ok(text) = std::fs::read_to_string(&backing) else {
+                continue;
+            };
+            if Path::new(text.trim_end_matches('\n')) == file {
+                found.push(name);
+            }
+        }
+        found.sort();
+        Ok(found.first().map(|n| self.roots.dev.join(n)))
+    }
+
+    /// Attaches `file` to a free loop device and returns the device path.
+    pub async fn loop_attach(&self, file: &Path) -> Result<PathBuf> {
+        let out = self
+            .run_ok(
+                Cmd::new("losetup", SHORT_TIMEOUT)
+                    .arg("--find")
+                    .arg("--show")
+                    .arg("--")
+                    .arg(file),
+            )
+            .await?;
+        let dev = out.stdout.trim();
+        let name = dev.strip_prefix("/dev/").unwrap_or(dev);
+        if !name.starts_with("loop") || name.contains('/') {
+            return Err(Error::Parse {
+                what: "losetup --find --show",
+                output: out.stdout,
+            });
+        }
+        Ok(self.roots.dev.join(name))
+    }
+
+    /// Detaches a loop device (the kernel defers it while the device is still open).
+    pub async fn loop_detach(&self, device: &Path) -> Result<()> {
+        self.run_ok(
+            Cmd::new("losetup", SHORT_TIMEOUT)
+                .arg("--detach")
+                .arg(device),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Makes a loop device pick up its backing file's new size.
+    pub async fn loop_refresh_size(&self, device: &Path) -> Result<()> {
+        self.run_ok(
+            Cmd::new("losetup", SHORT_TIMEOUT)
+                .arg("--set-capacity")
+                .arg(device),
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ---- devices and filesystems ------------------------------------------------------
+
+    /// The device number of a block device node.
+    pub fn device_number(&self, device: &Path) -> Result<DeviceNumber> {
+        let meta = std::fs::metadata(device).map_err(|e| Error::io("stat", device, e))?;
+        if !meta.file_type().is_block_device() {
+            return Err(Error::io(
+                "stat",
+                device,
+                std::io::Error::other("not a block device"),
+            ));
+        }
+        Ok(DeviceNumber::from_rdev(meta.rdev()))
+    }
+
+    /// Size in bytes of a block device, from `/sys/dev/block/MAJ:MIN/size`.
+    pub fn device_size(&self, device: &Path) -> Result<u64> {
+        let num = self.device_number(device)?;
+        let path = self
+            .roots
+            .sys
+            .join(format!("dev/block/{}:{}/size", num.major, num.minor));
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        let sectors: u64 = text.trim().parse().map_err(|_| Error::Parse {
+            what: "block device size",
+            output: text.clone(),
+        })?;
+        Ok(sectors * 512)
+    }
+
+    /// Looks for any signature on `device` with `blkid -p` (low-level probe, no cache).
+    pub async fn probe(&self, device: &Path) -> Result<Signature> {
+        let cmd = Cmd::new("blkid", SHORT_TIMEOUT)
+            .arg("-p")
+            .arg("-o")
+            .arg("export")
+            .arg("--")
+            .arg(device);
+        let out = self.runner.run(&cmd).await?;
+        match out.status {
+            // blkid exits 2 when it finds nothing.
+            Some(2) => Ok(Signature::Blank),
+            Some(0) => Ok(parse_blkid_export(&out.stdout)),
+            _ => Err(out.into_error(&cmd)),
+        }
+    }
+
+    /// Creates a filesystem on a device already known to be blank.
+    pub async fn mkfs(&self, device: &Path, fs: FsType) -> Result<()> {
+        let cmd = match fs {
+            FsType::Ext4 => Cmd::new("mkfs.ext4", MKFS_TIMEOUT)
+                .arg("-q")
+                .arg("-m")
+                .arg("0")
+                .arg("-E")
+                .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1"),
+            FsType::Xfs => Cmd::new("mkfs.xfs", MKFS_TIMEOUT).arg("-q").arg("-K"),
+        };
+        self.run_ok(cmd.arg("--").arg(device)).await?;
+        Ok(())
+    }
+
+    /// Grows a mounted filesystem to fill its device.
+    pub async fn grow_fs(&self, device: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
+        let cmd = match fs {
+            FsType::Ext4 => Cmd::new("resize2fs", MKFS_TIMEOUT).arg("--").arg(device),
+            FsType::Xfs => Cmd::new("xfs_growfs", MKFS_TIMEOUT).arg(mount_point),
+        };
+        self.run_ok(cmd).await?;
+        Ok(())
+    }
+
+    /// Space and inode figures of the filesystem holding `path`.
+    pub fn fs_stats(&self, path: &Path) -> Result<FsStats> {
+        let st = nix::sys::statvfs::statvfs(path)
+            .map_err(|e| Error::io("statvfs", path, std::io::Error::from(e)))?;
+        let frag = st.fragment_size();
+        let total = st.blocks() * frag;
+        let free = st.blocks_free() * frag;
+        let avail = st.blocks_available() * frag;
+        Ok(FsStats {
+            total_bytes: total,
+            available_bytes: avail,
+            used_bytes: total.saturating_sub(free),
+            total_inodes: st.files(),
+            free_inodes: st.files_free(),
+            used_inodes: st.files().saturating_sub(st.files_free()),
+        })
+    }
+}
+
+fn parse_blkid_export(stdout: &str) -> Signature {
+    let mut fs = None;
+    let mut pt = None;
+    for line in stdout.lines() {
+        if let Some(v) = line.strip_prefix("TYPE=") {
+            fs = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("PTTYPE=") {
+            pt = Some(v.to_owned());
+        }
+    }
+    match (fs, pt) {
+        (Some(t), _) => Signature::Filesystem(t),
+        (None, Some(p)) => Signature::PartitionTable(p),
+        (None, None) => Signature::Filesystem(String::from("unknown")),
+    }
+}
+
+/// Renders an argv for messages and logs.
+pub(crate) fn render_argv(program: &str, args: &[OsString]) -> String {
+    let mut s = String::from(program);
+    for a in args {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkid_export() {
+        assert_eq!(
+            parse_blkid_export(
+                "DEVNAME=/dev/loop0\nUUID=1\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n"
+            ),
+            Signature::Filesystem("ext4".into())
+        );
+        assert_eq!(
+            parse_blkid_export("DEVNAME=/dev/loop0\nPTUUID=a\nPTTYPE=gpt\n"),
+            Signature::PartitionTable("gpt".into())
+        );
+    }
+
+    #[test]
+    fn loop_lookup_on_fake_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        for (n, file) in [
+            ("loop0", "/a/one.img"),
+            ("loop7", "/a/two.img (deleted)"),
+            ("loop3", "/a/two.img"),
+        ] {
+            let d = sys.join("block").join(n).join("loop");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("backing_file"), format!("{file}\n")).unwrap();
+        }
+        std::fs::create_dir_all(sys.join("block/nvme0n1")).unwrap();
+        let roots = Roots {
+            proc: dir.path().join("proc"),
+            sys,
+            dev: PathBuf::from("/dev"),
+        };
+        let os = Os::new(Arc::new(command::RecordingRunner::default()), roots);
+        assert_eq!(
+            os.loop_for_file(Path::new("/a/two.img")).unwrap(),
+            Some(PathBuf::from("/dev/loop3"))
+        );
+        assert_eq!(os.loop_for_file(Path::new("/a/none.img")).unwrap(), None);
+    }
+}

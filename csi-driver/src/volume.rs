@@ -1,0 +1,243 @@
+//! The volume domain: capabilities, capacity rules, identities and parameters, free of
+//! protobuf types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::os::FsType;
+
+/// Topology key whose value is the node ID; every volume is reachable only there.
+pub const TOPOLOGY_KEY: &str = "topology.iolane.dev/node";
+
+/// Size of a volume created without a capacity range.
+pub const DEFAULT_SIZE: u64 = 1 << 30;
+
+/// How a volume is consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessType {
+    /// A filesystem mounted at the target; `fs` is `None` when the CO left it to us.
+    Mount {
+        fs: Option<FsType>,
+        flags: Vec<String>,
+    },
+    /// The raw block device bind-mounted at the target.
+    Block,
+}
+
+/// The access modes a node-local volume can honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    SingleNodeWriter,
+    SingleNodeReaderOnly,
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+}
+
+impl AccessMode {
+    pub fn read_only(self) -> bool {
+        matches!(self, AccessMode::SingleNodeReaderOnly)
+    }
+}
+
+/// One volume capability, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub access: AccessType,
+    pub mode: AccessMode,
+}
+
+/// What the CO asked for in `capacity_range` (0 = unset), as the spec defines it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityRange {
+    pub required: u64,
+    pub limit: u64,
+}
+
+impl CapacityRange {
+    /// Validates the pair: `limit` (when set) must not be below `required`.
+    pub fn new(required: i64, limit: i64) -> Result<Self> {
+        let required = u64::try_from(required)
+            .map_err(|_| Error::invalid("capacity_range.required_bytes", "must not be negative"))?;
+        let limit = u64::try_from(limit)
+            .map_err(|_| Error::invalid("capacity_range.limit_bytes", "must not be negative"))?;
+        if limit != 0 && required > limit {
+            return Err(Error::OutOfRange(format!(
+                "capacity_range.required_bytes {required} is above capacity_range.limit_bytes {limit}"
+            )));
+        }
+        Ok(CapacityRange { required, limit })
+    }
+
+    /// Whether an existing size satisfies this range.
+    pub fn admits(self, size: u64) -> bool {
+        size >= self.required && (self.limit == 0 || size <= self.limit)
+    }
+
+    /// The size to allocate: `required` (or the default) rounded up to `granularity` and
+    /// raised to `min`, as long as that stays within `limit`.
+    pub fn pick(self, granularity: u64, min: u64) -> Result<u64> {
+        let mut want = if self.required > 0 {
+            self.required
+        } else if self.limit > 0 {
+            self.limit.min(DEFAULT_SIZE)
+        } else {
+            DEFAULT_SIZE
+        };
+        want = want.max(min);
+        let rounded = want
+            .checked_next_multiple_of(granularity)
+            .ok_or_else(|| Error::OutOfRange(format!("{want} bytes is too large")))?;
+        if self.limit != 0 && rounded > self.limit {
+            // Round down instead if that still meets the request.
+            let down = self.limit / granularity * granularity;
+            if down >= self.required.max(min) && down > 0 {
+                return Ok(down);
+            }
+            return Err(Error::OutOfRange(format!(
+                "no size that is a multiple of {granularity} bytes and at least {} bytes fits capacity_range.limit_bytes {}",
+                self.required.max(min),
+                self.limit
+            )));
+        }
+        Ok(rounded)
+    }
+}
+
+/// CreateVolume parameters iolane understands. Anything else is refused by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameters {
+    /// Added by csi-provisioner's `--extra-create-metadata`.
+    #[serde(
+        rename = "csi.storage.k8s.io/pvc/name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pvc_name: Option<String>,
+    #[serde(
+        rename = "csi.storage.k8s.io/pvc/namespace",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pvc_namespace: Option<String>,
+    #[serde(
+        rename = "csi.storage.k8s.io/pv/name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pv_name: Option<String>,
+}
+
+impl Parameters {
+    /// Parses a CSI parameter map, naming the first unknown or malformed key.
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
+        for (k, v) in map {
+            if k.len() > 316 || v.len() > 4096 || v.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    format!("parameters[{k:?}]"),
+                    "key or value too long or contains control characters",
+                ));
+            }
+        }
+        let value =
+            serde_json::to_value(map).map_err(|e| Error::invalid("parameters", e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| Error::invalid("parameters", e.to_string()))
+    }
+}
+
+/// The ID iolane gives the volume named `name`: deterministic, so a retried CreateVolume
+/// after a crash finds the volume it started, and safe as a file name.
+pub fn volume_id_for(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut id = String::with_capacity(4 + 32);
+    id.push_str("iol-");
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// A volume as a backend stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub capacity_bytes: u64,
+    /// The filesystem chosen at creation (from the capabilities), if it was a mount volume.
+    #[serde(default)]
+    pub fs_type: Option<FsType>,
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+/// What CreateVolume asks of a backend, after validation and sizing.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub id: String,
+    pub name: String,
+    pub range: CapacityRange,
+    pub size: u64,
+    pub fs_type: Option<FsType>,
+    pub parameters: Parameters,
+}
+
+/// Capacity figures of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Bytes still provisionable now (after the overprovision ratio).
+    pub available: u64,
+    /// Largest single volume that would be admitted now.
+    pub max_volume_size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_safe() {
+        let a = volume_id_for("pvc-1");
+        assert_eq!(a, volume_id_for("pvc-1"));
+        assert_ne!(a, volume_id_for("pvc-2"));
+        assert_eq!(a.len(), 36);
+        assert!(crate::validate::volume_id("volume_id", &a).is_ok());
+        assert!(
+            crate::validate::volume_id("volume_id", &volume_id_for(&"x/..".repeat(32))).is_ok()
+        );
+    }
+
+    #[test]
+    fn sizing() {
+        const M: u64 = 1 << 20;
+        let r = |req, lim| CapacityRange::new(req, lim).unwrap();
+        assert_eq!(r(0, 0).pick(M, 0).unwrap(), DEFAULT_SIZE);
+        assert_eq!(r(1, 0).pick(M, 0).unwrap(), M);
+        assert_eq!(r(M as i64 + 1, 0).pick(M, 0).unwrap(), 2 * M);
+        assert_eq!(r(0, 5 * M as i64).pick(M, 0).unwrap(), 5 * M);
+        // required 1.5 MiB, limit 1.9 MiB: no MiB multiple fits.
+        assert!(r(3 * M as i64 / 2, 19 * M as i64 / 10).pick(M, 0).is_err());
+        // limit below xfs minimum.
+        assert!(r(0, 100 * M as i64).pick(M, 300 * M).is_err());
+        assert_eq!(r(10, 0).pick(M, 300 * M).unwrap(), 300 * M);
+        assert!(CapacityRange::new(10, 5).is_err());
+        assert!(CapacityRange::new(-1, 0).is_err());
+        assert!(r(2 * M as i64, 0).admits(2 * M));
+        assert!(!r(2 * M as i64, 3 * M as i64).admits(4 * M));
+    }
+
+    #[test]
+    fn parameters_name_the_unknown_key() {
+        let mut m = BTreeMap::new();
+        m.insert("csi.storage.k8s.io/pvc/name".to_owned(), "data".to_owned());
+        assert_eq!(
+            Parameters::parse(&m).unwrap().pvc_name.as_deref(),
+            Some("data")
+        );
+        m.insert("fsTypo".to_owned(), "ext4".to_owned());
+        let err = Parameters::parse(&m).unwrap_err().to_string();
+        assert!(err.contains("fsTypo"), "{err}");
+    }
+}
