@@ -9,6 +9,21 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+# Packages the conformance suite uses (mkfs.ext4, mkfs.xfs, resize2fs, xfs_growfs, losetup,
+# blkid, mount). Installed only if missing.
+packages=(e2fsprogs xfsprogs util-linux mount)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[ -e /dev/loop-control ] || modprobe loop
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -15,6 +15,7 @@ use crate::volume::{
     AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
     volume_id_for,
 };
+use iops_controller::DeviceNumber;
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
@@ -185,11 +186,12 @@ impl Driver {
         if self.backend.get(id).await?.is_none() {
             return Ok(());
         }
-        if let Some(dev) = self.backend.attached(id).await? {
+        let devices = self.backend.devices(id).await?;
+        if !devices.is_empty() {
             let mounts = self.os.mounts()?;
-            if let Some(m) = self.users(&mounts, &dev)?.first() {
+            if let Some(m) = self.users(&mounts, &devices)?.first() {
                 return Err(Error::FailedPrecondition(format!(
-                    "volume {id} is still mounted at {}",
+                    "volume {id} is still staged or published at {}",
                     m.mount_point.display()
                 )));
             }
@@ -283,106 +285,161 @@ impl Driver {
 
     // ---- node ---------------------------------------------------------------------
 
-    #[tracing::instrument(skip(self, cap))]
+    #[tracing::instrument(skip(self))]
     pub async fn node_stage(&self, id: &str, staging: &str, cap: &Capability) -> Result<()> {
         let staging = self.path("staging_target_path", staging)?;
         let _guard = self.inflight.claim(id)?;
         let volume = self.volume(id).await?;
-        let (fs, flags) = match &cap.access {
-            AccessType::Block => {
-                self.backend.attach(id).await?;
-                return Ok(());
-            }
-            AccessType::Mount { fs, flags } => (*fs, flags),
-        };
         ensure_dir(&staging)?;
         let dev = self.backend.attach(id).await?;
-        let devnum = self.os.device_number(&dev)?;
-        if let Some(m) = self.os.mount_at(&staging)? {
-            if (m.major, m.minor) == (devnum.major, devnum.minor) {
-                return Ok(());
-            }
+        let n = self.os.device_number(&dev)?;
+        let block_file = staging.join(id);
+        let fs_mount = self.os.mount_at(&staging)?;
+        let block_mount = self.os.mount_at(&block_file)?;
+        if let Some(m) = &fs_mount
+            && (m.major, m.minor) != (n.major, n.minor)
+        {
             return Err(Error::AlreadyExists(format!(
                 "staging_target_path {} already has {} mounted",
                 staging.display(),
                 m.source
             )));
         }
-        let fs = match self.os.probe(&dev).await? {
-            Signature::Blank => {
-                let fs = fs.or(volume.fs_type).unwrap_or(FsType::Ext4);
-                self.os.mkfs(&dev, fs).await?;
-                tracing::info!(volume.id = %id, fs = fs.as_str(), "created filesystem");
-                fs
+        match (&cap.access, fs_mount, block_mount) {
+            (AccessType::Block, Some(_), _) => Err(Error::AlreadyExists(format!(
+                "volume {id} is staged at {} as a filesystem, not as a block device",
+                staging.display()
+            ))),
+            (AccessType::Block, None, Some(_)) => {
+                if self.mounted_device(&block_file)? == n {
+                    Ok(())
+                } else {
+                    Err(Error::AlreadyExists(format!(
+                        "{} already holds another device",
+                        block_file.display()
+                    )))
+                }
             }
-            Signature::Filesystem(found) => match FsType::parse(&found) {
-                Some(f) if fs.is_none_or(|want| want == f) => f,
-                _ => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "volume {id} holds a {found} filesystem, the capability asks for {}",
-                        fs.map_or("ext4 or xfs", FsType::as_str)
+            (AccessType::Block, None, None) => {
+                let created = ensure_file(&block_file)?;
+                if let Err(e) = self.os.bind_mount(&dev, &block_file, false).await {
+                    if created {
+                        let _ = std::fs::remove_file(&block_file);
+                    }
+                    return Err(e.into());
+                }
+                tracing::info!(volume.id = %id, path = %block_file.display(), "staged block volume");
+                Ok(())
+            }
+            (AccessType::Mount { .. }, None, Some(_)) => Err(Error::AlreadyExists(format!(
+                "volume {id} is staged at {} as a block device, not as a filesystem",
+                staging.display()
+            ))),
+            (AccessType::Mount { fs, .. }, Some(m), _) => {
+                if let Some(f) = fs
+                    && m.fs_type != f.as_str()
+                {
+                    return Err(Error::AlreadyExists(format!(
+                        "volume {id} is staged with {}, the capability asks for {}",
+                        m.fs_type,
+                        f.as_str()
                     )));
                 }
-            },
-            Signature::PartitionTable(pt) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {id} holds a {pt} partition table; iolane will not format it"
-                )));
+                if m.read_only() != cap.mode.read_only() {
+                    return Err(Error::AlreadyExists(format!(
+                        "volume {id} is already staged {}",
+                        if m.read_only() {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        }
+                    )));
+                }
+                Ok(())
             }
-        };
-        let mut options = flags.clone();
-        if cap.mode.read_only() {
-            options.push("ro".to_owned());
+            (AccessType::Mount { fs, flags }, None, None) => {
+                let fs = self.ensure_filesystem(id, &volume, &dev, *fs).await?;
+                let mut options = flags.clone();
+                if cap.mode.read_only() {
+                    options.push("ro".to_owned());
+                }
+                self.os.mount_fs(&dev, &staging, fs, &options).await?;
+                tracing::info!(volume.id = %id, path = %staging.display(), fs = fs.as_str(), "staged volume");
+                Ok(())
+            }
         }
-        self.os.mount_fs(&dev, &staging, fs, &options).await?;
-        tracing::info!(volume.id = %id, path = %staging.display(), "staged volume");
-        Ok(())
+    }
+
+    /// The filesystem on `dev`, creating `want` (or the volume's, or ext4) if it is blank.
+    async fn ensure_filesystem(
+        &self,
+        id: &str,
+        volume: &Volume,
+        dev: &Path,
+        want: Option<FsType>,
+    ) -> Result<FsType> {
+        match self.os.probe(dev).await? {
+            Signature::Blank => {
+                let fs = want.or(volume.fs_type).unwrap_or(FsType::Ext4);
+                self.os.mkfs(dev, fs).await?;
+                tracing::info!(volume.id = %id, fs = fs.as_str(), "created filesystem");
+                Ok(fs)
+            }
+            Signature::Filesystem(found) => match FsType::parse(&found) {
+                Some(f) if want.is_none_or(|w| w == f) => Ok(f),
+                _ => Err(Error::FailedPrecondition(format!(
+                    "volume {id} holds a {found} filesystem, the capability asks for {}",
+                    want.map_or("ext4 or xfs", FsType::as_str)
+                ))),
+            },
+            Signature::PartitionTable(pt) => Err(Error::FailedPrecondition(format!(
+                "volume {id} holds a {pt} partition table; iolane will not format it"
+            ))),
+        }
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn node_unstage(&self, id: &str, staging: &str) -> Result<()> {
         let staging = self.path("staging_target_path", staging)?;
         let _guard = self.inflight.claim(id)?;
-        let dev = match self.backend.get(id).await? {
-            Some(_) => self.backend.attached(id).await?,
-            None => None,
+        let devices = match self.backend.get(id).await? {
+            Some(_) => self.backend.devices(id).await?,
+            None => Vec::new(),
         };
+        let numbers = self.numbers(&devices)?;
+        let block_file = staging.join(id);
         let mounts = self.os.mounts()?;
-        if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == staging) {
-            let ours = match &dev {
-                Some(d) => {
-                    let n = self.os.device_number(d)?;
-                    (m.major, m.minor) == (n.major, n.minor)
+        let mut ours: Vec<PathBuf> = Vec::new();
+        for p in [&staging, &block_file] {
+            if let Some(m) = mounts.iter().rev().find(|m| &m.mount_point == p) {
+                if !numbers.contains(&self.mounted_device(p)?) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} holds {}, not volume {id}",
+                        p.display(),
+                        m.source
+                    )));
                 }
-                None => false,
-            };
-            if !ours {
-                return Err(Error::FailedPrecondition(format!(
-                    "staging_target_path {} holds {}, not volume {id}",
-                    staging.display(),
-                    m.source
-                )));
+                ours.push(p.clone());
             }
-            if let Some(user) = self
-                .users(&mounts, dev.as_deref().unwrap_or(Path::new("")))?
-                .iter()
-                .find(|u| u.mount_point != staging)
-            {
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {id} is still published at {}",
-                    user.mount_point.display()
-                )));
-            }
-            self.os.unmount(&staging).await?;
-        } else if let Some(d) = &dev
-            && let Some(user) = self.users(&mounts, d)?.first()
+        }
+        if let Some(user) = self
+            .users(&mounts, &devices)?
+            .into_iter()
+            .find(|u| !ours.contains(&u.mount_point))
         {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still published at {}",
                 user.mount_point.display()
             )));
         }
-        if dev.is_some() {
+        for p in &ours {
+            self.unmount_all(p).await?;
+        }
+        if std::fs::symlink_metadata(&block_file).is_ok_and(|m| m.is_file()) {
+            std::fs::remove_file(&block_file)
+                .map_err(|e| os::Error::io("remove", &block_file, e))?;
+        }
+        if !devices.is_empty() {
             self.backend.detach(id).await?;
         }
         tracing::info!(volume.id = %id, "unstaged volume");
@@ -410,43 +467,60 @@ impl Driver {
             ))
         };
         refuse_symlink("target_path", &target)?;
-        match cap.access {
-            AccessType::Mount { .. } => {
-                let staged = self.os.mount_at(&staging)?.ok_or_else(not_staged)?;
-                let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
-                let n = self.os.device_number(&dev)?;
-                if (staged.major, staged.minor) != (n.major, n.minor) {
-                    return Err(not_staged());
-                }
-                if let Some(m) = self.os.mount_at(&target)? {
-                    return same_publication(&target, &m, (n.major, n.minor), read_only);
-                }
-                ensure_dir(&target)?;
-                self.os.bind_mount(&staging, &target, read_only).await?;
+        let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
+        let n = self.os.device_number(&dev)?;
+        let (source, staged_at) = match cap.access {
+            AccessType::Mount { .. } => (staging.clone(), staging.clone()),
+            AccessType::Block => (dev.clone(), staging.join(id)),
+        };
+        if self.os.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
+            return Err(not_staged());
+        }
+        if let Some(m) = self.os.mount_at(&target)? {
+            let here = self.mounted_device(&target)?;
+            let devices = self.backend.devices(id).await?;
+            if !self.numbers(&devices)?.contains(&here) {
+                return Err(Error::AlreadyExists(format!(
+                    "target_path {} already has {} mounted",
+                    target.display(),
+                    m.source
+                )));
             }
-            AccessType::Block => {
-                let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
-                let n = self.os.device_number(&dev)?;
-                if let Some(m) = self.os.mount_at(&target)? {
-                    let rdev = std::fs::metadata(&target)
-                        .map_err(|e| os::Error::io("stat", &target, e))?
-                        .rdev();
-                    let here = iops_controller::DeviceNumber::from_rdev(rdev);
-                    return same_publication(&target, &m, (here.major, here.minor), read_only)
-                        .and_then(|()| {
-                            if here == n {
-                                Ok(())
-                            } else {
-                                Err(Error::AlreadyExists(format!(
-                                    "target_path {} already has another device",
-                                    target.display()
-                                )))
-                            }
-                        });
-                }
-                ensure_file(&target)?;
-                self.os.bind_mount(&dev, &target, read_only).await?;
+            if m.read_only() != read_only {
+                return Err(Error::AlreadyExists(format!(
+                    "target_path {} is already published {}",
+                    target.display(),
+                    if m.read_only() {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    }
+                )));
             }
+            return Ok(());
+        }
+        let created = match cap.access {
+            AccessType::Mount { .. } => ensure_dir(&target)?,
+            AccessType::Block => ensure_file(&target)?,
+        };
+        let result = match cap.access {
+            // A read-only bind does not stop writes through a device node, so a read-only
+            // raw publication gets a device of its own that the kernel itself keeps read-only.
+            AccessType::Block if read_only => {
+                let ro = self.backend.attach_read_only(id).await?;
+                let r = self.os.bind_mount(&ro, &target, true).await;
+                if r.is_err() {
+                    let _ = self.backend.release_read_only(id, &ro).await;
+                }
+                r
+            }
+            _ => self.os.bind_mount(&source, &target, read_only).await,
+        };
+        if let Err(e) = result {
+            if created {
+                let _ = remove_path(&target);
+            }
+            return Err(e.into());
         }
         tracing::info!(volume.id = %id, path = %target.display(), read_only, "published volume");
         Ok(())
@@ -456,51 +530,81 @@ impl Driver {
     pub async fn node_unpublish(&self, id: &str, target: &str) -> Result<()> {
         let target = self.path("target_path", target)?;
         let _guard = self.inflight.claim(id)?;
-        // Unmount every layer, then remove what NodePublish created.
-        for _ in 0..8 {
-            if self.os.mount_at(&target)?.is_none() {
-                break;
-            }
-            self.os.unmount(&target).await?;
-        }
+        let mut device = None;
         if self.os.mount_at(&target)?.is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "target_path {} is still mounted after 8 unmounts",
-                target.display()
-            )));
-        }
-        match std::fs::symlink_metadata(&target) {
-            Ok(md) if md.is_dir() => std::fs::remove_dir(&target)
-                .map_err(|e| os::Error::io("remove directory", &target, e))?,
-            Ok(_) => {
-                std::fs::remove_file(&target).map_err(|e| os::Error::io("remove", &target, e))?
+            let md = std::fs::metadata(&target).map_err(|e| os::Error::io("stat", &target, e))?;
+            if md.file_type().is_block_device() {
+                device = Some(iops_controller::DeviceNumber::from_rdev(md.rdev()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(os::Error::io("stat", &target, e).into()),
+            self.unmount_all(&target).await?;
+        }
+        remove_path(&target)?;
+        if let Some(num) = device {
+            for dev in self.backend.devices(id).await? {
+                if self.os.device_number(&dev)? == num {
+                    self.backend.release_read_only(id, &dev).await?;
+                }
+            }
         }
         tracing::info!(volume.id = %id, path = %target.display(), "unpublished volume");
         Ok(())
+    }
+
+    /// Unmounts every layer mounted at `path`.
+    async fn unmount_all(&self, path: &Path) -> Result<()> {
+        for _ in 0..8 {
+            if self.os.mount_at(path)?.is_none() {
+                return Ok(());
+            }
+            self.os.unmount(path).await?;
+        }
+        if self.os.mount_at(path)?.is_none() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "{} is still mounted after 8 unmounts",
+            path.display()
+        )))
+    }
+
+    /// The device a mounted path exposes: the node's own number for a bind-mounted device
+    /// node, the filesystem's device otherwise.
+    fn mounted_device(&self, path: &Path) -> Result<DeviceNumber> {
+        let md = std::fs::metadata(path).map_err(|e| os::Error::io("stat", path, e))?;
+        Ok(DeviceNumber::from_rdev(
+            if md.file_type().is_block_device() {
+                md.rdev()
+            } else {
+                md.dev()
+            },
+        ))
+    }
+
+    fn numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
+        devices
+            .iter()
+            .map(|d| self.os.device_number(d).map_err(Error::from))
+            .collect()
     }
 
     /// Usage of the volume at `path`, which must be where it is staged or published.
     pub async fn node_stats(&self, id: &str, path: &str) -> Result<VolumeStats> {
         self.volume(id).await?;
         let path = self.published_path(id, path)?;
-        let Some(dev) = self.backend.attached(id).await? else {
-            return Err(Error::PathNotFound {
-                field: "volume_path",
-                path: path.display().to_string(),
-            });
+        let devices = self.backend.devices(id).await?;
+        let here = self.mounted_device(&path)?;
+        let Some(dev) = devices
+            .iter()
+            .zip(self.numbers(&devices)?)
+            .find_map(|(d, n)| (n == here).then_some(d))
+        else {
+            return Err(self.not_here(id, &path));
         };
-        let n = self.os.device_number(&dev)?;
         let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
         if md.file_type().is_block_device() {
-            if iops_controller::DeviceNumber::from_rdev(md.rdev()) != n {
-                return Err(self.not_here(id, &path));
-            }
             return Ok(VolumeStats {
                 usage: Usage::Block {
-                    total_bytes: self.os.device_size(&dev)?,
+                    total_bytes: self.os.device_size(dev)?,
                 },
                 abnormal: None,
             });
@@ -509,9 +613,6 @@ impl Driver {
             .os
             .mount_at(&path)?
             .ok_or_else(|| self.not_here(id, &path))?;
-        if (m.major, m.minor) != (n.major, n.minor) {
-            return Err(self.not_here(id, &path));
-        }
         let stats = self.os.fs_stats(&path)?;
         let abnormal = (m.super_options.split(',').any(|o| o == "ro") && !m.read_only())
             .then(|| "the filesystem was remounted read-only after errors".to_owned());
@@ -585,15 +686,24 @@ impl Driver {
         }
     }
 
-    /// Mounts that use `dev`: filesystems on it and bind mounts of the node itself.
-    fn users<'m>(&self, mounts: &'m [MountEntry], dev: &Path) -> Result<Vec<&'m MountEntry>> {
-        let n = self.os.device_number(dev)?;
-        let node_root = Path::new("/").join(dev.file_name().unwrap_or_default());
+    /// Mounts that use any of `devices`: filesystems on them and binds of their nodes.
+    fn users<'m>(
+        &self,
+        mounts: &'m [MountEntry],
+        devices: &[PathBuf],
+    ) -> Result<Vec<&'m MountEntry>> {
+        let numbers = self.numbers(devices)?;
+        let node_roots: Vec<PathBuf> = devices
+            .iter()
+            .map(|d| Path::new("/").join(d.file_name().unwrap_or_default()))
+            .collect();
         Ok(mounts
             .iter()
             .filter(|m| {
-                (m.major, m.minor) == (n.major, n.minor)
-                    || (m.fs_type == "devtmpfs" && m.root == node_root)
+                numbers.contains(&DeviceNumber {
+                    major: m.major,
+                    minor: m.minor,
+                }) || (m.fs_type == "devtmpfs" && node_roots.contains(&m.root))
             })
             .collect())
     }
@@ -616,29 +726,6 @@ fn single_fs_type(caps: &[Capability]) -> Result<Option<FsType>> {
     Ok(chosen)
 }
 
-/// An existing mount at the target is fine only if it is this volume with the same mode.
-fn same_publication(target: &Path, m: &MountEntry, dev: (u32, u32), read_only: bool) -> Result<()> {
-    if (m.major, m.minor) != dev && m.fs_type != "devtmpfs" {
-        return Err(Error::AlreadyExists(format!(
-            "target_path {} already has {} mounted",
-            target.display(),
-            m.source
-        )));
-    }
-    if m.read_only() != read_only {
-        return Err(Error::AlreadyExists(format!(
-            "target_path {} is already published {}",
-            target.display(),
-            if m.read_only() {
-                "read-only"
-            } else {
-                "read-write"
-            }
-        )));
-    }
-    Ok(())
-}
-
 fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_symlink() => Err(Error::invalid(
@@ -649,22 +736,36 @@ fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
     }
 }
 
-fn ensure_dir(path: &Path) -> Result<()> {
+/// Creates a directory unless it exists; returns whether it created it.
+fn ensure_dir(path: &Path) -> Result<bool> {
     match std::fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
         Err(e) => Err(os::Error::io("create directory", path, e).into()),
     }
 }
 
-fn ensure_file(path: &Path) -> Result<()> {
+/// Creates an empty file unless one exists; returns whether it created it.
+fn ensure_file(path: &Path) -> Result<bool> {
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
     {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(false),
         Err(e) => Err(os::Error::io("create file", path, e).into()),
+    }
+}
+
+/// Removes what NodePublish created at `path` (an empty directory or a file), if anything.
+fn remove_path(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => {
+            std::fs::remove_dir(path).map_err(|e| os::Error::io("remove directory", path, e).into())
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(os::Error::io("stat", path, e).into()),
     }
 }

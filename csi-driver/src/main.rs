@@ -7,7 +7,6 @@ use clap::Parser;
 use csi_driver::backend::loopback::LoopBackend;
 use csi_driver::config::{self, Cli, Command, LogFormat, NodeArgs, NodeConfig};
 use csi_driver::driver::{Driver, Settings};
-use csi_driver::grpc::Role;
 use csi_driver::os::{Os, Roots, SystemRunner};
 use csi_driver::{server, validate};
 use tracing_subscriber::EnvFilter;
@@ -79,6 +78,6 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             max_volumes_per_node: args.max_volumes,
         },
     );
-    server::serve(driver, &name, &socket, Role::Node).await?;
+    server::serve(driver, &name, &socket).await?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::driver::Driver;
-use crate::grpc::{self, Role};
+use crate::grpc;
 
 /// Start-up and serving failures.
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +53,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 }
 
 /// Serves until SIGTERM/SIGINT, then removes the socket.
-pub async fn serve(
-    driver: Driver,
-    plugin_name: &str,
-    socket: &Path,
-    role: Role,
-) -> Result<(), ServeError> {
+pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
     let listener = bind(socket)?;
-    let (identity, controller, node) = grpc::services(&driver, plugin_name, role);
+    let (identity, controller, node) = grpc::services(&driver, plugin_name);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signal)?;
     let shutdown = async move {

@@ -72,7 +72,7 @@ impl LoopBackend {
                 tracing::info!(path = %path.display(), "removed an interrupted metadata write");
             } else if let Some(id) = name.strip_suffix(".img")
                 && !self.meta_path(id).exists()
-                && self.os.loop_for_file(&path)?.is_none()
+                && self.os.loops_for_file(&path)?.is_empty()
             {
                 remove_file(&path)?;
                 tracing::info!(path = %path.display(), "removed the image of an interrupted create or delete");
@@ -260,8 +260,8 @@ impl Backend for LoopBackend {
 
     async fn delete(&self, id: &str) -> Result<()> {
         let image = self.image(id);
-        if let Some(dev) = self.os.loop_for_file(&image)? {
-            self.os.loop_detach(&dev).await?;
+        for dev in self.os.loops_for_file(&image)? {
+            self.os.loop_detach(&dev.path).await?;
         }
         // Metadata first: once it is gone the volume is gone, and start-up removes an
         // image left without metadata.
@@ -282,29 +282,31 @@ impl Backend for LoopBackend {
         let mut volume = self
             .read_meta(id)?
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        if size <= volume.capacity_bytes {
-            return Ok(volume.capacity_bytes);
-        }
-        let grow = size - volume.capacity_bytes;
-        let cap = self.compute_capacity(&self.all()?)?;
-        if grow > cap.available {
-            return Err(self.exhausted(grow, cap));
-        }
         let image = self.image(id);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .map_err(|e| os::Error::io("open", &image, e))?;
-        f.set_len(size)
-            .map_err(|e| os::Error::io("truncate", &image, e))?;
-        f.sync_all()
-            .map_err(|e| os::Error::io("fsync", &image, e))?;
-        volume.capacity_bytes = size;
-        self.write_meta(&volume)?;
-        if let Some(dev) = self.os.loop_for_file(&image)? {
-            self.os.loop_refresh_size(&dev).await?;
+        if size > volume.capacity_bytes {
+            let grow = size - volume.capacity_bytes;
+            let cap = self.compute_capacity(&self.all()?)?;
+            if grow > cap.available {
+                return Err(self.exhausted(grow, cap));
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| os::Error::io("open", &image, e))?;
+            f.set_len(size)
+                .map_err(|e| os::Error::io("truncate", &image, e))?;
+            f.sync_all()
+                .map_err(|e| os::Error::io("fsync", &image, e))?;
+            volume.capacity_bytes = size;
+            self.write_meta(&volume)?;
         }
-        Ok(size)
+        // Attached devices learn the size now, whichever call grew the file.
+        for dev in self.os.loops_for_file(&image)? {
+            if self.os.device_size(&dev.path)? < volume.capacity_bytes {
+                self.os.loop_refresh_size(&dev.path).await?;
+            }
+        }
+        Ok(volume.capacity_bytes)
     }
 
     async fn attach(&self, id: &str) -> Result<PathBuf> {
@@ -315,7 +317,7 @@ impl Backend for LoopBackend {
         if !image.exists() {
             return Err(Error::VolumeNotFound(id.to_owned()));
         }
-        let dev = self.os.loop_attach(&image).await?;
+        let dev = self.os.loop_attach(&image, false).await?;
         tracing::debug!(volume.id = %id, device = %dev.display(), "attached loop device");
         Ok(dev)
     }
@@ -324,10 +326,38 @@ impl Backend for LoopBackend {
         Ok(self.os.loop_for_file(&self.image(id))?)
     }
 
+    async fn devices(&self, id: &str) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .os
+            .loops_for_file(&self.image(id))?
+            .into_iter()
+            .map(|l| l.path)
+            .collect())
+    }
+
+    async fn attach_read_only(&self, id: &str) -> Result<PathBuf> {
+        let image = self.image(id);
+        if !image.exists() {
+            return Err(Error::VolumeNotFound(id.to_owned()));
+        }
+        let dev = self.os.loop_attach(&image, true).await?;
+        tracing::debug!(volume.id = %id, device = %dev.display(), "attached read-only loop device");
+        Ok(dev)
+    }
+
+    async fn release_read_only(&self, id: &str, device: &Path) -> Result<()> {
+        let loops = self.os.loops_for_file(&self.image(id))?;
+        if loops.iter().any(|l| l.read_only && l.path == device) {
+            self.os.loop_detach(device).await?;
+            tracing::debug!(volume.id = %id, device = %device.display(), "detached read-only loop device");
+        }
+        Ok(())
+    }
+
     async fn detach(&self, id: &str) -> Result<()> {
-        if let Some(dev) = self.os.loop_for_file(&self.image(id))? {
-            self.os.loop_detach(&dev).await?;
-            tracing::debug!(volume.id = %id, device = %dev.display(), "detached loop device");
+        for dev in self.os.loops_for_file(&self.image(id))? {
+            self.os.loop_detach(&dev.path).await?;
+            tracing::debug!(volume.id = %id, device = %dev.path.display(), "detached loop device");
         }
         Ok(())
     }

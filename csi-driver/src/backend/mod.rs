@@ -38,8 +38,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The volume's block device, making it appear if needed.
     async fn attach(&self, id: &str) -> Result<PathBuf>;
-    /// The volume's block device if it is present now.
+    /// The volume's writable block device if it is present now.
     async fn attached(&self, id: &str) -> Result<Option<PathBuf>>;
-    /// Makes the volume's block device go away (a no-op where it is permanent).
+    /// Every block device exposing the volume now, writable and read-only.
+    async fn devices(&self, id: &str) -> Result<Vec<PathBuf>>;
+    /// A new read-only block device for one read-only raw-block publication.
+    async fn attach_read_only(&self, id: &str) -> Result<PathBuf>;
+    /// Releases `device` if it is one of the volume's read-only devices; otherwise nothing.
+    async fn release_read_only(&self, id: &str, device: &std::path::Path) -> Result<()>;
+    /// Makes all of the volume's block devices go away (a no-op where they are permanent).
     async fn detach(&self, id: &str) -> Result<()>;
 }

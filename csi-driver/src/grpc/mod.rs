@@ -25,18 +25,10 @@ pub use controller::ControllerService;
 pub use identity::IdentityService;
 pub use node::NodeService;
 
-/// Which CSI services an endpoint serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Identity + Controller + Node: the per-node DaemonSet.
-    Node,
-}
-
-/// The tonic services for `role`, ready to add to a router.
+/// The three tonic services of a node endpoint, ready to add to a router.
 pub fn services(
     driver: &Driver,
     plugin_name: &str,
-    _role: Role,
 ) -> (
     IdentityServer<IdentityService>,
     ControllerServer<ControllerService>,

@@ -116,6 +116,13 @@ impl FsType {
     }
 }
 
+/// A loop device and whether it was attached read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopDevice {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 /// What `blkid -p` found on a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signature {
@@ -235,43 +242,56 @@ impl Os {
 
     // ---- loop devices -----------------------------------------------------------------
 
-    /// The loop device whose backing file is `file`, found through `/sys/block/loop*`.
-    pub fn loop_for_file(&self, file: &Path) -> Result<Option<PathBuf>> {
+    /// Every loop device whose backing file is `file`, found through `/sys/block/loop*`,
+    /// in name order.
+    pub fn loops_for_file(&self, file: &Path) -> Result<Vec<LoopDevice>> {
         let block = self.roots.sys.join("block");
         let entries = match std::fs::read_dir(&block) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read directory", &block, e)),
         };
-        let mut found: Vec<String> = Vec::new();
+        let mut found: Vec<LoopDevice> = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.starts_with("loop") {
                 continue;
             }
-            let backing = entry.path().join("loop/backing_file");
-            let Ok(text) = std::fs::read_to_string(&backing) else {
+            let Ok(text) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
                 continue;
             };
-            if Path::new(text.trim_end_matches('\n')) == file {
-                found.push(name);
+            if Path::new(text.trim_end_matches('\n')) != file {
+                continue;
             }
+            let read_only =
+                std::fs::read_to_string(entry.path().join("ro")).is_ok_and(|t| t.trim() == "1");
+            found.push(LoopDevice {
+                path: self.roots.dev.join(&name),
+                read_only,
+            });
         }
-        found.sort();
-        Ok(found.first().map(|n| self.roots.dev.join(n)))
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(found)
     }
 
-    /// Attaches `file` to a free loop device and returns the device path.
-    pub async fn loop_attach(&self, file: &Path) -> Result<PathBuf> {
-        let out = self
-            .run_ok(
-                Cmd::new("losetup", SHORT_TIMEOUT)
-                    .arg("--find")
-                    .arg("--show")
-                    .arg("--")
-                    .arg(file),
-            )
-            .await?;
+    /// The first writable loop device backed by `file`.
+    pub fn loop_for_file(&self, file: &Path) -> Result<Option<PathBuf>> {
+        Ok(self
+            .loops_for_file(file)?
+            .into_iter()
+            .find(|l| !l.read_only)
+            .map(|l| l.path))
+    }
+
+    /// Attaches `file` to a free loop device (read-only if asked) and returns its path.
+    pub async fn loop_attach(&self, file: &Path, read_only: bool) -> Result<PathBuf> {
+        let mut cmd = Cmd::new("losetup", SHORT_TIMEOUT)
+            .arg("--find")
+            .arg("--show");
+        if read_only {
+            cmd = cmd.arg("--read-only");
+        }
+        let out = self.run_ok(cmd.arg("--").arg(file)).await?;
         let dev = out.stdout.trim();
         let name = dev.strip_prefix("/dev/").unwrap_or(dev);
         if !name.starts_with("loop") || name.contains('/') {
@@ -445,14 +465,16 @@ mod tests {
     fn loop_lookup_on_fake_sysfs() {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
-        for (n, file) in [
-            ("loop0", "/a/one.img"),
-            ("loop7", "/a/two.img (deleted)"),
-            ("loop3", "/a/two.img"),
+        for (n, file, ro) in [
+            ("loop0", "/a/one.img", "0"),
+            ("loop7", "/a/two.img (deleted)", "0"),
+            ("loop3", "/a/two.img", "0"),
+            ("loop2", "/a/two.img", "1"),
         ] {
             let d = sys.join("block").join(n).join("loop");
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("backing_file"), format!("{file}\n")).unwrap();
+            std::fs::write(sys.join("block").join(n).join("ro"), format!("{ro}\n")).unwrap();
         }
         std::fs::create_dir_all(sys.join("block/nvme0n1")).unwrap();
         let roots = Roots {
@@ -466,5 +488,19 @@ mod tests {
             Some(PathBuf::from("/dev/loop3"))
         );
         assert_eq!(os.loop_for_file(Path::new("/a/none.img")).unwrap(), None);
+        let all = os.loops_for_file(Path::new("/a/two.img")).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                LoopDevice {
+                    path: PathBuf::from("/dev/loop2"),
+                    read_only: true
+                },
+                LoopDevice {
+                    path: PathBuf::from("/dev/loop3"),
+                    read_only: false
+                },
+            ]
+        );
     }
 }
