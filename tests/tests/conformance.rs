@@ -1266,6 +1266,44 @@ fn assert_write_refused(path: &Path, allowed: &[i32], what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn mount_flags_reach_the_staging_mount() {
+    require_root!();
+    let mut d = Driver::start().await;
+    let cap = capability(
+        AccessType::Mount(MountVolume {
+            fs_type: "ext4".to_owned(),
+            mount_flags: vec!["noatime".to_owned(), "nodev".to_owned()],
+            ..Default::default()
+        }),
+        Mode::SingleNodeWriter,
+    );
+    let v = create(&mut d, "flags", &cap, 64 * MIB).await;
+    let id = v.volume_id.clone();
+    let staging = d.make_staging("flags");
+    let target = d.target("flags");
+    stage(&mut d, &id, &staging, &cap).await;
+    let m = mount_at(&staging).expect("staging path is not mounted");
+    for flag in ["noatime", "nodev"] {
+        assert!(
+            m.options.split(',').any(|o| o == flag),
+            "staging mount options {:?} lack {flag}",
+            m.options
+        );
+    }
+    publish(&mut d, &id, &staging, &target, &cap, false).await;
+    let t = mount_at(&target).expect("target is not mounted");
+    assert!(
+        t.options.split(',').any(|o| o == "noatime"),
+        "the bind of a noatime staging mount lost noatime: {:?}",
+        t.options
+    );
+    unpublish(&mut d, &id, &target).await;
+    unstage(&mut d, &id, &staging).await;
+    delete(&mut d, &id).await;
+    d.assert_no_leaks("after the mount-flags cycle").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn read_only_publish_refuses_writes() {
     require_root!();
     let mut d = Driver::start().await;
