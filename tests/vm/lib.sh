@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are used by the scripts that source this
 # Helpers shared by tests/vm/setup.sh and tests/vm/run.sh (sourced, not run).
 
 # The pinned virtme-ng release: its wheel ships a prebuilt virtme-ng-init, so nothing is

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Installs what tests/vm/run.sh needs on a Debian 12 machine, as root. Idempotent: installs
 # only what is missing (one `apt-get update` first, only if something is) and prints what it
 # installed. Safe to run on every CI run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=tests/vm/lib.sh
+# shellcheck source=lib.sh
 . "$here/lib.sh"
 
 if [ "$(id -u)" != 0 ]; then
