@@ -246,7 +246,7 @@ impl Driver {
         parameters: &BTreeMap<String, String>,
         topology: Option<&BTreeMap<String, String>>,
     ) -> Result<crate::volume::Capacity> {
-        Parameters::parse(parameters)?;
+        let parameters = Parameters::parse(parameters)?;
         if let Some(seg) = topology {
             let here = self.topology();
             if !seg.iter().all(|(k, v)| here.get(k) == Some(v)) {
@@ -256,7 +256,7 @@ impl Driver {
                 });
             }
         }
-        self.backend.capacity().await
+        self.backend.capacity(&parameters).await
     }
 
     /// Grows the volume's storage; the filesystem grows in [`Driver::node_expand`].
@@ -601,12 +601,14 @@ impl Driver {
             return Err(self.not_here(id, &path));
         };
         let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
+        // What the backend knows (e.g. a full thin pool) comes first.
+        let storage = self.backend.condition(id).await?;
         if md.file_type().is_block_device() {
             return Ok(VolumeStats {
                 usage: Usage::Block {
                     total_bytes: self.os.device_size(dev)?,
                 },
-                abnormal: None,
+                abnormal: storage,
             });
         }
         let m = self
@@ -614,8 +616,10 @@ impl Driver {
             .mount_at(&path)?
             .ok_or_else(|| self.not_here(id, &path))?;
         let stats = self.os.fs_stats(&path)?;
-        let abnormal = (m.super_options.split(',').any(|o| o == "ro") && !m.read_only())
-            .then(|| "the filesystem was remounted read-only after errors".to_owned());
+        let abnormal = storage.or_else(|| {
+            (m.super_options.split(',').any(|o| o == "ro") && !m.read_only())
+                .then(|| "the filesystem was remounted read-only after errors".to_owned())
+        });
         Ok(VolumeStats {
             usage: Usage::Filesystem(stats),
             abnormal,

@@ -35,6 +35,10 @@ pub enum Error {
     /// The requested operation or option is not supported by this driver.
     #[error("{0}")]
     Unsupported(String),
+    /// The storage the call needs is not set up (e.g. a device class whose pool could not
+    /// be created or adopted at start-up); retrying after the operator fixes it may work.
+    #[error("{0}")]
+    NotReady(String),
     /// A ListVolumes starting token this driver did not issue.
     #[error("starting_token {0:?} was not issued by this driver")]
     BadToken(String),

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use csi_driver::backend::Backend;
 use csi_driver::backend::loopback::LoopBackend;
+use csi_driver::backend::lvm::LvmBackend;
 use csi_driver::config::{self, Cli, Command, LogFormat, NodeArgs, NodeConfig};
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::os::{Os, Roots, SystemRunner};
@@ -58,19 +60,28 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => NodeConfig::load(p)?,
         None => NodeConfig::default(),
     };
+    let classes = cfg.device_classes(&args.lvm_devices)?;
     let os = Os::new(Arc::new(SystemRunner), Roots::default());
-    let backend = LoopBackend::open(
-        os.clone(),
-        args.state_dir.join("loop"),
-        cfg.loopback.overprovision_ratio,
-    )?;
-    tracing::info!(
-        state_dir = %args.state_dir.display(),
-        overprovision_ratio = cfg.loopback.overprovision_ratio,
-        "loop backend ready"
-    );
+    let backend: Arc<dyn Backend> = if classes.is_empty() {
+        let backend = LoopBackend::open(
+            os.clone(),
+            args.state_dir.join("loop"),
+            cfg.loopback.overprovision_ratio,
+        )?;
+        tracing::info!(
+            state_dir = %args.state_dir.display(),
+            overprovision_ratio = cfg.loopback.overprovision_ratio,
+            "loop backend ready"
+        );
+        Arc::new(backend)
+    } else {
+        let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+        let backend = LvmBackend::open(os.clone(), classes).await;
+        tracing::info!(device_classes = ?names, "lvm backend started");
+        Arc::new(backend)
+    };
     let driver = Driver::new(
-        Arc::new(backend),
+        backend,
         os,
         Settings {
             node_id,

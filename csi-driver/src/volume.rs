@@ -129,9 +129,43 @@ pub struct Parameters {
         skip_serializing_if = "Option::is_none"
     )]
     pub pv_name: Option<String>,
+    /// The lvm device class (StorageClass parameter); `None` picks the node's first class.
+    #[serde(
+        rename = "iolane.dev/device-class",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_class: Option<String>,
 }
 
+/// The parameter key that selects a device class.
+pub const DEVICE_CLASS_KEY: &str = "iolane.dev/device-class";
+
 impl Parameters {
+    /// The parameters as the CSI key/value map they were parsed from.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        // Every field is an optional string, so this cannot fail; an empty map is the
+        // honest answer if it ever did.
+        serde_json::to_value(self)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default()
+    }
+
+    /// The error for a device class this node does not have.
+    pub fn unknown_class(class: &str, known: &[&str]) -> Error {
+        let reason = if known.is_empty() {
+            format!(
+                "device class {class:?} is not configured on this node (it serves the loop backend, which has no device classes)"
+            )
+        } else {
+            format!(
+                "device class {class:?} is not configured on this node (it has: {})",
+                known.join(", ")
+            )
+        };
+        Error::invalid(format!("parameters[{DEVICE_CLASS_KEY:?}]"), reason)
+    }
+
     /// Parses a CSI parameter map, naming the first unknown or malformed key.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
         for (k, v) in map {
@@ -235,6 +269,15 @@ mod tests {
         assert_eq!(
             Parameters::parse(&m).unwrap().pvc_name.as_deref(),
             Some("data")
+        );
+        m.insert(DEVICE_CLASS_KEY.to_owned(), "fast".to_owned());
+        let p = Parameters::parse(&m).unwrap();
+        assert_eq!(p.device_class.as_deref(), Some("fast"));
+        assert_eq!(p.to_map(), m);
+        let e = Parameters::unknown_class("slow", &["fast"]).to_string();
+        assert!(
+            e.starts_with(r#"parameters["iolane.dev/device-class"]: device class "slow""#),
+            "{e}"
         );
         m.insert("fsTypo".to_owned(), "ext4".to_owned());
         let err = Parameters::parse(&m).unwrap_err().to_string();

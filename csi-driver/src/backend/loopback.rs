@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::os::{self, Os};
-use crate::volume::{Capacity, CreateSpec, Volume};
+use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
 
 /// Sizes are whole MiB.
 pub const GRANULARITY: u64 = 1 << 20;
@@ -175,6 +175,14 @@ impl LoopBackend {
         })
     }
 
+    /// The loop backend has no device classes: naming one is a mistake, not a default.
+    fn refuse_device_class(parameters: &Parameters) -> Result<()> {
+        match &parameters.device_class {
+            Some(c) => Err(Parameters::unknown_class(c, &[])),
+            None => Ok(()),
+        }
+    }
+
     fn exhausted(&self, want: u64, cap: Capacity) -> Error {
         Error::ResourceExhausted(format!(
             "loop backend in {}: {want} bytes requested but only {} bytes can be provisioned under overprovision ratio {}",
@@ -223,6 +231,7 @@ impl Backend for LoopBackend {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<Volume> {
+        Self::refuse_device_class(&spec.parameters)?;
         let _admit = self.admission.lock().await;
         let volumes = self.all()?;
         let cap = self.compute_capacity(&volumes)?;
@@ -272,7 +281,8 @@ impl Backend for LoopBackend {
         Ok(())
     }
 
-    async fn capacity(&self) -> Result<Capacity> {
+    async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
+        Self::refuse_device_class(parameters)?;
         let volumes = self.all()?;
         self.compute_capacity(&volumes)
     }
@@ -307,6 +317,12 @@ impl Backend for LoopBackend {
             }
         }
         Ok(volume.capacity_bytes)
+    }
+
+    async fn condition(&self, _id: &str) -> Result<Option<String>> {
+        // A full backing filesystem shows up as write errors in the volume's own
+        // filesystem, which the node service already reports.
+        Ok(None)
     }
 
     async fn attach(&self, id: &str) -> Result<PathBuf> {
@@ -431,12 +447,30 @@ mod tests {
     async fn over_ratio_is_resource_exhausted() {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(dir.path(), 1.0);
-        let cap = b.capacity().await.unwrap();
+        let cap = b.capacity(&Parameters::default()).await.unwrap();
         let err = b
             .create(&spec("huge", cap.available + GRANULARITY))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn device_class_parameter_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path(), 10.0);
+        let mut s = spec("classy", 4 << 20);
+        s.parameters.device_class = Some("fast".to_owned());
+        let err = b.create(&s).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(r#"parameters["iolane.dev/device-class"]"#),
+            "{err}"
+        );
+        let err = b.capacity(&s.parameters).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
     }
 

@@ -1,14 +1,15 @@
 //! Storage backends: where a volume's blocks live and how its block device appears.
 //!
 //! The node and controller services see only [`Backend`]; the loop backend is the embedded
-//! default, the lvm backend (thin pools) comes next.
+//! default, the lvm backend serves thin LVs from LVM thin pools (device classes).
 
 pub mod loopback;
+pub mod lvm;
 
 use std::path::PathBuf;
 
 use crate::error::Result;
-use crate::volume::{Capacity, CreateSpec, Volume};
+use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
 
 /// A place that stores thin volumes and exposes each as a block device.
 ///
@@ -31,10 +32,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn create(&self, spec: &CreateSpec) -> Result<Volume>;
     /// Removes a volume and everything it owns; a missing volume is not an error.
     async fn delete(&self, id: &str) -> Result<()>;
-    /// What can still be provisioned.
-    async fn capacity(&self) -> Result<Capacity>;
+    /// What can still be provisioned for volumes with these parameters (they pick the
+    /// device class); an unknown class is INVALID_ARGUMENT.
+    async fn capacity(&self, parameters: &Parameters) -> Result<Capacity>;
     /// Grows a volume to at least `size` bytes and returns its new size.
     async fn expand(&self, id: &str, size: u64) -> Result<u64>;
+    /// What is wrong with the volume's storage now, if anything (NodeGetVolumeStats
+    /// reports it as an abnormal volume condition), e.g. its thin pool being full.
+    async fn condition(&self, id: &str) -> Result<Option<String>>;
 
     /// The volume's block device, making it appear if needed.
     async fn attach(&self, id: &str) -> Result<PathBuf>;

@@ -17,6 +17,7 @@ impl From<Error> for Status {
             Error::InFlight(_) | Error::BadToken(_) => Code::Aborted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::OutOfRange(_) => Code::OutOfRange,
+            Error::NotReady(_) => Code::Unavailable,
             Error::Os(os) => match os {
                 os::Error::Timeout { .. } => Code::DeadlineExceeded,
                 os::Error::CommandFailed { .. }
@@ -80,6 +81,7 @@ mod tests {
             (Error::InFlight("v".into()), Code::Aborted),
             (Error::BadToken("t".into()), Code::Aborted),
             (Error::OutOfRange("x".into()), Code::OutOfRange),
+            (Error::NotReady("x".into()), Code::Unavailable),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);

@@ -1,0 +1,760 @@
+//! The lvm backend: one thin LV per volume, in the thin pool of a device class.
+//!
+//! A device class (config `[[device_class]]`, or `--lvm-devices`) is a VG with one thin
+//! pool. At start-up each class's pool is adopted if it exists, or built on the listed
+//! devices if they are blank (see [`LvmBackend::open`]). A class that cannot be set up is
+//! reported by [`Backend::ready`] (so Probe says not ready) while the process keeps serving.
+//!
+//! **LVM metadata is the only state store.** A volume is a thin LV named by its volume ID
+//! (`iol-` + 32 hex digits) carrying the tags of [`tags`], all written by one `lvcreate`, so
+//! a crash leaves either a complete volume or nothing. Every read is one `lvs` JSON report
+//! ([`report`]).
+//!
+//! Block devices: thin LVs stay active from creation to removal, so [`Backend::detach`] is a
+//! no-op: an active thin LV costs a device-mapper table and nothing else, and keeping it
+//! keeps its device number stable for the volume's life (IO limits are keyed on it). The
+//! device the node service uses is the kernel's node for the LV (`/dev/dm-N`). A read-only
+//! raw-block publication gets a read-only loop device on top of the LV, which the kernel
+//! itself keeps read-only, exactly as the loop backend does.
+
+pub mod report;
+pub mod tags;
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::Mutex;
+
+use super::Backend;
+use crate::config::{DeviceClass, WipePolicy};
+use crate::error::{Error, Result};
+use crate::os::lvm::{Report, ThinPoolSpec};
+use crate::os::{self, Os, Signature};
+use crate::volume::{Capacity, CreateSpec, Parameters, Volume, volume_id_for};
+use report::{LV_FIELDS, Lv, PV_FIELDS, parse_lvs, parse_pvs};
+
+/// The extent size `vgcreate` gives a new VG: the granularity before any pool is known.
+const DEFAULT_EXTENT: u64 = 4 << 20;
+/// Prefix of the LV names iolane gives volumes (see `volume_id_for`).
+const LV_PREFIX: &str = "iol-";
+
+/// One device class and what start-up made of it.
+#[derive(Debug)]
+struct Class {
+    cfg: DeviceClass,
+    /// `Err` says why the pool could not be created or adopted at start-up.
+    state: std::result::Result<(), String>,
+    /// Serialises admission with the `lvcreate`/`lvextend` it admits, so two calls cannot
+    /// both take the last provisionable bytes of this pool.
+    admission: Mutex<()>,
+}
+
+/// Thin volumes in the thin pools of device classes.
+#[derive(Debug)]
+pub struct LvmBackend {
+    os: Os,
+    classes: Vec<Class>,
+    /// Least common multiple of the ready classes' extent sizes.
+    granularity: u64,
+}
+
+/// One thin pool's figures, from one report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PoolUsage {
+    /// Size of the pool's data LV.
+    data_bytes: u64,
+    /// Sum of the virtual sizes of every thin LV in the pool (iolane's or not).
+    provisioned: u64,
+    data_percent: f64,
+    metadata_percent: f64,
+    extent: u64,
+}
+
+/// What start-up did with a device class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Adopted,
+    Created,
+}
+
+impl LvmBackend {
+    /// Sets up every class (adopting existing pools, building new ones on blank devices)
+    /// and removes untagged volume LVs. Never fails: a class that cannot be set up is
+    /// logged once and reported by [`Backend::ready`].
+    pub async fn open(os: Os, classes: Vec<DeviceClass>) -> Self {
+        let mut out = Vec::with_capacity(classes.len());
+        let mut granularity = 1;
+        for cfg in classes {
+            let state = match init_class(&os, &cfg).await {
+                Ok((setup, extent)) => {
+                    tracing::info!(
+                        device_class = %cfg.name,
+                        vg = %cfg.vg,
+                        thin_pool = %cfg.thin_pool,
+                        extent_size = extent,
+                        "{} thin pool",
+                        match setup {
+                            Setup::Adopted => "adopted the existing",
+                            Setup::Created => "created the",
+                        }
+                    );
+                    granularity = lcm(granularity, extent);
+                    Ok(())
+                }
+                Err(reason) => {
+                    tracing::error!(
+                        device_class = %cfg.name,
+                        vg = %cfg.vg,
+                        %reason,
+                        "device class is not ready: Probe reports not ready until this is fixed and iolane restarts"
+                    );
+                    Err(reason)
+                }
+            };
+            out.push(Class {
+                cfg,
+                state,
+                admission: Mutex::new(()),
+            });
+        }
+        let backend = LvmBackend {
+            os,
+            classes: out,
+            granularity: if granularity == 1 {
+                DEFAULT_EXTENT
+            } else {
+                granularity
+            },
+        };
+        if let Err(e) = backend.sweep().await {
+            tracing::warn!(error = %e, "could not look for untagged volume LVs");
+        }
+        backend
+    }
+
+    fn ready_classes(&self) -> impl Iterator<Item = &Class> {
+        self.classes.iter().filter(|c| c.state.is_ok())
+    }
+
+    /// Removes thin LVs that carry a volume name but no iolane tag. The single tagged
+    /// `lvcreate` never leaves one, so such an LV was not made by a complete create.
+    async fn sweep(&self) -> Result<()> {
+        let rows = self.report_all().await?;
+        for c in self.ready_classes() {
+            for lv in rows.iter().filter(|l| {
+                l.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool)
+                    && l.name.starts_with(LV_PREFIX)
+                    && !tags::is_ours(&l.tags)
+            }) {
+                tracing::warn!(
+                    lv.name = %lv.name,
+                    vg = %lv.vg,
+                    "removing a volume LV without iolane tags (left by an interrupted or foreign create)"
+                );
+                self.remove(lv).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One `lvs` report over `vgs` (nothing to report for no VG).
+    async fn lvs(&self, vgs: &[&str]) -> Result<Vec<Lv>> {
+        if vgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let json = self.os.lvm_report(Report::Lv, LV_FIELDS, vgs).await?;
+        Ok(parse_lvs(&json)?)
+    }
+
+    /// One `lvs` report over the VGs of every ready class.
+    async fn report_all(&self) -> Result<Vec<Lv>> {
+        let vgs: Vec<&str> = self.ready_classes().map(|c| c.cfg.vg.as_str()).collect();
+        self.lvs(&vgs).await
+    }
+
+    /// The ready class whose pool holds `lv` as a thin volume.
+    fn class_of(&self, lv: &Lv) -> Option<&Class> {
+        self.ready_classes()
+            .find(|c| lv.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool))
+    }
+
+    /// The iolane volume LV named `id`, and its class.
+    async fn find(&self, id: &str) -> Result<Option<(&Class, Lv)>> {
+        let rows = self.report_all().await?;
+        Ok(rows.into_iter().find_map(|l| {
+            if l.name != id || !tags::is_ours(&l.tags) {
+                return None;
+            }
+            self.class_of(&l).map(|c| (c, l))
+        }))
+    }
+
+    /// The class volumes with these parameters live in: the one named, else the first.
+    fn class_for(&self, parameters: &Parameters) -> Result<&Class> {
+        let class = match &parameters.device_class {
+            Some(name) => self
+                .classes
+                .iter()
+                .find(|c| &c.cfg.name == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        self.classes.iter().map(|c| c.cfg.name.as_str()).collect();
+                    Parameters::unknown_class(name, &known)
+                })?,
+            None => self
+                .classes
+                .first()
+                .ok_or_else(|| Error::NotReady("no device class is configured".to_owned()))?,
+        };
+        if let Err(reason) = &class.state {
+            return Err(Error::NotReady(format!(
+                "device class {} is not ready: {reason}",
+                class.cfg.name
+            )));
+        }
+        Ok(class)
+    }
+
+    /// The volume an iolane LV stands for, rebuilt from its name, size and tags.
+    fn volume_of(lv: &Lv) -> Result<Volume> {
+        let bad = |reason: String| Error::Metadata {
+            path: format!("lv {}/{}", lv.vg, lv.name),
+            reason,
+        };
+        let t = tags::decode(&lv.tags).map_err(bad)?;
+        if volume_id_for(&t.name) != lv.name {
+            return Err(bad(format!(
+                "the name tag {:?} does not hash to the LV name",
+                t.name
+            )));
+        }
+        Ok(Volume {
+            id: lv.name.clone(),
+            name: t.name,
+            capacity_bytes: lv.size,
+            fs_type: t.fs_type,
+            parameters: t.parameters,
+        })
+    }
+
+    /// Discards an LV's blocks (activating it first if needed), then removes it.
+    async fn remove(&self, lv: &Lv) -> Result<()> {
+        if !lv.active() {
+            self.os.activate_lv(&lv.vg, &lv.name).await?;
+        }
+        let dev = self.device(&lv.vg, &lv.name)?;
+        // Freed blocks go back to the pool; without the discard a pool that does not zero
+        // new chunks could hand this volume's bytes to the next one.
+        self.os.discard(&dev).await?;
+        self.os.remove_lv(&lv.vg, &lv.name).await?;
+        tracing::debug!(lv.name = %lv.name, vg = %lv.vg, "discarded and removed LV");
+        Ok(())
+    }
+
+    /// The device node of an LV that must be active.
+    fn device(&self, vg: &str, lv: &str) -> Result<PathBuf> {
+        self.os.lv_device(vg, lv).ok_or_else(|| {
+            let path = self.os.roots().dev.join(vg).join(lv);
+            os::Error::io(
+                "open",
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the LV is active but its device node is missing",
+                ),
+            )
+            .into()
+        })
+    }
+
+    /// The device node of the volume's LV if it is active now.
+    fn active_device(&self, id: &str) -> Option<PathBuf> {
+        self.ready_classes()
+            .find_map(|c| self.os.lv_device(&c.cfg.vg, id))
+    }
+}
+
+/// Figures of `c`'s pool from a report of its VG.
+fn usage(c: &DeviceClass, rows: &[Lv]) -> Result<PoolUsage> {
+    let pool = rows
+        .iter()
+        .find(|l| l.vg == c.vg && l.name == c.thin_pool && l.is_thin_pool())
+        .ok_or_else(|| {
+            Error::NotReady(format!(
+                "thin pool {}/{} of device class {} is missing",
+                c.vg, c.thin_pool, c.name
+            ))
+        })?;
+    Ok(PoolUsage {
+        data_bytes: pool.size,
+        provisioned: rows
+            .iter()
+            .filter(|l| l.is_thin_in(&c.vg, &c.thin_pool))
+            .map(|l| l.size)
+            .sum(),
+        data_percent: pool.data_percent.unwrap_or(0.0),
+        metadata_percent: pool.metadata_percent.unwrap_or(0.0),
+        extent: extent_of(pool)?,
+    })
+}
+
+/// Why the pool takes no more volumes now, if a usage watermark says so.
+fn past_watermark(c: &DeviceClass, u: &PoolUsage) -> Option<String> {
+    if u.data_percent >= c.data_high_watermark {
+        return Some(format!(
+            "thin pool {}/{} data usage is {:.2}%, at or above the high watermark of {}%: no new space is promised until usage falls",
+            c.vg, c.thin_pool, u.data_percent, c.data_high_watermark
+        ));
+    }
+    if u.metadata_percent >= c.metadata_high_watermark {
+        return Some(format!(
+            "thin pool {}/{} metadata usage is {:.2}%, at or above the high watermark of {}%: no new space is promised until usage falls",
+            c.vg, c.thin_pool, u.metadata_percent, c.metadata_high_watermark
+        ));
+    }
+    None
+}
+
+/// Most virtual bytes the ratio still allows, `ratio x pool data - provisioned`, in whole
+/// extents.
+fn provisionable(c: &DeviceClass, u: &PoolUsage) -> (u64, u64) {
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let limit = (u.data_bytes as f64 * c.overprovision_ratio) as u64;
+    let left = limit.saturating_sub(u.provisioned) / u.extent * u.extent;
+    (left, limit)
+}
+
+fn capacity_of(c: &DeviceClass, u: &PoolUsage) -> Capacity {
+    let available = if past_watermark(c, u).is_some() {
+        0
+    } else {
+        provisionable(c, u).0
+    };
+    Capacity {
+        available,
+        max_volume_size: available,
+    }
+}
+
+/// Admits `grow` more virtual bytes into `c`'s pool, or says which limit refuses them.
+fn admit(c: &DeviceClass, u: &PoolUsage, grow: u64) -> Result<()> {
+    if let Some(reason) = past_watermark(c, u) {
+        return Err(Error::ResourceExhausted(reason));
+    }
+    let (left, limit) = provisionable(c, u);
+    if grow > left {
+        return Err(Error::ResourceExhausted(format!(
+            "thin pool {}/{}: {grow} bytes requested but only {left} can be provisioned: {} bytes are provisioned of {limit} allowed (overprovision ratio {} x {} bytes of pool data)",
+            c.vg, c.thin_pool, u.provisioned, c.overprovision_ratio, u.data_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Why a volume of `c` cannot take writes that need new blocks, if it cannot.
+fn pool_condition(c: &DeviceClass, lv: &Lv, pool: Option<&Lv>) -> Option<String> {
+    let name = format!("thin pool {}/{}", c.vg, c.thin_pool);
+    let Some(pool) = pool else {
+        return Some(format!("{name} is missing"));
+    };
+    let data = pool.data_percent.unwrap_or(0.0);
+    let meta = pool.metadata_percent.unwrap_or(0.0);
+    match (pool.health(), lv.health()) {
+        (b'F', _) | (_, b'F') => Some(format!("{name} has failed")),
+        (b'p', _) | (_, b'p') => Some(format!("{name} is missing a physical volume")),
+        (b'M', _) => Some(format!(
+            "{name} metadata is read-only ({meta:.2}% used): writes that need new blocks fail"
+        )),
+        (b'D', _) => Some(format!(
+            "{name} is out of data space ({data:.2}% used): writes that need new blocks fail"
+        )),
+        _ if data >= 100.0 => Some(format!(
+            "{name} is out of data space ({data:.2}% used): writes that need new blocks fail"
+        )),
+        _ if meta >= 100.0 => Some(format!(
+            "{name} is out of metadata space ({meta:.2}% used): writes that need new blocks fail"
+        )),
+        _ => None,
+    }
+}
+
+/// Adopts or creates the class's VG and thin pool; returns what it did and the extent
+/// size. The error is the reason the class is not ready.
+async fn init_class(os: &Os, c: &DeviceClass) -> std::result::Result<(Setup, u64), String> {
+    init_class_inner(os, c).await.map_err(|e| e.to_string())
+}
+
+async fn init_class_inner(os: &Os, c: &DeviceClass) -> Result<(Setup, u64)> {
+    let pvs = parse_pvs(&os.lvm_report(Report::Pv, PV_FIELDS, &[]).await?)?;
+    if pvs.iter().any(|p| p.vg == c.vg) {
+        for d in &c.devices {
+            let member = pvs
+                .iter()
+                .any(|p| p.vg == c.vg && os.same_device(Path::new(&p.name), d));
+            if !member {
+                tracing::warn!(
+                    device_class = %c.name,
+                    device = %d.display(),
+                    vg = %c.vg,
+                    "listed device is not part of the existing VG; iolane does not extend existing VGs"
+                );
+            }
+        }
+        let lvs = parse_lvs(&os.lvm_report(Report::Lv, LV_FIELDS, &[&c.vg]).await?)?;
+        match lvs.iter().find(|l| l.name == c.thin_pool) {
+            Some(p) if p.is_thin_pool() => {
+                if p.when_full.as_deref() != Some("error") {
+                    tracing::warn!(
+                        device_class = %c.name,
+                        vg = %c.vg,
+                        thin_pool = %c.thin_pool,
+                        when_full = ?p.when_full,
+                        "the adopted thin pool queues IO when full instead of failing it; \
+                         iolane leaves it as it is (lvchange --errorwhenfull y fixes it)"
+                    );
+                }
+                return Ok((Setup::Adopted, extent_of(p)?));
+            }
+            Some(p) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "LV {}/{} exists but is not a thin pool (lv_attr {})",
+                    c.vg, c.thin_pool, p.attr
+                )));
+            }
+            None => tracing::info!(
+                device_class = %c.name,
+                vg = %c.vg,
+                "VG exists without its thin pool (an interrupted start-up?): creating the pool"
+            ),
+        }
+    } else {
+        prepare_devices(os, c, &pvs).await?;
+        os.vgcreate(&c.vg, &c.devices).await?;
+        tracing::info!(device_class = %c.name, vg = %c.vg, devices = ?c.devices, "created VG");
+    }
+    os.create_thin_pool(&ThinPoolSpec {
+        vg: &c.vg,
+        pool: &c.thin_pool,
+        percent_of_vg: c.pool_size_percent,
+        chunk_size: c.chunk_size,
+        zero: c.zero,
+    })
+    .await?;
+    let lvs = parse_lvs(&os.lvm_report(Report::Lv, LV_FIELDS, &[&c.vg]).await?)?;
+    let pool = lvs
+        .iter()
+        .find(|l| l.name == c.thin_pool && l.is_thin_pool())
+        .ok_or_else(|| {
+            Error::NotReady(format!(
+                "lvcreate succeeded but thin pool {}/{} is not in the report",
+                c.vg, c.thin_pool
+            ))
+        })?;
+    Ok((Setup::Created, extent_of(pool)?))
+}
+
+fn extent_of(lv: &Lv) -> Result<u64> {
+    lv.extent_size.filter(|e| *e > 0).ok_or_else(|| {
+        os::Error::Parse {
+            what: "lvs report",
+            output: format!("no vg_extent_size for {}/{}", lv.vg, lv.name),
+        }
+        .into()
+    })
+}
+
+/// What to do with one listed device before `vgcreate`.
+#[derive(Debug)]
+enum Step {
+    /// A PV in no VG (from an interrupted start-up): it holds no data, use it as it is.
+    Reuse,
+    Create,
+    WipeAndCreate(String),
+}
+
+/// Checks every listed device first and changes nothing unless all of them are usable:
+/// blank devices become PVs, devices with any signature are refused unless the class's
+/// wipe policy allows erasing it.
+async fn prepare_devices(os: &Os, c: &DeviceClass, pvs: &[report::Pv]) -> Result<()> {
+    let mut steps = Vec::new();
+    let mut refused = Vec::new();
+    let mut signatures = false;
+    for (i, d) in c.devices.iter().enumerate() {
+        if !os.device_exists(d) {
+            refused.push(format!("{} does not exist", d.display()));
+            continue;
+        }
+        if let Some(e) = c.devices[..i].iter().find(|e| os.same_device(e, d)) {
+            refused.push(format!(
+                "{} is the same device as {}",
+                d.display(),
+                e.display()
+            ));
+            continue;
+        }
+        let found = match pvs.iter().find(|p| os.same_device(Path::new(&p.name), d)) {
+            Some(pv) if pv.vg.is_empty() => {
+                steps.push((d, Step::Reuse));
+                continue;
+            }
+            Some(pv) => format!("an LVM physical volume of VG {:?}", pv.vg),
+            None => match os.probe(d).await? {
+                Signature::Blank => {
+                    steps.push((d, Step::Create));
+                    continue;
+                }
+                Signature::Filesystem(t) => format!("a signature ({t})"),
+                Signature::PartitionTable(t) => format!("a partition table ({t})"),
+            },
+        };
+        match c.wipe {
+            WipePolicy::Never => {
+                signatures = true;
+                refused.push(format!("{} carries {found}", d.display()));
+            }
+            WipePolicy::Signatures => steps.push((d, Step::WipeAndCreate(found))),
+        }
+    }
+    if !refused.is_empty() {
+        let hint = if signatures {
+            "; iolane only uses blank devices unless the class sets wipe = \"signatures\""
+        } else {
+            ""
+        };
+        return Err(Error::FailedPrecondition(format!(
+            "refusing to build VG {} for device class {}: {}{hint}",
+            c.vg,
+            c.name,
+            refused.join(", ")
+        )));
+    }
+    for (d, step) in steps {
+        match step {
+            Step::Reuse => {
+                tracing::info!(device = %d.display(), "reusing a physical volume that belongs to no VG");
+            }
+            Step::Create => os.pvcreate(d).await?,
+            Step::WipeAndCreate(found) => {
+                tracing::warn!(device = %d.display(), found = %found, "erasing every signature (wipe = \"signatures\")");
+                os.wipe_signatures(d).await?;
+                os.pvcreate(d).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    if a == 0 || b == 0 {
+        a.max(b)
+    } else {
+        a / gcd(a, b) * b
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LvmBackend {
+    fn kind(&self) -> &'static str {
+        "lvm"
+    }
+
+    fn granularity(&self) -> u64 {
+        self.granularity
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let reasons: Vec<String> = self
+            .classes
+            .iter()
+            .filter_map(|c| {
+                c.state
+                    .as_ref()
+                    .err()
+                    .map(|r| format!("device class {}: {r}", c.cfg.name))
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Volume>> {
+        match self.find(id).await? {
+            Some((_, lv)) => Ok(Some(Self::volume_of(&lv)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Volume>> {
+        let rows = self.report_all().await?;
+        let mut out = Vec::new();
+        for lv in rows
+            .iter()
+            .filter(|l| tags::is_ours(&l.tags) && self.class_of(l).is_some())
+        {
+            match Self::volume_of(lv) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    tracing::warn!(lv.name = %lv.name, vg = %lv.vg, error = %e, "skipping an LV whose iolane tags cannot be read");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<Volume> {
+        let class = self.class_for(&spec.parameters)?;
+        let c = &class.cfg;
+        let tags = tags::encode(spec)?;
+        let _admit = class.admission.lock().await;
+        let rows = self.lvs(&[&c.vg]).await?;
+        if let Some(lv) = rows.iter().find(|l| l.name == spec.id) {
+            if tags::is_ours(&lv.tags) {
+                return Self::volume_of(lv);
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "LV {}/{} exists without iolane tags; remove it (iolane removes such LVs when it starts)",
+                c.vg, spec.id
+            )));
+        }
+        let u = usage(c, &rows)?;
+        admit(c, &u, spec.size)?;
+        self.os
+            .create_thin_lv(&c.vg, &c.thin_pool, &spec.id, spec.size, &tags)
+            .await?;
+        tracing::debug!(volume.id = %spec.id, vg = %c.vg, size = spec.size, "created thin LV");
+        Ok(Volume {
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            capacity_bytes: spec.size.next_multiple_of(u.extent),
+            fs_type: spec.fs_type,
+            parameters: spec.parameters.clone(),
+        })
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        if let Some((_, lv)) = self.find(id).await? {
+            self.remove(&lv).await?;
+        }
+        Ok(())
+    }
+
+    async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
+        let class = self.class_for(parameters)?;
+        let rows = self.lvs(&[&class.cfg.vg]).await?;
+        Ok(capacity_of(&class.cfg, &usage(&class.cfg, &rows)?))
+    }
+
+    async fn expand(&self, id: &str, size: u64) -> Result<u64> {
+        let (class, lv) = self
+            .find(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if size <= lv.size {
+            return Ok(lv.size);
+        }
+        let c = &class.cfg;
+        let _admit = class.admission.lock().await;
+        let rows = self.lvs(&[&c.vg]).await?;
+        let lv = rows
+            .iter()
+            .find(|l| l.name == id && l.is_thin_in(&c.vg, &c.thin_pool))
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if size <= lv.size {
+            return Ok(lv.size);
+        }
+        let u = usage(c, &rows)?;
+        admit(c, &u, size - lv.size)?;
+        self.os.extend_lv(&c.vg, id, size).await?;
+        tracing::debug!(volume.id = %id, vg = %c.vg, size, "extended thin LV");
+        Ok(size.next_multiple_of(u.extent))
+    }
+
+    async fn condition(&self, id: &str) -> Result<Option<String>> {
+        let rows = self.report_all().await?;
+        let Some((class, lv)) = rows.iter().find_map(|l| {
+            (l.name == id && tags::is_ours(&l.tags))
+                .then(|| self.class_of(l).map(|c| (c, l)))
+                .flatten()
+        }) else {
+            return Ok(None);
+        };
+        let c = &class.cfg;
+        let pool = rows
+            .iter()
+            .find(|l| l.vg == c.vg && l.name == c.thin_pool && l.is_thin_pool());
+        Ok(pool_condition(c, lv, pool))
+    }
+
+    async fn attach(&self, id: &str) -> Result<PathBuf> {
+        if let Some(dev) = self.active_device(id) {
+            return Ok(dev);
+        }
+        let (_, lv) = self
+            .find(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        self.os.activate_lv(&lv.vg, &lv.name).await?;
+        tracing::debug!(volume.id = %id, vg = %lv.vg, "activated thin LV");
+        self.device(&lv.vg, &lv.name)
+    }
+
+    async fn attached(&self, id: &str) -> Result<Option<PathBuf>> {
+        Ok(self.active_device(id))
+    }
+
+    async fn devices(&self, id: &str) -> Result<Vec<PathBuf>> {
+        let Some(dev) = self.active_device(id) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<PathBuf> = self
+            .os
+            .loops_for_file(&dev)?
+            .into_iter()
+            .filter(|l| l.read_only)
+            .map(|l| l.path)
+            .collect();
+        out.insert(0, dev);
+        Ok(out)
+    }
+
+    async fn attach_read_only(&self, id: &str) -> Result<PathBuf> {
+        let dev = self.attach(id).await?;
+        let ro = self.os.loop_attach(&dev, true).await?;
+        tracing::debug!(volume.id = %id, device = %ro.display(), "attached read-only loop device over the LV");
+        Ok(ro)
+    }
+
+    async fn release_read_only(&self, id: &str, device: &Path) -> Result<()> {
+        let Some(dev) = self.active_device(id) else {
+            return Ok(());
+        };
+        let ours = self
+            .os
+            .loops_for_file(&dev)?
+            .iter()
+            .any(|l| l.read_only && l.path == device);
+        if ours {
+            self.os.loop_detach(device).await?;
+            tracing::debug!(volume.id = %id, device = %device.display(), "detached read-only loop device");
+        }
+        Ok(())
+    }
+
+    async fn detach(&self, _id: &str) -> Result<()> {
+        // Thin LVs stay active for their whole life (see the module docs).
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
