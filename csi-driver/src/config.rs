@@ -30,6 +30,41 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve Identity, Controller and Node on this node's socket (the DaemonSet role).
     Node(NodeArgs),
+    /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
+    /// per-second IOPS and latency percentiles.
+    Bench(BenchArgs),
+}
+
+/// Flags of `iolane bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Block device or regular file to load. Write patterns refuse a mounted device.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// randread, randwrite, read, write, randrw or randrw:<read percent>.
+    #[arg(long, default_value = "randread")]
+    pub pattern: String,
+    /// Bytes per IO, a multiple of 512.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// IOs kept in flight.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Use only the first N bytes of the target.
+    #[arg(long)]
+    pub size_limit: Option<u64>,
+    /// Move this process into the cgroup v2 directory before starting IO.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Go through the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Flags of `iolane node`.
@@ -643,7 +678,9 @@ vg = "iolane-slow"
             "/dev/nvme0n1,/dev/nvme1n1",
         ])
         .unwrap();
-        let Command::Node(n) = cli.command;
+        let Command::Node(n) = cli.command else {
+            panic!("not the node command");
+        };
         let classes = none.device_classes(&n.lvm_devices).unwrap();
         assert_eq!(
             classes,
@@ -699,8 +736,31 @@ vg = "iolane-slow"
             "n1",
         ])
         .unwrap();
-        let Command::Node(n) = cli.command;
+        let Command::Node(n) = cli.command else {
+            panic!("not the node command");
+        };
         assert_eq!(n.state_dir, PathBuf::from("/var/lib/iolane"));
         assert_eq!(n.driver_name, "csi.iolane.dev");
+    }
+
+    #[test]
+    fn cli_parses_the_bench_command() {
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "bench",
+            "--target",
+            "/dev/loop3",
+            "--pattern",
+            "randrw:70",
+            "--duration",
+            "5",
+        ])
+        .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not the bench command");
+        };
+        assert_eq!(b.target, PathBuf::from("/dev/loop3"));
+        assert_eq!((b.block_size, b.queue_depth, b.duration), (4096, 32, 5));
+        assert!(!b.buffered);
     }
 }

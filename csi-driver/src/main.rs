@@ -16,6 +16,16 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);
+    // The load generator runs its own io_uring runtime; it needs no tokio runtime.
+    if let Command::Bench(args) = &cli.command {
+        return match run_bench(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "bench failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -30,6 +40,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
+            Command::Bench(_) => Ok(()),
         }
     });
     match result {
@@ -90,5 +101,33 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     server::serve(driver, &name, &socket).await?;
+    Ok(())
+}
+
+/// `iolane bench`: the report is the command's output, so it goes to stdout.
+#[allow(clippy::print_stdout)]
+fn run_bench(args: &config::BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use iops_controller::loadgen::{BenchSpec, Pattern, run};
+    let pattern: Pattern = args
+        .pattern
+        .parse()
+        .map_err(|e| format!("--pattern: {e}"))?;
+    let mut spec = BenchSpec::new(
+        &args.target,
+        pattern,
+        std::time::Duration::from_secs(args.duration),
+    );
+    spec.block_size = args.block_size;
+    spec.queue_depth = args.queue_depth;
+    spec.size_limit = args.size_limit;
+    spec.cgroup.clone_from(&args.cgroup);
+    spec.direct = !args.buffered;
+    spec.validate()?;
+    let report = run(&spec)?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     Ok(())
 }
