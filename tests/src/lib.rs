@@ -8,11 +8,23 @@
 //!
 //! The host-level tests need root (loop devices, mkfs, mount); [`require_root!`] skips a
 //! test with a printed reason otherwise, so `cargo test` as a normal user still passes.
+//!
+//! **Backends.** By default the driver runs on its loop backend. With
+//! `IOLANE_TEST_BACKEND=lvm` and `IOLANE_TEST_LVM_DEVICES=/dev/A[,/dev/B]` (a VM: see
+//! `tests/vm/`), [`Driver::start`] writes a node config with an LVM device class `default`
+//! (VG [`DEFAULT_VG`]) over those devices instead. Tests look at backend state only through
+//! [`Driver::backend_volumes`], [`Driver::backend_state`], [`Driver::attached_devices`] and
+//! [`Driver::devices_left_after_unstage`], which read image files and loop devices under
+//! the tempdir (loop) or the `iol-*` LVs of the test VGs, via `lvs --reportformat json`
+//! (lvm). In lvm mode every test shares the VGs, so the tests must run one at a time
+//! (`--test-threads 1`); each driver start removes `iol-*` LVs a previous test left, and
+//! each drop removes what its test left, so every test starts from and leaves empty VGs.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -124,14 +136,25 @@ pub struct Options {
     /// Flags appended to `iolane node ...`.
     pub args: Vec<String>,
     /// Node config file text, written to `<tempdir>/config.toml` and passed with `--config`.
+    /// In lvm mode the device class tables are appended to it (a `[loop]` table in it is
+    /// then parsed but has no effect).
     pub config: Option<String>,
+    /// lvm mode only: the device classes to configure; empty means the one
+    /// [`LvmClass::default_class`]. Setting any in loop mode is a test bug (panics).
+    pub lvm_classes: Vec<LvmClass>,
+    /// lvm mode only: leave `iol-*` LVs alone at start and at drop (a reboot test keeps
+    /// its volumes across boots).
+    pub keep_lvs: bool,
 }
 
 /// A running `iolane node` with CSI clients connected to it.
 #[derive(Debug)]
 pub struct Driver {
     root: PathBuf,
+    /// The options as launched (in lvm mode, `config` holds the device class tables).
     options: Options,
+    /// lvm mode: the VGs of the configured device classes; empty in loop mode.
+    vgs: Vec<String>,
     child: Option<Child>,
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
@@ -157,6 +180,34 @@ impl Driver {
         for d in ["state", "sock", "staging", "mount"] {
             fs::create_dir_all(root.join(d)).expect("create harness directory");
         }
+        let mut options = options;
+        let mut vgs = Vec::new();
+        match test_backend() {
+            TestBackend::Loop => assert!(
+                options.lvm_classes.is_empty(),
+                "Options::lvm_classes set in loop mode: gate the test with require_lvm!()"
+            ),
+            TestBackend::Lvm { devices } => {
+                if options.lvm_classes.is_empty() {
+                    options.lvm_classes = vec![LvmClass::default_class(&devices)];
+                }
+                let mut text = options.config.take().unwrap_or_default();
+                for c in &options.lvm_classes {
+                    text.push_str(&c.toml());
+                    vgs.push(c.vg.clone());
+                }
+                options.config = Some(text);
+                if !options.keep_lvs {
+                    let done = lvm_sweep(&vgs);
+                    if !done.is_empty() {
+                        note(format!(
+                            "harness: removed what an earlier test left in VG(s) {vgs:?}: {}",
+                            done.join("; ")
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(cfg) = &options.config {
             fs::write(root.join("config.toml"), cfg).expect("write config file");
         }
@@ -167,8 +218,85 @@ impl Driver {
             node: NodeClient::new(channel),
             root,
             options,
+            vgs,
             child: Some(child),
             _tmp: tmp,
+        }
+    }
+
+    /// lvm mode: the VGs of this driver's device classes (empty in loop mode).
+    pub fn vgs(&self) -> &[String] {
+        &self.vgs
+    }
+
+    /// The volumes as the backend stores them: image files under the state dir (loop), or
+    /// `vg/iol-*` LVs in the test VGs (lvm). Sorted.
+    pub fn backend_volumes(&self) -> Vec<String> {
+        if self.vgs.is_empty() {
+            files_under(&self.state_dir())
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "img"))
+                .map(|p| path_string(&p))
+                .collect()
+        } else {
+            let mut v: Vec<String> = lvm_volume_lvs(&self.vgs)
+                .iter()
+                .map(|l| format!("{}/{}", l.vg, l.name))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    /// Everything of the backend's that a refused call must leave unchanged: every file
+    /// under the state dir (loop), or every `iol-*` LV with its size and tags (lvm). Sorted.
+    pub fn backend_state(&self) -> Vec<String> {
+        if self.vgs.is_empty() {
+            files_under(&self.state_dir())
+                .iter()
+                .map(|p| path_string(p))
+                .collect()
+        } else {
+            let mut v: Vec<String> = lvm_volume_lvs(&self.vgs)
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{}/{} size={} tags={}",
+                        l.vg,
+                        l.name,
+                        l.size,
+                        l.tags.join(",")
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    /// Block devices that exist for volumes now: loop devices of images under the state
+    /// dir (loop); active `iol-*` LVs and loop devices over them (lvm). A staged volume has
+    /// exactly one on either backend.
+    pub fn attached_devices(&self) -> Vec<PathBuf> {
+        if self.vgs.is_empty() {
+            loops_for(&self.state_dir())
+        } else {
+            let lvs = lvm_volume_lvs(&self.vgs);
+            let mut out: Vec<PathBuf> = lvs.iter().filter_map(LvInfo::device).collect();
+            out.extend(loops_over_lvs(&lvs));
+            out.sort();
+            out
+        }
+    }
+
+    /// Devices that must be gone once no volume is staged: every loop device of the state
+    /// dir (loop); loop devices over `iol-*` LVs (lvm, whose thin LVs stay active from
+    /// creation to removal by design).
+    pub fn devices_left_after_unstage(&self) -> Vec<PathBuf> {
+        if self.vgs.is_empty() {
+            loops_for(&self.state_dir())
+        } else {
+            loops_over_lvs(&lvm_volume_lvs(&self.vgs))
         }
     }
 
@@ -265,6 +393,7 @@ impl Driver {
     /// Asserts that nothing of this driver's is mounted under its tempdir and that no
     /// loop device is backed by a file under it (loop detach may complete asynchronously
     /// in the kernel, so that part polls with a deadline).
+    /// In lvm mode, also that no loop device sits over an `iol-*` LV of the test VGs.
     pub async fn assert_no_leaks(&self, context: &str) {
         let mounts = mounts_under(&self.root);
         assert!(
@@ -280,6 +409,19 @@ impl Driver {
             self.root.display(),
             loops_for(&self.root)
         );
+        if !self.vgs.is_empty() {
+            let vgs = self.vgs.clone();
+            let gone = poll(POLL_DEADLINE, || {
+                loops_over_lvs(&lvm_volume_lvs(&vgs)).is_empty()
+            })
+            .await;
+            assert!(
+                gone,
+                "{context}: loop devices still over volume LVs of {:?}: {:?}",
+                self.vgs,
+                loops_over_lvs(&lvm_volume_lvs(&self.vgs))
+            );
+        }
     }
 }
 
@@ -289,8 +431,15 @@ impl Drop for Driver {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let cleaned = cleanup(&self.root);
-        if std::thread::panicking() {
+        let mut cleaned = cleanup(&self.root);
+        if !self.vgs.is_empty() {
+            if self.options.keep_lvs {
+                cleaned.extend(detach_loops_over(&lvm_volume_lvs(&self.vgs)));
+            } else {
+                cleaned.extend(lvm_sweep(&self.vgs));
+            }
+        }
+        if std::thread::panicking() || std::env::var_os("IOLANE_TEST_SHOW_DRIVER_LOG").is_some() {
             note(format!(
                 "---- iolane log ({}) ----\n{}---- end of iolane log ----",
                 self.root.display(),
@@ -422,6 +571,425 @@ pub async fn poll(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+// ---- backends -------------------------------------------------------------------------
+
+/// The backend the suite runs the driver on (`IOLANE_TEST_BACKEND`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestBackend {
+    /// The embedded default: sparse images on loop devices under the state dir.
+    Loop,
+    /// LVM thin pools on `devices` (`IOLANE_TEST_LVM_DEVICES`, comma-separated).
+    Lvm { devices: Vec<String> },
+}
+
+/// VG of the default device class (what `--lvm-devices` would make).
+pub const DEFAULT_VG: &str = "iolane";
+/// Name of the default device class.
+pub const DEFAULT_CLASS: &str = "default";
+/// Prefix of the LV names of volumes.
+pub const LV_PREFIX: &str = "iol-";
+/// The extent size of a VG `vgcreate` makes: what LVM rounds LV sizes up to.
+pub const LVM_EXTENT: i64 = 4 << 20;
+
+/// The backend from `IOLANE_TEST_BACKEND` (`loop`, the default, or `lvm`); panics on
+/// anything else, or on lvm without `IOLANE_TEST_LVM_DEVICES`.
+pub fn test_backend() -> TestBackend {
+    let kind = std::env::var("IOLANE_TEST_BACKEND").unwrap_or_default();
+    match kind.as_str() {
+        "" | "loop" => TestBackend::Loop,
+        "lvm" => {
+            let devices: Vec<String> = std::env::var("IOLANE_TEST_LVM_DEVICES")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect();
+            assert!(
+                !devices.is_empty(),
+                "IOLANE_TEST_BACKEND=lvm needs IOLANE_TEST_LVM_DEVICES=/dev/A[,/dev/B] (blank devices or an iolane VG, in a VM: see tests/vm/README.md)"
+            );
+            TestBackend::Lvm { devices }
+        }
+        other => panic!("IOLANE_TEST_BACKEND={other:?}: expected \"loop\" or \"lvm\""),
+    }
+}
+
+/// Whether the suite runs on the lvm backend.
+pub fn is_lvm() -> bool {
+    matches!(test_backend(), TestBackend::Lvm { .. })
+}
+
+/// Returns from the calling test with a printed reason unless running as root in lvm mode.
+#[macro_export]
+macro_rules! require_lvm {
+    () => {
+        $crate::require_root!();
+        if !$crate::is_lvm() {
+            $crate::note(
+                "skipped: lvm backend test (set IOLANE_TEST_BACKEND=lvm and IOLANE_TEST_LVM_DEVICES; runs in the VM: tests/vm/lvm-suite.sh)",
+            );
+            return;
+        }
+    };
+}
+
+/// Granularity of volume sizes: the driver rounds to whole MiB on the loop backend and
+/// LVM to whole extents (4 MiB) on the lvm backend.
+pub fn size_unit() -> i64 {
+    if is_lvm() { LVM_EXTENT } else { MIB }
+}
+
+/// How many times the idempotency checks repeat a call: 10 on the loop backend, 3 on the
+/// lvm backend, where every call runs LVM commands that take about a second in the VM (three
+/// calls already prove that a repeat changes nothing).
+pub fn repeats() -> usize {
+    if is_lvm() { 3 } else { 10 }
+}
+
+/// `v` (non-negative) rounded up to a multiple of `unit` (positive).
+pub fn round_up(v: i64, unit: i64) -> i64 {
+    (v + unit - 1) / unit * unit
+}
+
+/// The volume ID the driver derives from a CSI name: `iol-` + the first 16 bytes of its
+/// SHA-256, hex.
+pub fn volume_id_for(name: &str) -> String {
+    format!("{LV_PREFIX}{}", &sha256(name.as_bytes())[..32])
+}
+
+/// An lvm device class for [`Options::lvm_classes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LvmClass {
+    pub name: String,
+    pub devices: Vec<String>,
+    pub vg: String,
+    /// More `key = value` lines for the table (`pool_size_percent = 3`, ...).
+    pub extra: String,
+}
+
+impl LvmClass {
+    /// Class `default`, VG `iolane`, every other setting the driver's default: what
+    /// `--lvm-devices` makes.
+    pub fn default_class(devices: &[String]) -> LvmClass {
+        LvmClass {
+            name: DEFAULT_CLASS.to_owned(),
+            devices: devices.to_vec(),
+            vg: DEFAULT_VG.to_owned(),
+            extra: String::new(),
+        }
+    }
+
+    /// The `[[device_class]]` table.
+    pub fn toml(&self) -> String {
+        let devices: Vec<String> = self.devices.iter().map(|d| format!("{d:?}")).collect();
+        let mut t = format!(
+            "\n[[device_class]]\nname = {:?}\ndevices = [{}]\nvg = {:?}\n",
+            self.name,
+            devices.join(", "),
+            self.vg
+        );
+        t.push_str(&self.extra);
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t
+    }
+}
+
+/// One row of the harness's own `lvs` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LvInfo {
+    pub vg: String,
+    pub name: String,
+    pub attr: String,
+    pub size: u64,
+    /// Thin pool of a thin LV, empty otherwise.
+    pub pool: String,
+    pub tags: Vec<String>,
+    /// `/dev/mapper/...`.
+    pub dm_path: String,
+    /// Kernel device number, `None` when the LV is not active.
+    pub kernel: Option<(u32, u32)>,
+    pub data_percent: String,
+    pub when_full: String,
+    /// Chunk size of a thin pool (0 for other LVs).
+    pub chunk_size: u64,
+}
+
+impl LvInfo {
+    /// The kernel's node (`/dev/dm-N`) of an active LV.
+    pub fn device(&self) -> Option<PathBuf> {
+        self.kernel?;
+        fs::canonicalize(&self.dm_path).ok()
+    }
+}
+
+/// Fields of [`lvm_lvs`].
+const HARNESS_LV_FIELDS: &str = "lv_name,vg_name,lv_attr,lv_size,pool_lv,lv_tags,lv_dm_path,lv_kernel_major,lv_kernel_minor,data_percent,lv_when_full,chunk_size";
+
+/// Every LV of `vgs` (a missing VG has none), from one `lvs --reportformat json`.
+pub fn lvm_lvs(vgs: &[String]) -> Vec<LvInfo> {
+    if vgs.is_empty() {
+        return Vec::new();
+    }
+    let out = command("lvs")
+        .args([
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            HARNESS_LV_FIELDS,
+        ])
+        .args(vgs)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lvs");
+    // A missing VG is exit 5 with an empty, valid report on stdout: the report decides.
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lvs printed no JSON ({e}), exit {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let rows = json["report"][0]["lv"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    rows.iter()
+        .map(|r| {
+            let major: i64 = text(r, "lv_kernel_major").parse().unwrap_or(-1);
+            let minor: i64 = text(r, "lv_kernel_minor").parse().unwrap_or(-1);
+            LvInfo {
+                vg: text(r, "vg_name"),
+                name: text(r, "lv_name"),
+                attr: text(r, "lv_attr"),
+                size: text(r, "lv_size").parse().unwrap_or(0),
+                pool: text(r, "pool_lv"),
+                tags: text(r, "lv_tags")
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                dm_path: text(r, "lv_dm_path"),
+                kernel: match (u32::try_from(major), u32::try_from(minor)) {
+                    (Ok(a), Ok(b)) => Some((a, b)),
+                    _ => None,
+                },
+                data_percent: text(r, "data_percent"),
+                when_full: text(r, "lv_when_full"),
+                chunk_size: text(r, "chunk_size").parse().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// The `iol-*` LVs of `vgs`: the volumes, tagged or not.
+pub fn lvm_volume_lvs(vgs: &[String]) -> Vec<LvInfo> {
+    lvm_lvs(vgs)
+        .into_iter()
+        .filter(|l| l.name.starts_with(LV_PREFIX))
+        .collect()
+}
+
+/// Loop devices whose backing file is the device of one of `lvs` (read-only block
+/// publications).
+pub fn loops_over_lvs(lvs: &[LvInfo]) -> Vec<PathBuf> {
+    let devices: Vec<PathBuf> = lvs.iter().filter_map(LvInfo::device).collect();
+    if devices.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let text = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let file = PathBuf::from(text.trim_end_matches('\n'));
+            let file = fs::canonicalize(&file).unwrap_or(file);
+            devices
+                .contains(&file)
+                .then(|| Path::new("/dev").join(&name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Unmounts whatever shows one of `devices` anywhere (a filesystem on it, or a bind of its
+/// device node), deepest first; returns what it did.
+fn unmount_devices(devices: &[PathBuf]) -> Vec<String> {
+    let mut done = Vec::new();
+    let numbers: Vec<(u32, u32)> = devices
+        .iter()
+        .filter_map(|d| {
+            use std::os::unix::fs::MetadataExt;
+            let rdev = fs::metadata(d).ok()?.rdev();
+            Some((
+                nix::sys::stat::major(rdev) as u32,
+                nix::sys::stat::minor(rdev) as u32,
+            ))
+        })
+        .collect();
+    let names: Vec<PathBuf> = devices
+        .iter()
+        .filter_map(|d| d.file_name().map(|n| Path::new("/").join(n)))
+        .collect();
+    for m in mounts().iter().rev() {
+        let on_device = numbers.contains(&(m.major, m.minor));
+        let device_bind = m.fs_type == "devtmpfs" && names.contains(&m.root);
+        if on_device || device_bind {
+            match nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => done.push(format!("unmounted {}", m.mount_point.display())),
+                Err(e) => done.push(format!("umount {} failed: {e}", m.mount_point.display())),
+            }
+        }
+    }
+    done
+}
+
+/// Unmounts and detaches the loop devices over `lvs`; returns what it did.
+fn detach_loops_over(lvs: &[LvInfo]) -> Vec<String> {
+    let loops = loops_over_lvs(lvs);
+    let mut done = unmount_devices(&loops);
+    for dev in loops {
+        let ok = command("losetup")
+            .arg("--detach")
+            .arg(&dev)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        done.push(format!(
+            "{} {}",
+            if ok { "detached" } else { "could not detach" },
+            dev.display()
+        ));
+    }
+    done
+}
+
+/// Removes every `iol-*` LV of `vgs` (after unmounting and detaching whatever uses it), so
+/// the next test starts from empty VGs; returns what it did. Not a driver call: the driver
+/// under test may be dead or wrong.
+pub fn lvm_sweep(vgs: &[String]) -> Vec<String> {
+    let lvs = lvm_volume_lvs(vgs);
+    if lvs.is_empty() {
+        return Vec::new();
+    }
+    let mut done = detach_loops_over(&lvs);
+    let devices: Vec<PathBuf> = lvs.iter().filter_map(LvInfo::device).collect();
+    done.extend(unmount_devices(&devices));
+    for lv in &lvs {
+        let out = command("lvremove")
+            .arg("-y")
+            .arg(format!("{}/{}", lv.vg, lv.name))
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                done.push(format!("removed LV {}/{}", lv.vg, lv.name));
+            }
+            Ok(o) => done.push(format!(
+                "lvremove {}/{} failed ({}): {}",
+                lv.vg,
+                lv.name,
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => done.push(format!("lvremove {}/{} failed: {e}", lv.vg, lv.name)),
+        }
+    }
+    done
+}
+
+/// Runs a host program and returns its stdout; panics with its stderr unless it exits 0.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = command(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- direct IO ------------------------------------------------------------------------
+
+/// Alignment O_DIRECT needs for buffers, offsets and lengths (logical block size or more).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A zeroed buffer of `len` bytes aligned for O_DIRECT (no `unsafe`: an aligned window of
+/// a larger vector).
+#[derive(Debug)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + DIRECT_ALIGN];
+        let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        assert!(off < DIRECT_ALIGN, "cannot align a buffer");
+        AlignedBuf { raw, off, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// Opens `path` with O_DIRECT (page cache bypassed: reads see the device, writes reach it).
+pub fn open_direct(path: &Path, write: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(path)
+}
+
+/// Reads `len` bytes at `offset` of `path` with O_DIRECT (both multiples of
+/// [`DIRECT_ALIGN`]).
+pub fn read_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let f = open_direct(path, false)?;
+    let mut buf = AlignedBuf::new(len);
+    f.read_exact_at(buf.as_mut_slice(), offset)?;
+    Ok(buf.as_slice().to_vec())
+}
+
+/// Writes `data` at `offset` of `path` with O_DIRECT and fsyncs (length and offset
+/// multiples of [`DIRECT_ALIGN`]).
+pub fn write_direct(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let f = open_direct(path, true)?;
+    let mut buf = AlignedBuf::new(data.len());
+    buf.as_mut_slice().copy_from_slice(data);
+    f.write_all_at(buf.as_slice(), offset)?;
+    f.sync_all()
 }
 
 // ---- host inspection ------------------------------------------------------------------

@@ -2,6 +2,12 @@
 //! against what the CSI spec (and csi-sanity v5.5) demands, on real loop devices, mkfs
 //! and mounts. Every test starts its own driver in its own tempdir, so the tests run in
 //! parallel; loop devices and mounts are only inspected below a test's own tempdir.
+//!
+//! The same tests run on the lvm backend in a VM (`IOLANE_TEST_BACKEND=lvm`, one at a time:
+//! see `tests/vm/lvm-suite.sh`). Backend state is only read through the harness's
+//! backend-neutral views (`backend_volumes`, `backend_state`, `attached_devices`,
+//! `devices_left_after_unstage`), and sizes that LVM rounds to whole extents use
+//! `size_unit()`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::FileTypeExt;
@@ -11,9 +17,9 @@ use iolane_tests::csi;
 use iolane_tests::{
     CAP_SYS_RESOURCE, Driver, GIB, MIB, NODE_ID, Options, TOPOLOGY_KEY, block_cap,
     block_device_size, capability, create_request, entries_under, expect_code, files_under,
-    has_capability, have_program, loops_for, mount_at, mount_cap, mounts, node_topology, note, ok,
-    pattern, poll, publish_request, read_prefix, require_root, sha256, stage_request,
-    unpublish_request, unstage_request, with_mode, write_synced,
+    has_capability, have_program, mount_at, mount_cap, mounts, node_topology, note, ok, pattern,
+    poll, publish_request, read_prefix, repeats, require_root, round_up, sha256, size_unit,
+    stage_request, unpublish_request, unstage_request, with_mode, write_synced,
 };
 
 use csi::volume_capability::access_mode::Mode;
@@ -25,11 +31,9 @@ const UNKNOWN_ID: &str = "fake-vol-id-1b4e28ba-2";
 /// Bytes written through a published volume and read back.
 const DATA_LEN: usize = 4 << 20;
 
-fn images(d: &Driver) -> Vec<PathBuf> {
-    files_under(&d.state_dir())
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "img"))
-        .collect()
+/// The volumes the backend holds (image files or `iol-*` LVs).
+fn images(d: &Driver) -> Vec<String> {
+    d.backend_volumes()
 }
 
 fn topology_is_this_node(v: &csi::Volume) -> bool {
@@ -158,13 +162,13 @@ async fn capacity(d: &mut Driver, req: csi::GetCapacityRequest) -> i64 {
     ok(d.controller.get_capacity(req).await, "GetCapacity").available_capacity
 }
 
-/// Asserts that the driver created nothing: the state dir holds exactly `state`, and
-/// no mount or loop device of this tempdir exists.
-async fn assert_nothing_created(d: &Driver, state: &[PathBuf], context: &str) {
+/// Asserts that the driver created nothing: the backend holds exactly `state` (from
+/// `backend_state()`), and no mount or loop device of this driver exists.
+async fn assert_nothing_created(d: &Driver, state: &[String], context: &str) {
     assert_eq!(
-        files_under(&d.state_dir()),
+        d.backend_state(),
         state,
-        "{context}: the state dir changed"
+        "{context}: the backend state changed"
     );
     d.assert_no_leaks(context).await;
 }
@@ -329,6 +333,8 @@ async fn controller_and_node_capabilities_and_node_info() {
 async fn create_volume_sizes_and_topology() {
     require_root!();
     let mut d = Driver::start().await;
+    // Block sizes round up to whole MiB (loop) or whole 4 MiB extents (lvm).
+    let unit = size_unit();
     // (name, capability, required, limit, expected size)
     let cases: [(&str, csi::VolumeCapability, i64, i64, i64); 7] = [
         // A filesystem volume is at least the ext4 minimum (16 MiB).
@@ -337,8 +343,14 @@ async fn create_volume_sizes_and_topology() {
         // xfsprogs refuses data sections under 300 MiB.
         ("tiny-xfs", mount_cap("xfs"), 1, 0, 300 * MIB),
         // A block volume only rounds up to whole MiB.
-        ("tiny-block", block_cap(), 1, 0, MIB),
-        ("odd-block", block_cap(), 3 * MIB / 2, 0, 2 * MIB),
+        ("tiny-block", block_cap(), 1, 0, unit),
+        (
+            "odd-block",
+            block_cap(),
+            3 * MIB / 2,
+            0,
+            round_up(2 * MIB, unit),
+        ),
         ("exact", mount_cap("ext4"), GIB, GIB, GIB),
         // No capacity range: the driver's default, 1 GiB.
         ("default", mount_cap(""), 0, 0, GIB),
@@ -365,7 +377,7 @@ async fn create_volume_sizes_and_topology() {
         );
     }
 
-    let before = files_under(&d.state_dir());
+    let before = d.backend_state();
     // (name, capability, required, limit): no size the driver may pick fits.
     let impossible: [(&str, csi::VolumeCapability, i64, i64); 3] = [
         // No whole MiB lies in 1.5 MiB ..= 1.9 MiB.
@@ -400,8 +412,8 @@ async fn create_volume_is_idempotent_by_name() {
     )
     .volume
     .expect("no volume");
-    let state = files_under(&d.state_dir());
-    for i in 1..10 {
+    let state = d.backend_state();
+    for i in 1..repeats() {
         let v = ok(
             d.controller.create_volume(req.clone()).await,
             &format!("CreateVolume #{i}"),
@@ -418,7 +430,7 @@ async fn create_volume_is_idempotent_by_name() {
         );
     }
     assert_eq!(
-        files_under(&d.state_dir()),
+        d.backend_state(),
         state,
         "repeated creates changed the state dir"
     );
@@ -442,7 +454,7 @@ async fn create_volume_same_name_other_size_is_already_exists() {
     require_root!();
     let mut d = Driver::start().await;
     let v = create(&mut d, "sized", &mount_cap(""), GIB).await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let r = d
         .controller
         .create_volume(create_request(
@@ -472,7 +484,7 @@ async fn create_volume_same_name_other_size_is_already_exists() {
         "CreateVolume same name, limit below the existing size",
     );
     assert_eq!(
-        files_under(&d.state_dir()),
+        d.backend_state(),
         state,
         "the refused creates changed the state dir"
     );
@@ -495,7 +507,7 @@ async fn create_volume_same_name_other_size_is_already_exists() {
 async fn create_volume_rejects_bad_arguments_and_creates_nothing() {
     require_root!();
     let mut d = Driver::start().await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let good = || create_request("bad-args", vec![mount_cap("ext4")], 64 * MIB, 0);
     let mut cases: Vec<(&str, csi::CreateVolumeRequest, &str)> = Vec::new();
 
@@ -606,7 +618,7 @@ async fn create_volume_name_length_and_characters() {
         .collect();
     assert_eq!(name128.len(), 128);
     let v = create(&mut d, &name128, &mount_cap(""), 16 * MIB).await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
 
     let name129 = format!("{name128}x");
     let s = expect_code(
@@ -637,7 +649,7 @@ async fn create_volume_name_length_and_characters() {
     assert_nothing_created(&d, &state, "after over-long names").await;
 
     // A name is only ever hashed: path syntax in it must not reach the filesystem.
-    let odd = create(&mut d, "../../escape/x", &block_cap(), MIB).await;
+    let odd = create(&mut d, "../../escape/x", &block_cap(), size_unit()).await;
     assert!(
         !d.root().join("escape").exists(),
         "a volume name became a path"
@@ -645,19 +657,20 @@ async fn create_volume_name_length_and_characters() {
     for f in files_under(d.root()) {
         let inside = f.starts_with(d.state_dir())
             || f.starts_with(d.root().join("sock"))
-            || f.file_name().is_some_and(|n| n == "driver.log");
+            || f.file_name()
+                .is_some_and(|n| n == "driver.log" || n == "config.toml");
         assert!(inside, "unexpected file {}", f.display());
     }
     delete(&mut d, &odd.volume_id).await;
     delete(&mut d, &v.volume_id).await;
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_volume_topology_of_another_node_is_resource_exhausted() {
     require_root!();
     let mut d = Driver::start().await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let topo = |k: &str, v: &str| csi::Topology {
         segments: HashMap::from([(k.to_owned(), v.to_owned())]),
     };
@@ -711,7 +724,7 @@ async fn create_volume_beyond_capacity_is_resource_exhausted() {
         ..Options::default()
     })
     .await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let before = capacity(&mut d, csi::GetCapacityRequest::default()).await;
     assert!(
         before > GIB,
@@ -812,7 +825,7 @@ async fn delete_volume_is_idempotent_and_refuses_traversal() {
     }
 
     let v = create(&mut d, "doomed", &mount_cap(""), 64 * MIB).await;
-    for i in 0..10 {
+    for i in 0..repeats() {
         let r = d
             .controller
             .delete_volume(csi::DeleteVolumeRequest {
@@ -823,9 +836,9 @@ async fn delete_volume_is_idempotent_and_refuses_traversal() {
         ok(r, &format!("DeleteVolume #{i}"));
     }
     assert!(
-        files_under(&d.state_dir()).is_empty(),
+        d.backend_state().is_empty(),
         "files left: {:?}",
-        files_under(&d.state_dir())
+        d.backend_state()
     );
     assert!(list_ids(&mut d).await.is_empty());
     d.assert_no_leaks("after delete").await;
@@ -908,7 +921,7 @@ async fn list_volumes_paging_and_tokens() {
     let mut all = BTreeSet::new();
     for i in 0..5 {
         all.insert(
-            create(&mut d, &format!("list-{i}"), &block_cap(), MIB)
+            create(&mut d, &format!("list-{i}"), &block_cap(), size_unit())
                 .await
                 .volume_id,
         );
@@ -925,7 +938,7 @@ async fn list_volumes_paging_and_tokens() {
     );
     for e in &full.entries {
         let v = e.volume.as_ref().expect("entry without volume");
-        assert_eq!(v.capacity_bytes, MIB);
+        assert_eq!(v.capacity_bytes, size_unit());
         assert!(
             topology_is_this_node(v),
             "accessible_topology {:?}",
@@ -1047,7 +1060,7 @@ async fn list_volumes_paging_and_tokens() {
     for id in list_ids(&mut d).await {
         delete(&mut d, &id).await;
     }
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
 }
 
 // ---- full life cycle ----------------------------------------------------------------
@@ -1122,10 +1135,8 @@ async fn full_cycle(kind: Kind, size: i64) {
     assert_eq!(v.capacity_bytes, size);
     let staging = d.make_staging("cycle");
     let target = d.target("cycle");
-    let state = d.state_dir();
-    let image_loops = || loops_for(&state);
 
-    for i in 0..10 {
+    for i in 0..repeats() {
         let r = d
             .node
             .node_stage_volume(stage_request(&id, &staging, &cap))
@@ -1133,9 +1144,10 @@ async fn full_cycle(kind: Kind, size: i64) {
         ok(r, &format!("NodeStageVolume #{i}"));
     }
     assert_eq!(
-        image_loops().len(),
+        d.attached_devices().len(),
         1,
-        "one loop device for the staged image"
+        "one block device for the staged volume: {:?}",
+        d.attached_devices()
     );
     if let Kind::Fs(fs) = kind {
         let m = mount_at(&staging).expect("staging path is not mounted after NodeStageVolume");
@@ -1143,10 +1155,11 @@ async fn full_cycle(kind: Kind, size: i64) {
         assert_eq!(
             mount_count(&staging),
             1,
-            "10 NodeStageVolume calls stacked mounts"
+            "{} NodeStageVolume calls stacked mounts",
+            repeats()
         );
     }
-    for i in 0..10 {
+    for i in 0..repeats() {
         let r = d
             .node
             .node_publish_volume(publish_request(&id, &staging, &target, &cap, false))
@@ -1156,7 +1169,8 @@ async fn full_cycle(kind: Kind, size: i64) {
     assert_eq!(
         mount_count(&target),
         1,
-        "10 NodePublishVolume calls stacked mounts"
+        "{} NodePublishVolume calls stacked mounts",
+        repeats()
     );
     let md = std::fs::metadata(&target).expect("stat target");
     match kind {
@@ -1183,14 +1197,14 @@ async fn full_cycle(kind: Kind, size: i64) {
     );
     assert_stats(&mut d, &id, &target, kind, size).await;
 
-    for _ in 0..10 {
+    for _ in 0..repeats() {
         unpublish(&mut d, &id, &target).await;
     }
     assert!(
         std::fs::symlink_metadata(&target).is_err(),
         "NodeUnpublishVolume left the target path {target}"
     );
-    for _ in 0..10 {
+    for _ in 0..repeats() {
         unstage(&mut d, &id, &staging).await;
     }
     assert!(
@@ -1198,9 +1212,12 @@ async fn full_cycle(kind: Kind, size: i64) {
         "staging still mounted after NodeUnstageVolume"
     );
     assert!(
-        poll(iolane_tests::POLL_DEADLINE, || loops_for(&state).is_empty()).await,
-        "loop devices left after NodeUnstageVolume: {:?}",
-        loops_for(&state)
+        poll(iolane_tests::POLL_DEADLINE, || d
+            .devices_left_after_unstage()
+            .is_empty())
+        .await,
+        "devices left after NodeUnstageVolume: {:?}",
+        d.devices_left_after_unstage()
     );
 
     // Persistence: the same bytes after a fresh stage and publish.
@@ -1213,9 +1230,9 @@ async fn full_cycle(kind: Kind, size: i64) {
 
     delete(&mut d, &id).await;
     assert!(
-        files_under(&d.state_dir()).is_empty(),
+        d.backend_state().is_empty(),
         "files left in the state dir: {:?}",
-        files_under(&d.state_dir())
+        d.backend_state()
     );
     assert!(
         entries_under(&d.root().join("mount")).is_empty(),
@@ -1422,7 +1439,7 @@ async fn node_stage_and_publish_reject_bad_arguments() {
     let cap = mount_cap("ext4");
     let v = create(&mut d, "real", &cap, 64 * MIB).await;
     let id = v.volume_id.clone();
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let staging_root = d.root().join("staging");
     let mount_root = d.root().join("mount");
     let good_staging = d.staging("s");
@@ -1670,7 +1687,7 @@ async fn node_stage_and_publish_reject_bad_arguments() {
     );
     assert_nothing_created(&d, &state, "after invalid node calls").await;
     delete(&mut d, &id).await;
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1745,7 +1762,7 @@ async fn node_calls_on_unknown_volumes_and_paths() {
     unstage(&mut d, &id, &staging).await;
     delete(&mut d, &id).await;
     delete(&mut d, &other.volume_id).await;
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
     d.assert_no_leaks("after calls on unknown volumes").await;
 }
 
@@ -1829,7 +1846,7 @@ async fn delete_or_unstage_of_a_volume_in_use_is_failed_precondition() {
         unstage(&mut d, &id, &staging).await;
         delete(&mut d, &id).await;
     }
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
     d.assert_no_leaks("after refused deletes").await;
 }
 
@@ -2082,9 +2099,10 @@ async fn concurrent_identical_creates_make_one_volume() {
         "racing NodeStageVolume stacked mounts"
     );
     assert_eq!(
-        loops_for(&d.state_dir()).len(),
+        d.attached_devices().len(),
         1,
-        "racing NodeStageVolume attached several loop devices"
+        "racing NodeStageVolume attached several devices: {:?}",
+        d.attached_devices()
     );
     let publishes: Vec<_> = (0..8)
         .map(|_| {
@@ -2188,9 +2206,9 @@ async fn restart_after_sigkill_keeps_volumes_and_mounts() {
         delete(&mut d, &v.volume_id).await;
     }
     assert!(
-        files_under(&d.state_dir()).is_empty(),
+        d.backend_state().is_empty(),
         "files left: {:?}",
-        files_under(&d.state_dir())
+        d.backend_state()
     );
     d.assert_no_leaks("after the restart").await;
 }
@@ -2211,7 +2229,7 @@ async fn sigterm_exits_cleanly_and_restart_finds_volumes() {
     d.restart().await;
     assert!(list_ids(&mut d).await.is_empty());
     d.stop().await;
-    assert!(files_under(&d.state_dir()).is_empty());
+    assert!(d.backend_state().is_empty());
 }
 
 // ---- bad input leaves nothing behind ------------------------------------------------
@@ -2220,7 +2238,7 @@ async fn sigterm_exits_cleanly_and_restart_finds_volumes() {
 async fn bad_input_everywhere_leaves_nothing_behind() {
     require_root!();
     let mut d = Driver::start().await;
-    let state = files_under(&d.state_dir());
+    let state = d.backend_state();
     let cap = mount_cap("ext4");
     let long = "z".repeat(10 * 1024);
     let bad_ids = ["", "../../etc", "a/b", "..", long.as_str()];

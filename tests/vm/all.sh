@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Host side, root: the whole VM suite of the lvm backend.
+#   1. tests/vm/setup.sh (installs what is missing);
+#   2. builds `iolane` and the test binaries on the host, and copies them (debug info
+#      stripped: the guest reads them over 9p) to a work directory;
+#   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the conformance suite on the lvm
+#      backend, then the pool-full, no-stale-data and SIGKILL-during-creates scenarios;
+#   4. tests/vm/reboot.sh: two boots on the same disk image.
+# Prints one line per test as it goes and `N passed, M failed` at the end; exits 1 if
+# anything failed (a boot that fails before its tests report counts as a failure).
+#
+#   bash tests/vm/all.sh            (from anywhere; the repository is this script's ../..)
+#
+# Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh tests to run; the reboot test
+# runs unless IOLANE_VM_SKIP_REBOOT=1), CARGO_TARGET_DIR.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$repo" || exit 2
+t0=$(date +%s)
+stamp() { echo "all.sh: [$(($(date +%s) - t0))s] $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "all.sh: run as root" >&2
+    exit 2
+fi
+
+work="$(mktemp -d /tmp/iolane-vmsuite.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+results="$work/results"
+: >"$results"
+mkdir -p "$work/bin"
+
+stamp "setup"
+bash "$here/setup.sh" || { echo "all.sh: setup.sh failed" >&2; exit 1; }
+
+stamp "build"
+cargo build -p csi-driver --locked || { echo "all.sh: cargo build -p csi-driver failed" >&2; exit 1; }
+target="${CARGO_TARGET_DIR:-$repo/target}"
+objcopy --strip-debug "$target/debug/iolane" "$work/bin/iolane"
+# The test binaries' paths, from cargo's own report.
+cargo test -p iolane-tests --locked --no-run --message-format=json-render-diagnostics >"$work/build.json" \
+    || { echo "all.sh: building the test binaries failed" >&2; exit 1; }
+for t in conformance lvm; do
+    exe="$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[2] and "test" in m["target"]["kind"]:
+        print(m["executable"])
+' "$work/build.json" "$t" | tail -1)"
+    if [ -z "$exe" ] || [ ! -x "$exe" ]; then
+        echo "all.sh: no test binary for $t" >&2
+        exit 1
+    fi
+    objcopy --strip-debug "$exe" "$work/bin/$t"
+done
+stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
+
+stamp "boot 1 of 3: tests/vm/lvm-suite.sh"
+bash "$here/run.sh" --disks 2 --timeout 1500 --rwdir "$work" -- \
+    bash "$here/lvm-suite.sh" "$work/bin" "$results"
+suite_rc=$?
+if [ "$suite_rc" != 0 ] && ! grep -q '^FAILED ' "$results"; then
+    echo "FAILED vm::lvm-suite 0 (run.sh exit $suite_rc before any test failed)" >>"$results"
+fi
+stamp "lvm-suite.sh exited $suite_rc"
+
+if [ "${IOLANE_VM_SKIP_REBOOT:-0}" != 1 ]; then
+    stamp "boots 2 and 3 of 3: tests/vm/reboot.sh"
+    bash "$here/reboot.sh" "$work/bin" "$results"
+    stamp "reboot.sh exited $?"
+fi
+
+passed=$(grep -c '^ok ' "$results")
+failed=$(grep -c '^FAILED ' "$results")
+echo
+echo "all.sh: results (seconds per test):"
+sed 's/^/    /' "$results"
+stamp "done"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Runs INSIDE the VM (tests/vm/run.sh --disks 2): the conformance suite on the lvm backend
+# (/dev/nvme0n1), then the lvm scenarios of tests/tests/lvm.rs (pool full on /dev/nvme1n1,
+# no stale data, SIGKILL during creates). The reboot scenario needs two boots: reboot.sh.
+#
+#   tests/vm/lvm-suite.sh BIN_DIR [RESULTS_FILE]
+#
+# BIN_DIR holds the host-built binaries: `iolane`, and the test binaries `conformance` and
+# `lvm` (tests/vm/all.sh copies them there; nextest is not used in the guest: it wants to
+# build and write under target/, which is read-only here). Each test runs in its own
+# process (`--exact NAME --test-threads 1`) under a timeout, one at a time, since they share
+# the VGs. One line per test is appended to RESULTS_FILE (default
+# $IOLANE_VM_RESULTS/lvm-suite.results): `ok NAME SECONDS` or `FAILED NAME SECONDS (exit N)`.
+#
+# Environment: IOLANE_VM_SUITE_FILTER (an extended regex: run only matching tests),
+# IOLANE_VM_SUITE_VERBOSE=1 (print every test's output, not only the failures'),
+# IOLANE_TEST_LVM_DEVICES (default /dev/nvme0n1), IOLANE_TEST_LVM_SMALL_DEVICE (default
+# /dev/nvme1n1), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600).
+# Exit status: 0 if every test passed, 1 otherwise.
+set -uo pipefail
+bin="${1:?usage: lvm-suite.sh BIN_DIR [RESULTS_FILE]}"
+results="${2:-${IOLANE_VM_RESULTS:-/tmp}/lvm-suite.results}"
+filter="${IOLANE_VM_SUITE_FILTER:-}"
+per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
+
+# The guest reads host files over 9p, page by page: copied into the guest's /tmp (RAM),
+# the binaries start and run measurably faster.
+for f in iolane conformance lvm; do
+    [ -x "$bin/$f" ] || { echo "lvm-suite: $bin/$f is missing (build on the host: tests/vm/all.sh)" >&2; exit 1; }
+done
+local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
+cp "$bin/iolane" "$bin/conformance" "$bin/lvm" "$local_bin/"
+bin="$local_bin"
+
+export IOLANE_BIN="$bin/iolane"
+export IOLANE_TEST_BACKEND=lvm
+export IOLANE_TEST_LVM_DEVICES="${IOLANE_TEST_LVM_DEVICES:-/dev/nvme0n1}"
+export IOLANE_TEST_LVM_SMALL_DEVICE="${IOLANE_TEST_LVM_SMALL_DEVICE:-/dev/nvme1n1}"
+export RUST_BACKTRACE=1
+
+for d in ${IOLANE_TEST_LVM_DEVICES//,/ } "$IOLANE_TEST_LVM_SMALL_DEVICE"; do
+    [ -b "$d" ] || { echo "lvm-suite: $d is not a block device (run.sh --disks 2)" >&2; exit 1; }
+done
+echo "lvm-suite: kernel $(uname -r), $(lvm version | sed -n 's/^ *LVM version: *//p' | head -1), $("$IOLANE_BIN" --version)"
+echo "lvm-suite: devices $IOLANE_TEST_LVM_DEVICES, small pool on $IOLANE_TEST_LVM_SMALL_DEVICE"
+
+passed=0
+failed=0
+suite_start=$(date +%s)
+
+# run_tests LABEL BINARY VERBOSE: every (not ignored) test of BINARY, one process each.
+run_tests() {
+    local label="$1" exe="$2" verbose="${IOLANE_VM_SUITE_VERBOSE:-$3}" t log rc start ms secs
+    local -a tests
+    mapfile -t tests < <("$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+    if [ ${#tests[@]} -eq 0 ]; then
+        echo "FAILED $label::list 0 (no tests listed)" >>"$results"
+        failed=$((failed + 1))
+        return
+    fi
+    log="$(mktemp)"
+    for t in "${tests[@]}"; do
+        if [ -n "$filter" ] && ! grep -qE -- "$filter" <<<"$t"; then continue; fi
+        # Ignored tests (the reboot phases) are listed too; libtest skips them unless asked.
+        start=$(date +%s%N)
+        timeout -k 10 "$per_test" "$exe" --exact "$t" --test-threads 1 --nocapture >"$log" 2>&1
+        rc=$?
+        ms=$((($(date +%s%N) - start) / 1000000))
+        secs="$((ms / 1000)).$((ms % 1000 / 100))"
+        if grep -q '^test result: ok. 0 passed; 0 failed; 1 ignored' "$log"; then
+            continue
+        fi
+        if [ "$rc" = 0 ]; then
+            passed=$((passed + 1))
+            echo "ok $label::$t $secs" >>"$results"
+            printf 'lvm-suite: PASS %-70s %6ss\n' "$label::$t" "$secs"
+            if [ "$verbose" = 1 ] || grep -q 'skipped:' "$log"; then
+                grep -v -e '^running ' -e '^test result' -e '^$' "$log" | sed 's/^/    /'
+            fi
+        else
+            failed=$((failed + 1))
+            local why="exit $rc"
+            [ "$rc" = 124 ] && why="timed out after ${per_test}s"
+            echo "FAILED $label::$t $secs ($why)" >>"$results"
+            printf 'lvm-suite: FAIL %-70s %6ss (%s)\n' "$label::$t" "$secs" "$why"
+            sed 's/^/    /' "$log"
+        fi
+    done
+    rm -f "$log"
+}
+
+run_tests conformance "$bin/conformance" 0
+run_tests lvm "$bin/lvm" 1
+
+echo "lvm-suite: LVs left:"
+LC_ALL=C lvs -a -o vg_name,lv_name,lv_attr,lv_size,data_percent,lv_tags 2>&1 | sed 's/^/    /'
+echo "lvm-suite: $passed passed, $failed failed in $(($(date +%s) - suite_start))s"
+[ "$failed" = 0 ]
