@@ -864,21 +864,24 @@ fn unmount_devices(devices: &[PathBuf]) -> Vec<String> {
 fn detach_loops_over(lvs: &[LvInfo]) -> Vec<String> {
     let loops = loops_over_lvs(lvs);
     let mut done = unmount_devices(&loops);
-    for dev in loops {
-        let ok = command("losetup")
-            .arg("--detach")
-            .arg(&dev)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        done.push(format!(
-            "{} {}",
-            if ok { "detached" } else { "could not detach" },
-            dev.display()
-        ));
-    }
+    done.extend(loops.iter().map(|dev| detach_loop(dev)));
     done
+}
+
+/// Detaches one loop device; says whether it could.
+fn detach_loop(dev: &Path) -> String {
+    let ok = command("losetup")
+        .arg("--detach")
+        .arg(dev)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    format!(
+        "{} {}",
+        if ok { "detached" } else { "could not detach" },
+        dev.display()
+    )
 }
 
 /// Removes every `iol-*` LV of `vgs` (after unmounting and detaching whatever uses it), so
@@ -1142,20 +1145,7 @@ pub fn cleanup(root: &Path) -> Vec<String> {
             }
         }
     }
-    for dev in loops_for(root) {
-        let ok = command("losetup")
-            .arg("--detach")
-            .arg(&dev)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        done.push(format!(
-            "{} {}",
-            if ok { "detached" } else { "could not detach" },
-            dev.display()
-        ));
-    }
+    done.extend(loops_for(root).iter().map(|dev| detach_loop(dev)));
     done
 }
 
