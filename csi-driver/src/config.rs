@@ -96,6 +96,32 @@ pub struct NodeArgs {
     /// and thin pool `pool`; a shortcut for a one-class config file.
     #[arg(long, env = "IOLANE_LVM_DEVICES", value_delimiter = ',')]
     pub lvm_devices: Vec<PathBuf>,
+    /// Root of the cgroup v2 hierarchy, where pod cgroups are searched for.
+    #[arg(long, env = "IOLANE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Seconds between two passes of the io.max reconciler (1-3600).
+    #[arg(long, env = "IOLANE_RECONCILE_PERIOD", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_period: u64,
+    /// Serve `/metrics` and `/healthz` over HTTP on this address (e.g. `0.0.0.0:9808`);
+    /// not served when unset.
+    #[arg(long, env = "IOLANE_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Read the PVC's `iolane.dev/tier` annotation through the Kubernetes API at
+    /// CreateVolume: `auto` when running in a cluster (KUBERNETES_SERVICE_HOST set) or
+    /// with `--kubeconfig`, `off` never.
+    #[arg(long, env = "IOLANE_KUBERNETES", value_enum, default_value_t = KubeMode::Auto)]
+    pub kubernetes: KubeMode,
+    /// kubeconfig for the Kubernetes API (outside a cluster).
+    #[arg(long, env = "IOLANE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Whether the node reads PVC annotations through the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeMode {
+    Auto,
+    Off,
 }
 
 /// The node config file.
@@ -109,6 +135,10 @@ pub struct NodeConfig {
     /// the lvm backend instead of the loop backend.
     #[serde(default, rename = "device_class")]
     pub device_classes: Vec<DeviceClass>,
+    /// IO tiers (`[tiers.<name>]` tables), added to or replacing the built-in `streaming`
+    /// and `batch`; checked by [`NodeConfig::tier_set`].
+    #[serde(default)]
+    pub tiers: iops_controller::TierConfig,
 }
 
 /// An LVM device class: a VG with one thin pool over listed block devices.
@@ -414,7 +444,16 @@ impl NodeConfig {
         Ok(cfg)
     }
 
+    /// The tiers this node knows: the built-ins with the config's on top.
+    pub fn tier_set(&self) -> Result<iops_controller::TierSet, ConfigError> {
+        iops_controller::TierSet::from_config(&self.tiers).map_err(|e| ConfigError::Invalid {
+            field: e.field.clone(),
+            reason: e.reason.clone(),
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.tier_set()?;
         let r = self.loopback.overprovision_ratio;
         if !(1.0..=1000.0).contains(&r) {
             return Err(ConfigError::Invalid {

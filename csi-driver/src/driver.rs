@@ -10,12 +10,13 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
 use crate::os::{self, FsStats, FsType, MountEntry, Os, Signature};
+use crate::tiering::Tiering;
 use crate::validate;
 use crate::volume::{
     AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
     volume_id_for,
 };
-use iops_controller::DeviceNumber;
+use iops_controller::{DeviceNumber, keys};
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
@@ -27,6 +28,8 @@ pub struct CreateRequest {
     pub range: CapacityRange,
     pub capabilities: Vec<Capability>,
     pub parameters: BTreeMap<String, String>,
+    /// CSI `mutable_parameters` (a VolumeAttributesClass's parameters), when given.
+    pub mutable_parameters: Option<BTreeMap<String, String>>,
     /// Topology segments the volume must be reachable from (empty = anywhere).
     pub requisite: Vec<BTreeMap<String, String>>,
 }
@@ -56,23 +59,30 @@ pub struct Settings {
     pub max_volumes_per_node: i64,
 }
 
-/// The driver: one backend, the OS, and the in-flight guard.
+/// The driver: one backend, the OS, the tiers, and the in-flight guard.
 #[derive(Debug, Clone)]
 pub struct Driver {
     backend: Arc<dyn Backend>,
     os: Os,
     settings: Arc<Settings>,
     inflight: InFlight,
+    tiering: Arc<Tiering>,
 }
 
 impl Driver {
-    pub fn new(backend: Arc<dyn Backend>, os: Os, settings: Settings) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, os: Os, settings: Settings, tiering: Tiering) -> Self {
         Driver {
             backend,
             os,
             settings: Arc::new(settings),
             inflight: InFlight::default(),
+            tiering: Arc::new(tiering),
         }
+    }
+
+    /// The tiers, PVC look-up and io.max enforcement of this driver.
+    pub fn tiering(&self) -> &Tiering {
+        &self.tiering
     }
 
     pub fn settings(&self) -> &Settings {
@@ -89,12 +99,11 @@ impl Driver {
         self.backend.ready().await
     }
 
-    /// What CreateVolume returns in `volume_context`.
-    pub fn volume_context(&self, _volume: &Volume) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "iolane.dev/backend".to_owned(),
-            self.backend.kind().to_owned(),
-        )])
+    /// What CreateVolume returns in `volume_context`: the backend and the resolved tier.
+    pub fn volume_context(&self, volume: &Volume) -> BTreeMap<String, String> {
+        let mut context = volume.tier.clone();
+        context.insert(keys::BACKEND.to_owned(), self.backend.kind().to_owned());
+        context
     }
 
     fn path(&self, field: &str, path: &str) -> Result<PathBuf> {
@@ -138,6 +147,14 @@ impl Driver {
             self.backend.granularity()
         };
         let size = req.range.pick(self.backend.granularity(), min)?;
+        let tier = self
+            .tiering
+            .resolve(
+                &parameters,
+                &req.parameters,
+                req.mutable_parameters.as_ref(),
+            )
+            .await?;
         let id = volume_id_for(&req.name);
         let _guard = self.inflight.claim(&id)?;
         if let Some(existing) = self.backend.get(&id).await? {
@@ -173,9 +190,10 @@ impl Driver {
             size,
             fs_type,
             parameters,
+            tier: tier.to_map(),
         };
         let volume = self.backend.create(&spec).await?;
-        tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, "created volume");
+        tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = %tier.name, "created volume");
         Ok(volume)
     }
 

@@ -10,5 +10,6 @@ pub mod grpc;
 pub mod inflight;
 pub mod os;
 pub mod server;
+pub mod tiering;
 pub mod validate;
 pub mod volume;

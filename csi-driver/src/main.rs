@@ -99,6 +99,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             path_root: args.path_root,
             max_volumes_per_node: args.max_volumes,
         },
+        csi_driver::tiering::Tiering::new(cfg.tier_set()?, None),
     );
     server::serve(driver, &name, &socket).await?;
     Ok(())

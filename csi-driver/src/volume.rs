@@ -136,6 +136,44 @@ pub struct Parameters {
         skip_serializing_if = "Option::is_none"
     )]
     pub device_class: Option<String>,
+    /// The StorageClass's tier and explicit caps (checked by tier resolution,
+    /// `iops_controller::resolve`, which also reads them at CreateVolume).
+    #[serde(
+        rename = "iolane.dev/tier",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tier: Option<String>,
+    #[serde(
+        rename = "iolane.dev/allowed-tiers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_tiers: Option<String>,
+    #[serde(
+        rename = "iolane.dev/read-iops",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub read_iops: Option<String>,
+    #[serde(
+        rename = "iolane.dev/write-iops",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_iops: Option<String>,
+    #[serde(
+        rename = "iolane.dev/read-bps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub read_bps: Option<String>,
+    #[serde(
+        rename = "iolane.dev/write-bps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_bps: Option<String>,
 }
 
 /// The parameter key that selects a device class.
@@ -205,6 +243,10 @@ pub struct Volume {
     pub fs_type: Option<FsType>,
     #[serde(default)]
     pub parameters: Parameters,
+    /// The resolved tier in its stored form (`iops_controller::ResolvedTier::to_map`);
+    /// empty for a volume created before tiers were stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tier: BTreeMap<String, String>,
 }
 
 /// What CreateVolume asks of a backend, after validation and sizing.
@@ -216,6 +258,8 @@ pub struct CreateSpec {
     pub size: u64,
     pub fs_type: Option<FsType>,
     pub parameters: Parameters,
+    /// The resolved tier, stored with the volume.
+    pub tier: BTreeMap<String, String>,
 }
 
 /// Capacity figures of a backend.

@@ -258,6 +258,7 @@ impl Backend for LoopBackend {
             capacity_bytes: spec.size,
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
+            tier: spec.tier.clone(),
         };
         if let Err(e) = self.write_meta(&volume) {
             let _ = fs::remove_file(&image);
@@ -425,6 +426,7 @@ mod tests {
             size,
             fs_type: None,
             parameters: Parameters::default(),
+            tier: std::collections::BTreeMap::new(),
         }
     }
 

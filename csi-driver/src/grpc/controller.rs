@@ -53,6 +53,8 @@ impl csi::controller_server::Controller for ControllerService {
                 range: convert::capacity_range(r.capacity_range.as_ref())?,
                 capabilities,
                 parameters: convert::map(&r.parameters),
+                mutable_parameters: (!r.mutable_parameters.is_empty())
+                    .then(|| convert::map(&r.mutable_parameters)),
                 requisite: r
                     .accessibility_requirements
                     .as_ref()

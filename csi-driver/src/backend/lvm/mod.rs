@@ -233,6 +233,7 @@ impl LvmBackend {
             capacity_bytes: lv.size,
             fs_type: t.fs_type,
             parameters: t.parameters,
+            tier: t.tier,
         })
     }
 
@@ -638,6 +639,7 @@ impl Backend for LvmBackend {
             capacity_bytes: spec.size.next_multiple_of(u.extent),
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
+            tier: spec.tier.clone(),
         })
     }
 

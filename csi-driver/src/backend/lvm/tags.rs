@@ -8,6 +8,8 @@
 //! iolane.dev/required=<bytes>          capacity_range.required_bytes at creation (0 = unset)
 //! iolane.dev/fs=ext4|xfs               only for volumes created for a filesystem
 //! iolane.dev/p/<escaped key>=<escaped value>   one per CreateVolume parameter
+//! iolane.dev/t/<escaped key>=<escaped value>   the resolved tier, one per entry of
+//!                                      `ResolvedTier::to_map` (tier, priority, overrides)
 //! ```
 //!
 //! LVM tags may only hold `[A-Za-z0-9_+.-/=!:&#]` and at most 1024 bytes. Values are
@@ -34,6 +36,8 @@ pub struct Tagged {
     pub required: u64,
     pub fs_type: Option<FsType>,
     pub parameters: Parameters,
+    /// The resolved tier's stored form; empty when the LV carries none.
+    pub tier: BTreeMap<String, String>,
 }
 
 fn safe(b: u8) -> bool {
@@ -114,6 +118,13 @@ pub fn encode(spec: &CreateSpec) -> Result<Vec<String>> {
             &escape(&v),
         )?);
     }
+    for (k, v) in &spec.tier {
+        tags.push(tag(
+            format!("tier[{k:?}]"),
+            &format!("t/{}", escape(k)),
+            &escape(v),
+        )?);
+    }
     Ok(tags)
 }
 
@@ -129,6 +140,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
     let mut required = None;
     let mut fs_type = None;
     let mut params = BTreeMap::new();
+    let mut tier = BTreeMap::new();
     for t in tags {
         let Some(rest) = t.strip_prefix(PREFIX) else {
             continue;
@@ -141,11 +153,16 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
             "required" => required = Some(value.parse::<u64>().map_err(|_| bad())?),
             "fs" => fs_type = Some(FsType::parse(value).ok_or_else(bad)?),
             _ => {
-                let k = key
-                    .strip_prefix("p/")
-                    .and_then(unescape)
-                    .ok_or_else(|| format!("tag {t:?} is not one this driver knows"))?;
-                params.insert(k, unescape(value).ok_or_else(bad)?);
+                let unknown = || format!("tag {t:?} is not one this driver knows");
+                let (map, k) = if let Some(k) = key.strip_prefix("p/") {
+                    (&mut params, k)
+                } else if let Some(k) = key.strip_prefix("t/") {
+                    (&mut tier, k)
+                } else {
+                    return Err(unknown());
+                };
+                let k = unescape(k).ok_or_else(unknown)?;
+                map.insert(k, unescape(value).ok_or_else(bad)?);
             }
         }
     }
@@ -164,6 +181,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
         required: required.ok_or_else(|| format!("no {PREFIX}required tag"))?,
         fs_type,
         parameters,
+        tier,
     })
 }
 
@@ -187,6 +205,11 @@ mod tests {
             size: 8 << 20,
             fs_type: Some(FsType::Xfs),
             parameters: Parameters::parse(&map).unwrap(),
+            tier: BTreeMap::from([
+                ("iolane.dev/tier".to_owned(), "batch".to_owned()),
+                ("iolane.dev/priority".to_owned(), "batch".to_owned()),
+                ("iolane.dev/read-iops".to_owned(), "200".to_owned()),
+            ]),
         }
     }
 
@@ -245,6 +268,9 @@ mod tests {
                 "iolane.dev/p/csi.storage.k8s.io/pvc/name=data-0",
                 "iolane.dev/p/csi.storage.k8s.io/pvc/namespace=spark",
                 "iolane.dev/p/iolane.dev/device-class=fast",
+                "iolane.dev/t/iolane.dev/priority=batch",
+                "iolane.dev/t/iolane.dev/read-iops=200",
+                "iolane.dev/t/iolane.dev/tier=batch",
             ]
         );
         let mut with_foreign = tags.clone();
@@ -258,6 +284,7 @@ mod tests {
                 required: 5 << 20,
                 fs_type: Some(FsType::Xfs),
                 parameters: s.parameters.clone(),
+                tier: s.tier.clone(),
             }
         );
     }

@@ -1,0 +1,226 @@
+//! The driver's side of IO tiers: which tier a new volume gets (CreateVolume) and what caps
+//! a published volume has. The tier model, resolution and the cgroup files are
+//! `iops_controller`'s; this module feeds it the request, the PVC annotation and the
+//! volume's stored tier.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use iops_controller::{Layers, Limits, ResolveError, ResolvedTier, TierSet, keys};
+
+use crate::error::{Error, Result};
+use crate::volume::{Parameters, Volume};
+
+/// Where the PVC's `iolane.dev/tier` annotation comes from (the Kubernetes API in a
+/// cluster; a fake in tests).
+#[async_trait::async_trait]
+pub trait PvcTierSource: Send + Sync + std::fmt::Debug {
+    /// The annotation of PVC `namespace/name`; `None` when the PVC has none.
+    async fn pvc_tier(&self, namespace: &str, name: &str) -> Result<Option<String>>;
+}
+
+/// Tiers and the PVC look-up, shared by every call.
+#[derive(Debug)]
+pub struct Tiering {
+    tiers: TierSet,
+    pvc: Option<Arc<dyn PvcTierSource>>,
+}
+
+impl Default for Tiering {
+    fn default() -> Self {
+        Tiering::new(TierSet::builtin(), None)
+    }
+}
+
+impl Tiering {
+    /// `pvc` is `None` where no Kubernetes API is configured: then the PVC annotation is
+    /// not looked up (csi-sanity, the demo).
+    pub fn new(tiers: TierSet, pvc: Option<Arc<dyn PvcTierSource>>) -> Self {
+        Tiering { tiers, pvc }
+    }
+
+    pub fn tiers(&self) -> &TierSet {
+        &self.tiers
+    }
+
+    /// The tier of a new volume from its StorageClass parameters (`raw`, as sent), the
+    /// PVC annotation (when csi-provisioner passed the PVC's name and an API is
+    /// configured) and the VolumeAttributesClass parameters.
+    pub async fn resolve(
+        &self,
+        parameters: &Parameters,
+        raw: &BTreeMap<String, String>,
+        mutable: Option<&BTreeMap<String, String>>,
+    ) -> Result<ResolvedTier> {
+        // Checked first, so a bad StorageClass is reported without an API round trip.
+        let layers = Layers {
+            class_parameters: raw,
+            pvc_tier: None,
+            mutable_parameters: mutable,
+        };
+        let without_pvc = iops_controller::resolve(&self.tiers, &layers).map_err(invalid)?;
+        let pvc_tier = match (&self.pvc, &parameters.pvc_namespace, &parameters.pvc_name) {
+            (Some(api), Some(namespace), Some(name)) => api.pvc_tier(namespace, name).await?,
+            _ => None,
+        };
+        let Some(pvc_tier) = pvc_tier else {
+            return Ok(without_pvc);
+        };
+        let layers = Layers {
+            pvc_tier: Some(&pvc_tier),
+            ..layers
+        };
+        iops_controller::resolve(&self.tiers, &layers).map_err(invalid)
+    }
+
+    /// The caps of `volume` now: its stored tier as this node defines it, scaled to its
+    /// size. A volume without a stored tier (created before tiers were stored) gets the
+    /// tier its stored parameters resolve to; a stored tier the node config no longer
+    /// defines falls back to the default tier, with a warning.
+    pub fn limits_of(&self, volume: &Volume) -> (String, Limits) {
+        let stored = match ResolvedTier::from_map(&volume.tier) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => iops_controller::resolve(
+                &self.tiers,
+                &Layers {
+                    class_parameters: &volume.parameters.to_map(),
+                    pvc_tier: None,
+                    mutable_parameters: None,
+                },
+            ),
+            Err(e) => Err(e),
+        };
+        let limits = stored.and_then(|t| {
+            let limits = t.limits_for(&self.tiers, volume.capacity_bytes)?;
+            Ok((t.name, limits))
+        });
+        match limits {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(
+                    volume.id = %volume.id,
+                    error = %e,
+                    tier = keys::DEFAULT_TIER,
+                    "the volume's stored tier cannot be used; capping it with the default tier"
+                );
+                let default = self
+                    .tiers
+                    .get(keys::DEFAULT_TIER)
+                    .map_or(Limits::UNLIMITED, |t| {
+                        t.limits_for(volume.capacity_bytes).canonical()
+                    });
+                (keys::DEFAULT_TIER.to_owned(), default)
+            }
+        }
+    }
+}
+
+/// A resolution error as INVALID_ARGUMENT naming its key.
+fn invalid(e: ResolveError) -> Error {
+    let field = e.field().to_owned();
+    let text = e.to_string();
+    let reason = text
+        .strip_prefix(&format!("{field}: "))
+        .map_or_else(|| text.clone(), str::to_owned);
+    Error::InvalidArgument { field, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Annotated(Option<&'static str>);
+
+    #[async_trait::async_trait]
+    impl PvcTierSource for Annotated {
+        async fn pvc_tier(&self, namespace: &str, name: &str) -> Result<Option<String>> {
+            assert_eq!((namespace, name), ("spark", "shuffle-0"));
+            Ok(self.0.map(str::to_owned))
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    async fn resolve_with(
+        pvc: Option<&'static str>,
+        class: &[(&str, &str)],
+    ) -> Result<ResolvedTier> {
+        let t = Tiering::new(TierSet::builtin(), Some(Arc::new(Annotated(pvc))));
+        let raw = map(class);
+        t.resolve(&Parameters::parse(&raw)?, &raw, None).await
+    }
+
+    #[tokio::test]
+    async fn pvc_annotation_is_used_only_when_the_class_allows_it() {
+        let pvc = [
+            (keys::PVC_NAME, "shuffle-0"),
+            (keys::PVC_NAMESPACE, "spark"),
+        ];
+        let mut class = pvc.to_vec();
+        class.push((keys::TIER, "batch"));
+        class.push((keys::ALLOWED_TIERS, "batch,streaming"));
+        let t = resolve_with(Some("streaming"), &class).await.unwrap();
+        assert_eq!(t.name, "streaming");
+        let t = resolve_with(None, &class).await.unwrap();
+        assert_eq!(t.name, "batch");
+
+        let mut strict = pvc.to_vec();
+        strict.push((keys::TIER, "batch"));
+        let e = resolve_with(Some("streaming"), &strict).await.unwrap_err();
+        match e {
+            Error::InvalidArgument { field, reason } => {
+                assert!(field.contains("iolane.dev/tier"), "{field}");
+                assert!(reason.contains("allowed-tiers"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_pvc_name_means_no_lookup_and_bad_keys_are_named() {
+        // The fake asserts the PVC it is asked about; without the PVC keys it is not asked.
+        let t = resolve_with(Some("streaming"), &[(keys::TIER, "streaming")])
+            .await
+            .unwrap();
+        assert_eq!(t.name, "streaming");
+        let e = resolve_with(None, &[(keys::READ_IOPS, "-5")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iolane.dev/read-iops"), "{e}");
+    }
+
+    #[test]
+    fn limits_of_reads_the_stored_tier_and_falls_back_to_the_default() {
+        let t = Tiering::default();
+        let mut v = Volume {
+            id: "iol-x".to_owned(),
+            name: "x".to_owned(),
+            capacity_bytes: 1 << 30,
+            fs_type: None,
+            parameters: Parameters::default(),
+            tier: map(&[(keys::TIER, "streaming"), (keys::PRIORITY, "streaming")]),
+        };
+        assert_eq!(t.limits_of(&v), ("streaming".to_owned(), Limits::UNLIMITED));
+        v.tier = map(&[
+            (keys::TIER, "batch"),
+            (keys::PRIORITY, "batch"),
+            (keys::READ_IOPS, "150"),
+        ]);
+        let (name, limits) = t.limits_of(&v);
+        assert_eq!(name, "batch");
+        assert_eq!(limits.read_iops.get(), Some(150));
+        v.tier = map(&[(keys::TIER, "gone"), (keys::PRIORITY, "batch")]);
+        let (name, limits) = t.limits_of(&v);
+        assert_eq!(name, keys::DEFAULT_TIER);
+        assert!(!limits.is_unlimited());
+        v.tier.clear();
+        assert_eq!(t.limits_of(&v).0, keys::DEFAULT_TIER);
+    }
+}
