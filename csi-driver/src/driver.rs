@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::enforce::{Outcome, Publication, pod_uid_from_target};
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
 use crate::os::{self, FsStats, FsType, MountEntry, Os, Signature};
@@ -16,7 +17,7 @@ use crate::volume::{
     AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
     volume_id_for,
 };
-use iops_controller::{DeviceNumber, keys};
+use iops_controller::{DeviceNumber, PodUid, keys};
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
@@ -464,6 +465,8 @@ impl Driver {
         Ok(())
     }
 
+    /// Publishes the staged volume at `target`; with a pod UID (from `volume_context`, or
+    /// a kubelet target path), its tier's caps go into that pod's `io.max`.
     #[tracing::instrument(skip(self, cap))]
     pub async fn node_publish(
         &self,
@@ -472,12 +475,13 @@ impl Driver {
         target: &str,
         cap: &Capability,
         read_only: bool,
+        pod: Option<PodUid>,
     ) -> Result<()> {
         let staging = self.path("staging_target_path", staging)?;
         let target = self.path("target_path", target)?;
         let read_only = read_only || cap.mode.read_only();
         let _guard = self.inflight.claim(id)?;
-        self.volume(id).await?;
+        let volume = self.volume(id).await?;
         let not_staged = || {
             Error::FailedPrecondition(format!(
                 "volume {id} is not staged at {}",
@@ -515,6 +519,7 @@ impl Driver {
                     }
                 )));
             }
+            self.enforce(&volume, &target, n, pod);
             return Ok(());
         }
         let created = match cap.access {
@@ -541,7 +546,30 @@ impl Driver {
             return Err(e.into());
         }
         tracing::info!(volume.id = %id, path = %target.display(), read_only, "published volume");
+        self.enforce(&volume, &target, n, pod);
         Ok(())
+    }
+
+    /// Records the publication and writes its caps if its pod's cgroup is there; never
+    /// fails the publish (see [`crate::enforce`]).
+    fn enforce(&self, volume: &Volume, target: &Path, device: DeviceNumber, pod: Option<PodUid>) {
+        let Some(pod) = pod.or_else(|| pod_uid_from_target(target)) else {
+            tracing::debug!(volume.id = %volume.id, "no pod UID in volume_context or target path: published without IO caps");
+            return;
+        };
+        let (tier, limits) = self.tiering.limits_of(volume);
+        let publication = Publication {
+            volume_id: volume.id.clone(),
+            target: target.to_owned(),
+            pod,
+            device,
+            tier,
+            limits,
+        };
+        log_outcome(
+            &publication,
+            &self.tiering.enforcer().publish(publication.clone()),
+        );
     }
 
     #[tracing::instrument(skip(self))]
@@ -549,6 +577,10 @@ impl Driver {
         let target = self.path("target_path", target)?;
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
+        let enforcer = self.tiering.enforcer();
+        if let Some(outcome) = enforcer.unpublish(&target) {
+            log_release(id, &target, &outcome);
+        }
         if self.os.mount_at(&target)?.is_some() {
             let md = std::fs::metadata(&target).map_err(|e| os::Error::io("stat", &target, e))?;
             if md.file_type().is_block_device() {
@@ -728,6 +760,38 @@ impl Driver {
                 }) || (m.fs_type == "devtmpfs" && node_roots.contains(&m.root))
             })
             .collect())
+    }
+}
+
+fn log_outcome(p: &Publication, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied { cgroup } => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, device = %p.device,
+            cgroup = %cgroup.display(), "applied the tier's io.max caps"
+        ),
+        Outcome::Unchanged { .. } => {}
+        Outcome::Pending(why) => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, reason = %why,
+            "io.max caps pending: the reconciler applies them when it can"
+        ),
+        Outcome::Failed(why) => tracing::warn!(
+            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, error = %why,
+            "could not apply io.max caps; the reconciler retries"
+        ),
+    }
+}
+
+fn log_release(id: &str, target: &Path, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied { cgroup } => tracing::info!(
+            volume.id = %id, target = %target.display(), cgroup = %cgroup.display(),
+            "lifted the io.max caps"
+        ),
+        Outcome::Unchanged { .. } | Outcome::Pending(_) => {}
+        Outcome::Failed(why) => tracing::warn!(
+            volume.id = %id, target = %target.display(), error = %why,
+            "could not lift the io.max caps"
+        ),
     }
 }
 

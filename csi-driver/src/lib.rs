@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod driver;
+pub mod enforce;
 pub mod error;
 pub mod grpc;
 pub mod inflight;

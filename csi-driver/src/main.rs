@@ -9,8 +9,11 @@ use csi_driver::backend::loopback::LoopBackend;
 use csi_driver::backend::lvm::LvmBackend;
 use csi_driver::config::{self, Cli, Command, LogFormat, NodeArgs, NodeConfig};
 use csi_driver::driver::{Driver, Settings};
+use csi_driver::enforce::Enforcer;
 use csi_driver::os::{Os, Roots, SystemRunner};
+use csi_driver::tiering::Tiering;
 use csi_driver::{server, validate};
+use iops_controller::RealCgroupFs;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -99,7 +102,11 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             path_root: args.path_root,
             max_volumes_per_node: args.max_volumes,
         },
-        csi_driver::tiering::Tiering::new(cfg.tier_set()?, None),
+        Tiering::new(
+            cfg.tier_set()?,
+            None,
+            Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs)),
+        ),
     );
     server::serve(driver, &name, &socket).await?;
     Ok(())

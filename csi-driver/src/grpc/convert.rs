@@ -118,6 +118,23 @@ pub fn map(m: &HashMap<String, String>) -> BTreeMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The pod UID kubelet passes in `volume_context` (CSIDriver `podInfoOnMount`), checked
+/// to be UUID-shaped; `None` when absent (csi-sanity sends none).
+pub fn pod_uid(context: &HashMap<String, String>) -> Result<Option<iops_controller::PodUid>> {
+    let key = iops_controller::keys::POD_UID;
+    context
+        .get(key)
+        .map(|v| {
+            iops_controller::PodUid::parse(v).map_err(|_| {
+                Error::invalid(
+                    format!("volume_context[{key:?}]"),
+                    "must be a pod UID (8-4-4-4-12 lowercase hex digits)",
+                )
+            })
+        })
+        .transpose()
+}
+
 /// A domain volume as the CSI `Volume` message.
 pub fn volume(
     v: &Volume,

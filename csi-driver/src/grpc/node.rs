@@ -69,8 +69,16 @@ impl csi::node_server::Node for NodeService {
             convert::required("target_path", &r.target_path)?;
             let cap = convert::capability("volume_capability", r.volume_capability.as_ref())?;
             convert::required("staging_target_path", &r.staging_target_path)?;
+            let pod = convert::pod_uid(&r.volume_context)?;
             self.driver
-                .node_publish(id, &r.staging_target_path, &r.target_path, &cap, r.readonly)
+                .node_publish(
+                    id,
+                    &r.staging_target_path,
+                    &r.target_path,
+                    &cap,
+                    r.readonly,
+                    pod,
+                )
                 .await?;
             Ok(csi::NodePublishVolumeResponse {})
         })
