@@ -50,6 +50,27 @@ pub struct VolumeStats {
     pub abnormal: Option<String>,
 }
 
+/// What one reconciler pass did, publication by publication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    /// Lines that were already right.
+    pub unchanged: usize,
+    /// Lines written for the first time (or after a tier change).
+    pub applied: usize,
+    /// Lines changed behind iolane's back and written again.
+    pub repaired: usize,
+    /// Publications whose pod cgroup (or its io controller) is not there yet.
+    pub pending: usize,
+    /// Publications whose cgroup files could not be read or written.
+    pub failed: usize,
+    /// Publications skipped because a CSI call on their volume was in flight.
+    pub busy: usize,
+    /// Publications forgotten because their mounts are gone.
+    pub forgotten: usize,
+    /// Kubelet publications found in the mount table and recorded.
+    pub adopted: usize,
+}
+
 /// Static settings of a driver instance.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -600,6 +621,85 @@ impl Driver {
         Ok(())
     }
 
+    /// One pass of the io.max reconciler: forgets publications whose mounts are gone,
+    /// adopts kubelet publications it does not know yet (after a restart), and makes every
+    /// known publication's line right. Publications whose volume has a call in flight are
+    /// left to the next pass.
+    pub async fn reconcile(&self) -> Result<PassSummary> {
+        let mut summary = PassSummary::default();
+        let mounts = self.os.mounts()?;
+        let mounted: std::collections::HashSet<&Path> =
+            mounts.iter().map(|m| m.mount_point.as_path()).collect();
+        let enforcer = self.tiering.enforcer();
+        summary.forgotten = enforcer.retain(|t| mounted.contains(t)).len();
+        let unknown: Vec<(PathBuf, PodUid)> = mounts
+            .iter()
+            .filter(|m| !enforcer.knows(&m.mount_point))
+            .filter_map(|m| pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
+            .collect();
+        if !unknown.is_empty() {
+            summary.adopted = self.adopt(unknown).await?;
+        }
+        for p in enforcer.publications() {
+            let Ok(_guard) = self.inflight.claim(&p.volume_id) else {
+                summary.busy += 1;
+                continue;
+            };
+            match enforcer.enforce(&p.target) {
+                Some(Outcome::Unchanged { .. }) => summary.unchanged += 1,
+                Some(o @ Outcome::Applied { .. }) => {
+                    summary.applied += 1;
+                    log_outcome(&p, &o);
+                }
+                Some(o @ Outcome::Repaired { .. }) => {
+                    summary.repaired += 1;
+                    log_outcome(&p, &o);
+                }
+                Some(Outcome::Pending(_)) => summary.pending += 1,
+                Some(o @ Outcome::Failed(_)) => {
+                    summary.failed += 1;
+                    log_outcome(&p, &o);
+                }
+                None => {}
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Records the kubelet publications (`target`, pod) that are mounts of this driver's
+    /// volumes; returns how many. Mounts of other drivers are ignored.
+    async fn adopt(&self, unknown: Vec<(PathBuf, PodUid)>) -> Result<usize> {
+        let mut by_device: BTreeMap<DeviceNumber, Volume> = BTreeMap::new();
+        for v in self.backend.list().await? {
+            for dev in self.backend.devices(&v.id).await? {
+                by_device.insert(self.os.device_number(&dev)?, v.clone());
+            }
+        }
+        let mut adopted = 0;
+        for (target, pod) in unknown {
+            let Ok(n) = self.mounted_device(&target) else {
+                continue;
+            };
+            let Some(volume) = by_device.get(&n) else {
+                self.tiering.enforcer().mark_foreign(&target);
+                continue;
+            };
+            let Ok(_guard) = self.inflight.claim(&volume.id) else {
+                continue;
+            };
+            // The volume's own device carries the caps, also for a read-only raw publication
+            // that exposes a loop device of its own.
+            let device = match self.backend.attached(&volume.id).await? {
+                Some(dev) => self.os.device_number(&dev)?,
+                None => n,
+            };
+            tracing::info!(volume.id = %volume.id, pod = %pod, target = %target.display(), "adopted a publication from the mount table");
+            self.enforce(volume, &target, device, Some(pod));
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
     /// Unmounts every layer mounted at `path`.
     async fn unmount_all(&self, path: &Path) -> Result<()> {
         for _ in 0..8 {
@@ -769,6 +869,10 @@ fn log_outcome(p: &Publication, outcome: &Outcome) {
             volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, device = %p.device,
             cgroup = %cgroup.display(), "applied the tier's io.max caps"
         ),
+        Outcome::Repaired { cgroup } => tracing::warn!(
+            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, device = %p.device,
+            cgroup = %cgroup.display(), "io.max had been changed behind iolane's back: repaired"
+        ),
         Outcome::Unchanged { .. } => {}
         Outcome::Pending(why) => tracing::info!(
             volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, reason = %why,
@@ -783,7 +887,7 @@ fn log_outcome(p: &Publication, outcome: &Outcome) {
 
 fn log_release(id: &str, target: &Path, outcome: &Outcome) {
     match outcome {
-        Outcome::Applied { cgroup } => tracing::info!(
+        Outcome::Applied { cgroup } | Outcome::Repaired { cgroup } => tracing::info!(
             volume.id = %id, target = %target.display(), cgroup = %cgroup.display(),
             "lifted the io.max caps"
         ),

@@ -34,8 +34,10 @@ pub struct Publication {
 pub enum Outcome {
     /// The line was already right.
     Unchanged { cgroup: PathBuf },
-    /// The line was written.
+    /// The line was written (the first time, or after a tier change).
     Applied { cgroup: PathBuf },
+    /// The line had been right and was changed behind iolane's back; written again.
+    Repaired { cgroup: PathBuf },
     /// Not written now; the reconciler retries (no pod cgroup yet, no io controller).
     Pending(String),
     /// Writing or reading the cgroup failed.
@@ -46,7 +48,18 @@ pub enum Outcome {
 pub struct Enforcer {
     root: PathBuf,
     fs: Arc<dyn CgroupFs>,
-    publications: Mutex<BTreeMap<PathBuf, Publication>>,
+    publications: Mutex<BTreeMap<PathBuf, Entry>>,
+    /// Kubelet-shaped mounts found not to be iolane volumes (other drivers'), so the
+    /// reconciler does not look them up again on every pass.
+    foreign: Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+/// A publication and what iolane last wrote for it.
+#[derive(Debug, Clone)]
+struct Entry {
+    publication: Publication,
+    /// The caps iolane last saw in place (written or found right), if any.
+    in_place: Option<Limits>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -65,6 +78,7 @@ impl Enforcer {
             root,
             fs,
             publications: Mutex::new(BTreeMap::new()),
+            foreign: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -76,7 +90,7 @@ impl Enforcer {
         self.fs.as_ref()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Publication>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Entry>> {
         // A panic while holding the lock leaves a plain map behind: still usable.
         self.publications
             .lock()
@@ -85,51 +99,98 @@ impl Enforcer {
 
     /// Every publication known now, in target order.
     pub fn publications(&self) -> Vec<Publication> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .values()
+            .map(|e| e.publication.clone())
+            .collect()
     }
 
-    /// Whether `target` is a known publication.
+    /// Whether `target` is a known publication, or known not to be one of iolane's.
     pub fn knows(&self, target: &Path) -> bool {
-        self.lock().contains_key(target)
+        self.lock().contains_key(target) || self.foreign().contains(target)
+    }
+
+    fn foreign(&self) -> MutexGuard<'_, std::collections::BTreeSet<PathBuf>> {
+        self.foreign
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers that the mount at `target` is not an iolane volume.
+    pub fn mark_foreign(&self, target: &Path) {
+        self.foreign().insert(target.to_owned());
     }
 
     /// Records a publication (replacing one at the same target) and enforces it now.
     pub fn publish(&self, p: Publication) -> Outcome {
-        let outcome = self.enforce(&p);
-        self.lock().insert(p.target.clone(), p);
-        outcome
+        let target = p.target.clone();
+        self.lock().insert(
+            target.clone(),
+            Entry {
+                publication: p,
+                in_place: None,
+            },
+        );
+        self.enforce(&target).unwrap_or_else(|| {
+            Outcome::Failed("the publication was removed while it was applied".to_owned())
+        })
     }
 
     /// Forgets the publication at `target` and lifts its caps; `None` when there was none.
     pub fn unpublish(&self, target: &Path) -> Option<Outcome> {
-        let p = self.lock().remove(target)?;
-        Some(self.release(&p))
+        let e = self.lock().remove(target)?;
+        Some(self.release(&e.publication))
     }
 
     /// Forgets publications whose targets `keep` rejects, without touching their lines
     /// (their mounts are gone: the pod is gone or kubelet cleaned up).
-    pub fn retain(&self, mut keep: impl FnMut(&Publication) -> bool) -> Vec<Publication> {
+    pub fn retain(&self, mut keep: impl FnMut(&Path) -> bool) -> Vec<Publication> {
+        self.foreign().retain(|t| keep(t));
         let mut map = self.lock();
         let gone: Vec<PathBuf> = map
             .values()
-            .filter(|p| !keep(p))
-            .map(|p| p.target.clone())
+            .filter(|e| !keep(&e.publication.target))
+            .map(|e| e.publication.target.clone())
             .collect();
-        gone.iter().filter_map(|t| map.remove(t)).collect()
+        gone.iter()
+            .filter_map(|t| map.remove(t))
+            .map(|e| e.publication)
+            .collect()
     }
 
-    /// Makes `p`'s line in its pod's cgroup match its caps.
-    pub fn enforce(&self, p: &Publication) -> Outcome {
+    /// Makes the line of the publication at `target` match its caps; `None` when no
+    /// publication is recorded there. The caller serialises calls on one volume.
+    pub fn enforce(&self, target: &Path) -> Option<Outcome> {
+        let entry = self.lock().get(target).cloned()?;
+        let p = &entry.publication;
+        let want = p.limits.canonical();
+        let outcome = self.write(p, want, entry.in_place);
+        if matches!(
+            outcome,
+            Outcome::Applied { .. } | Outcome::Repaired { .. } | Outcome::Unchanged { .. }
+        ) && let Some(e) = self.lock().get_mut(target)
+            && e.publication == *p
+        {
+            e.in_place = Some(want);
+        }
+        Some(outcome)
+    }
+
+    fn write(&self, p: &Publication, want: Limits, in_place: Option<Limits>) -> Outcome {
         let cgroup = match self.cgroup_of(&p.pod) {
             Ok(c) => c,
             Err(o) => return o,
         };
         match iops_controller::apply::current(self.fs.as_ref(), &cgroup, p.device) {
-            Ok(now) if now == p.limits.canonical() => return Outcome::Unchanged { cgroup },
+            Ok(now) if now == want => return Outcome::Unchanged { cgroup },
             Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                return Outcome::Pending(format!("cgroup {} went away", cgroup.display()));
+            }
             Err(e) => return Outcome::Failed(e.to_string()),
         }
-        match iops_controller::apply::apply(self.fs.as_ref(), &cgroup, p.device, &p.limits) {
+        match iops_controller::apply::apply(self.fs.as_ref(), &cgroup, p.device, &want) {
+            Ok(()) if in_place == Some(want) => Outcome::Repaired { cgroup },
             Ok(()) => Outcome::Applied { cgroup },
             Err(e) if e.is_not_found() => {
                 Outcome::Pending(format!("cgroup {} went away", cgroup.display()))
@@ -145,10 +206,10 @@ impl Enforcer {
             Err(o) => return o,
         };
         // Another publication of the same device in the same pod keeps its caps.
-        let shared = self
-            .lock()
-            .values()
-            .any(|o| o.pod == p.pod && o.device == p.device && o.target != p.target);
+        let shared = self.lock().values().any(|o| {
+            let o = &o.publication;
+            o.pod == p.pod && o.device == p.device && o.target != p.target
+        });
         if shared {
             return Outcome::Unchanged { cgroup };
         }
@@ -270,8 +331,19 @@ mod tests {
             capped().canonical()
         );
         // Enforcing again changes nothing.
-        assert!(matches!(e.enforce(&p), Outcome::Unchanged { .. }));
+        assert!(matches!(
+            e.enforce(Path::new("/t/a")),
+            Some(Outcome::Unchanged { .. })
+        ));
         assert_eq!(fs.writes().len(), 1);
+        // A line changed behind iolane's back is a repair.
+        iops_controller::apply::reset(fs.as_ref(), &cgroup, p.device).unwrap();
+        assert_eq!(
+            e.enforce(Path::new("/t/a")),
+            Some(Outcome::Repaired {
+                cgroup: cgroup.clone()
+            })
+        );
         assert_eq!(
             e.unpublish(Path::new("/t/a")),
             Some(Outcome::Applied {
@@ -294,7 +366,11 @@ mod tests {
         assert!(matches!(e.publish(p.clone()), Outcome::Pending(_)));
         assert!(e.knows(Path::new("/t/a")));
         fs.add_cgroup(&cgroup);
-        assert!(matches!(e.enforce(&p), Outcome::Applied { .. }));
+        assert!(matches!(
+            e.enforce(&p.target),
+            Some(Outcome::Applied { .. })
+        ));
+        assert_eq!(e.enforce(Path::new("/t/other")), None);
     }
 
     #[test]
@@ -343,7 +419,10 @@ mod tests {
         e.publish(publication("/t/a", capped()));
         e.publish(publication("/t/b", capped()));
         let before = fs.writes().len();
-        let gone = e.retain(|p| p.target == Path::new("/t/b"));
+        e.mark_foreign(Path::new("/t/c"));
+        assert!(e.knows(Path::new("/t/c")));
+        let gone = e.retain(|t| t == Path::new("/t/b"));
+        assert!(!e.knows(Path::new("/t/c")));
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].target, Path::new("/t/a"));
         assert_eq!(fs.writes().len(), before);

@@ -108,8 +108,27 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs)),
         ),
     );
+    tokio::spawn(reconcile_loop(
+        driver.clone(),
+        std::time::Duration::from_secs(args.reconcile_period),
+    ));
     server::serve(driver, &name, &socket).await?;
     Ok(())
+}
+
+/// Runs the io.max reconciler every `period`, starting at once (re-applying after a
+/// restart). A failed pass is logged and retried at the next tick.
+async fn reconcile_loop(driver: Driver, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(period_secs = period.as_secs(), "io.max reconciler started");
+    loop {
+        tick.tick().await;
+        match driver.reconcile().await {
+            Ok(s) => tracing::debug!(?s, "reconcile pass"),
+            Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
+        }
+    }
 }
 
 /// `iolane bench`: the report is the command's output, so it goes to stdout.
