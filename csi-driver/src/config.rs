@@ -30,6 +30,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve Identity, Controller and Node on this node's socket (the DaemonSet role).
     Node(NodeArgs),
+    /// Serve the central Identity and Controller (the Deployment beside csi-resizer):
+    /// ControllerExpandVolume answers `node_expansion_required`; the owning node grows the
+    /// volume.
+    Controller(ControllerArgs),
     /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
     /// per-second IOPS and latency percentiles.
     Bench(BenchArgs),
@@ -65,6 +69,17 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Flags of `iolane controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// CSI endpoint, `unix:///absolute/path.sock`.
+    #[arg(long, env = "IOLANE_ENDPOINT")]
+    pub endpoint: String,
+    /// CSI driver name reported by GetPluginInfo.
+    #[arg(long, env = "IOLANE_DRIVER_NAME", default_value = "csi.iolane.dev")]
+    pub driver_name: String,
 }
 
 /// Flags of `iolane node`.

@@ -7,7 +7,7 @@ use clap::Parser;
 use csi_driver::backend::Backend;
 use csi_driver::backend::loopback::LoopBackend;
 use csi_driver::backend::lvm::LvmBackend;
-use csi_driver::config::{self, Cli, Command, LogFormat, NodeArgs, NodeConfig};
+use csi_driver::config::{self, Cli, Command, ControllerArgs, LogFormat, NodeArgs, NodeConfig};
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::enforce::Enforcer;
 use csi_driver::os::{Os, Roots, SystemRunner};
@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
+            Command::Controller(args) => run_controller(args).await,
             Command::Bench(_) => Ok(()),
         }
     });
@@ -64,6 +65,13 @@ fn init_tracing(format: LogFormat, filter: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let socket = config::socket_path(&args.endpoint)?;
+    let name = config::driver_name(&args.driver_name)?.to_owned();
+    server::serve_central(&name, &socket).await?;
+    Ok(())
 }
 
 async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {

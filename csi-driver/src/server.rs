@@ -52,23 +52,45 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves until SIGTERM/SIGINT, then removes the socket.
-pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
-    let listener = bind(socket)?;
-    let (identity, controller, node) = grpc::services(&driver, plugin_name);
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signal)?;
-    let shutdown = async move {
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
         }
-    };
+    })
+}
+
+/// Serves a node's Identity, Controller and Node until SIGTERM/SIGINT, then removes the
+/// socket.
+pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
+    let listener = bind(socket)?;
+    let (identity, controller, node) = grpc::services(&driver, plugin_name);
+    let shutdown = shutdown_signal()?;
     tracing::info!(socket = %socket.display(), node.id = %driver.settings().node_id, "serving CSI");
     let result = tonic::transport::Server::builder()
         .add_service(identity)
         .add_service(controller)
         .add_service(node)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = fs::remove_file(socket);
+    result.map_err(ServeError::from)
+}
+
+/// Serves the central controller's Identity and Controller (`iolane controller`) until
+/// SIGTERM/SIGINT, then removes the socket.
+pub async fn serve_central(plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
+    let listener = bind(socket)?;
+    let (identity, controller) = grpc::central_services(plugin_name);
+    let shutdown = shutdown_signal()?;
+    tracing::info!(socket = %socket.display(), "serving the central CSI controller");
+    let result = tonic::transport::Server::builder()
+        .add_service(identity)
+        .add_service(controller)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = fs::remove_file(socket);

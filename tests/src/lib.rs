@@ -532,6 +532,65 @@ async fn launch(root: &Path, options: &Options) -> (Child, Channel) {
     }
 }
 
+/// A running `iolane controller` (the central Deployment's role) on a socket in its own
+/// tempdir; killed on drop.
+#[derive(Debug)]
+pub struct Central {
+    child: Child,
+    pub channel: Channel,
+    _tmp: tempfile::TempDir,
+}
+
+impl Central {
+    /// Starts `iolane controller` and waits until Probe answers ready.
+    pub async fn start() -> Central {
+        let tmp = tempfile::Builder::new()
+            .prefix("iolane-central-")
+            .tempdir()
+            .expect("create tempdir");
+        let socket = tmp.path().join("controller.sock");
+        let mut child = command(binary())
+            .arg("controller")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .env("IOLANE_LOG", "info,csi_driver=debug")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn iolane controller");
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll iolane") {
+                panic!("iolane controller exited with {status} before serving");
+            }
+            if socket.exists()
+                && let Ok(channel) = connect(&socket).await
+                && let Ok(r) = IdentityClient::new(channel.clone())
+                    .probe(csi::ProbeRequest {})
+                    .await
+                && r.into_inner().ready == Some(true)
+            {
+                return Central {
+                    child,
+                    channel,
+                    _tmp: tmp,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "iolane controller did not become ready within {START_DEADLINE:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A gRPC channel over the Unix socket at `path`.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_owned();

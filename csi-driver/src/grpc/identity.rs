@@ -10,12 +10,14 @@ use crate::driver::Driver;
 /// Identity: name, version, capabilities, readiness.
 #[derive(Debug)]
 pub struct IdentityService {
-    driver: Driver,
+    /// The node's driver; `None` for the central controller, which has no storage and is
+    /// ready as soon as it serves.
+    driver: Option<Driver>,
     name: String,
 }
 
 impl IdentityService {
-    pub fn new(driver: Driver, name: String) -> Self {
+    pub fn new(driver: Option<Driver>, name: String) -> Self {
         IdentityService { driver, name }
     }
 }
@@ -68,7 +70,11 @@ impl csi::identity_server::Identity for IdentityService {
         _req: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         rpc("Probe", async {
-            let ready = match self.driver.probe().await {
+            let probe = match &self.driver {
+                Some(d) => d.probe().await,
+                None => Ok(()),
+            };
+            let ready = match probe {
                 Ok(()) => true,
                 Err(why) => {
                     tracing::warn!(reason = %why, "probe: backend not ready");

@@ -4,6 +4,7 @@
 //! types (validating as it goes), calls [`crate::driver::Driver`], and converts the result;
 //! every error becomes a status in [`status`], and is logged once, here.
 
+mod central;
 mod controller;
 mod convert;
 mod identity;
@@ -21,6 +22,7 @@ use tonic::{Response, Status};
 use crate::driver::Driver;
 use crate::error::Result;
 
+pub use central::CentralControllerService;
 pub use controller::ControllerService;
 pub use identity::IdentityService;
 pub use node::NodeService;
@@ -35,9 +37,25 @@ pub fn services(
     NodeServer<NodeService>,
 ) {
     (
-        IdentityServer::new(IdentityService::new(driver.clone(), plugin_name.to_owned())),
+        IdentityServer::new(IdentityService::new(
+            Some(driver.clone()),
+            plugin_name.to_owned(),
+        )),
         ControllerServer::new(ControllerService::new(driver.clone())),
         NodeServer::new(NodeService::new(driver.clone())),
+    )
+}
+
+/// The tonic services of the central controller endpoint (`iolane controller`).
+pub fn central_services(
+    plugin_name: &str,
+) -> (
+    IdentityServer<IdentityService>,
+    ControllerServer<CentralControllerService>,
+) {
+    (
+        IdentityServer::new(IdentityService::new(None, plugin_name.to_owned())),
+        ControllerServer::new(CentralControllerService),
     )
 }
 
