@@ -20,6 +20,8 @@
 //! - [`reconcile`]: the reconciler that keeps each publication's `io.max` line true
 //!   (applies, repairs drift, waits for pod cgroups, forgets pods that are gone) and keeps
 //!   each publication's `io.stat` counters.
+//! - [`metrics`]: Prometheus metrics fed from reconcile passes, and the HTTP endpoint
+//!   serving `/metrics` and `/healthz`.
 //!
 //! This crate never creates or removes a cgroup, and writes only the `io.max` line of the
 //! device it is given.
@@ -31,6 +33,7 @@ pub mod iomax;
 pub mod iostat;
 pub mod keys;
 pub mod loadgen;
+pub mod metrics;
 pub mod reconcile;
 pub mod resolve;
 pub mod tier;
