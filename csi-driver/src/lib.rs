@@ -8,6 +8,7 @@ pub mod driver;
 pub mod error;
 pub mod grpc;
 pub mod inflight;
+pub mod k8s;
 pub mod os;
 pub mod server;
 pub mod validate;
