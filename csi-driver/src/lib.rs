@@ -9,6 +9,7 @@ pub mod enforce;
 pub mod error;
 pub mod grpc;
 pub mod inflight;
+pub mod k8s;
 pub mod os;
 pub mod server;
 pub mod tiering;

@@ -17,6 +17,11 @@
 //! - [`apply`]: the [`CgroupFs`] trait (the real cgroupfs and a recording fake) and
 //!   writing or reading one device's line.
 //! - [`device`]: `MAJ:MIN` device numbers, split the way the kernel does.
+//! - [`reconcile`]: the reconciler that keeps each publication's `io.max` line true
+//!   (applies, repairs drift, waits for pod cgroups, forgets pods that are gone) and keeps
+//!   each publication's `io.stat` counters.
+//! - [`metrics`]: Prometheus metrics fed from reconcile passes, and the HTTP endpoint
+//!   serving `/metrics` and `/healthz`.
 //!
 //! This crate never creates or removes a cgroup, and writes only the `io.max` line of the
 //! device it is given.
@@ -28,6 +33,8 @@ pub mod iomax;
 pub mod iostat;
 pub mod keys;
 pub mod loadgen;
+pub mod metrics;
+pub mod reconcile;
 pub mod resolve;
 pub mod tier;
 
@@ -36,5 +43,8 @@ pub use cgroup::{CgroupError, PodUid, find_pod_cgroup};
 pub use device::{DeviceNumber, DeviceNumberError};
 pub use iomax::{IoMax, IoMaxError};
 pub use iostat::{IoStat, IoStatError, IoStats};
+pub use reconcile::{
+    Outcome, PassError, PassReport, Pending, Publication, PublicationState, Reconciler,
+};
 pub use resolve::{Layers, Overrides, ResolveError, ResolvedTier, resolve};
 pub use tier::{Limit, Limits, Priority, Rate, Scaling, Tier, TierConfig, TierError, TierSet};

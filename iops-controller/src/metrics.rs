@@ -1,0 +1,356 @@
+//! Prometheus metrics of the IO side, and the HTTP endpoint that serves them.
+//!
+//! [`Metrics`] is fed after every reconcile pass with [`Metrics::observe`] and rendered in
+//! the OpenMetrics text format by [`Metrics::render`]; [`MetricsServer`] serves it as
+//! `GET /metrics` next to `GET /healthz`.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `iolane_volume_io_limit` | gauge | `volume`, `pod_uid`, `tier`, `key` | the cap in force on a published volume, per second: IOs for `key` = `riops`/`wiops`, bytes for `rbps`/`wbps`. Only caps that are set have a series: a `max` (uncapped) key has none, and neither has a publication whose line is not enforced (pending, gone, failed) |
+//! | `iolane_volume_read_ios_total` | counter | `volume`, `pod_uid` | read IOs the pod issued to the volume (`io.stat` `rios`) |
+//! | `iolane_volume_write_ios_total` | counter | `volume`, `pod_uid` | write IOs (`wios`) |
+//! | `iolane_volume_read_bytes_total` | counter | `volume`, `pod_uid` | bytes read (`rbytes`) |
+//! | `iolane_volume_write_bytes_total` | counter | `volume`, `pod_uid` | bytes written (`wbytes`) |
+//! | `iolane_reconcile_passes_total` | counter | | reconcile passes run |
+//! | `iolane_reconcile_applies_total` | counter | | `io.max` lines written for the first time, after a tier change or after a restart |
+//! | `iolane_reconcile_repairs_total` | counter | | lines rewritten because they had changed behind iolane's back |
+//! | `iolane_reconcile_pending_total` | counter | | publications found pending (no pod cgroup yet, or no io controller), summed over passes |
+//! | `iolane_reconcile_gone_total` | counter | | publications found with their pod cgroup gone, summed over passes |
+//! | `iolane_reconcile_errors_total` | counter | | failures (enforcement or `io.stat`), summed over passes |
+//! | `iolane_reconcile_last_pass_duration_seconds` | gauge | | how long the last pass took |
+//! | `iolane_build_info` | gauge | `version` | always 1 |
+//!
+//! The per-volume series are the reconciler's state as of the last pass: they appear with
+//! a publication and disappear with it. The `io.stat` series of a publication appear once
+//! its pod has done IO on the volume (the kernel lists a device in `io.stat` only then). The `io.stat` counters belong to the pod's cgroup,
+//! so they start from zero for every new pod (a new `pod_uid`), as counters should.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+use crate::reconcile::{PassReport, Reconciler};
+use crate::tier::Limit;
+
+/// The `Content-Type` of `/metrics`: the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The IO side's metrics; see the module docs for the list.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    passes: Counter,
+    applies: Counter,
+    repairs: Counter,
+    pending: Counter,
+    gone: Counter,
+    errors: Counter,
+    last_pass_seconds: Gauge<f64, AtomicU64>,
+    volumes: Arc<VolumeCollector>,
+}
+
+impl Metrics {
+    /// The metrics with every series at zero; `version` goes into `iolane_build_info`.
+    pub fn new(version: &str) -> Metrics {
+        let mut registry = Registry::default();
+        let build_info = Family::<Vec<(String, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version".to_owned(), version.to_owned())])
+            .set(1);
+        registry.register(
+            "iolane_build_info",
+            "iolane's version; always 1",
+            build_info,
+        );
+
+        let mut m = Metrics {
+            registry,
+            passes: Counter::default(),
+            applies: Counter::default(),
+            repairs: Counter::default(),
+            pending: Counter::default(),
+            gone: Counter::default(),
+            errors: Counter::default(),
+            last_pass_seconds: Gauge::default(),
+            volumes: Arc::new(VolumeCollector::default()),
+        };
+        let counters = [
+            ("iolane_reconcile_passes", "Reconcile passes run", &m.passes),
+            (
+                "iolane_reconcile_applies",
+                "io.max lines written for the first time, after a tier change or after a restart",
+                &m.applies,
+            ),
+            (
+                "iolane_reconcile_repairs",
+                "io.max lines rewritten because they had changed behind iolane's back",
+                &m.repairs,
+            ),
+            (
+                "iolane_reconcile_pending",
+                "Publications found without a pod cgroup or io controller, summed over passes",
+                &m.pending,
+            ),
+            (
+                "iolane_reconcile_gone",
+                "Publications found with their pod cgroup gone, summed over passes",
+                &m.gone,
+            ),
+            (
+                "iolane_reconcile_errors",
+                "Reconcile failures (io.max or io.stat), summed over passes",
+                &m.errors,
+            ),
+        ]
+        .map(|(name, help, counter)| (name, help, counter.clone()));
+        for (name, help, counter) in counters {
+            m.registry.register(name, help, counter);
+        }
+        m.registry.register_with_unit(
+            "iolane_reconcile_last_pass_duration",
+            "How long the last reconcile pass took",
+            Unit::Seconds,
+            m.last_pass_seconds.clone(),
+        );
+        m.registry
+            .register_collector(Box::new(Arc::clone(&m.volumes)));
+        m
+    }
+
+    /// The registry, for the driver to add its own metrics (CSI RPCs, pools) before the
+    /// metrics are shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Takes in one reconcile pass: its counts, and the per-volume state it left.
+    pub fn observe(&self, report: &PassReport, reconciler: &Reconciler) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.passes.inc();
+        self.applies.inc_by(count(report.applied));
+        self.repairs.inc_by(count(report.repaired));
+        self.pending.inc_by(count(report.pending));
+        self.gone.inc_by(count(report.gone));
+        self.errors.inc_by(count(report.errors.len()));
+        self.last_pass_seconds.set(report.duration.as_secs_f64());
+
+        let samples = reconciler
+            .publications()
+            .map(|p| {
+                let publication = p.publication;
+                let limits = p.enforced.map(|l| {
+                    [
+                        ("riops", l.read_iops),
+                        ("wiops", l.write_iops),
+                        ("rbps", l.read_bps),
+                        ("wbps", l.write_bps),
+                    ]
+                });
+                VolumeSample {
+                    volume: publication.volume_id.clone(),
+                    pod_uid: publication.pod_uid.to_string(),
+                    tier: publication.tier.clone(),
+                    limits,
+                    stats: p.stats.map(|s| [s.rios, s.wios, s.rbytes, s.wbytes]),
+                }
+            })
+            .collect();
+        *self.volumes.samples() = samples;
+    }
+
+    /// Everything, in the OpenMetrics text format (ending with `# EOF`).
+    pub fn render(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// One publication as of the last pass.
+#[derive(Debug, Clone)]
+struct VolumeSample {
+    volume: String,
+    pod_uid: String,
+    tier: String,
+    /// (key, cap) in `riops`, `wiops`, `rbps`, `wbps` order, when enforced.
+    limits: Option<[(&'static str, Limit); 4]>,
+    /// rios, wios, rbytes, wbytes.
+    stats: Option<[u64; 4]>,
+}
+
+/// Encodes the per-volume series from the last pass's samples on each scrape.
+#[derive(Debug, Default)]
+struct VolumeCollector {
+    samples: Mutex<Vec<VolumeSample>>,
+}
+
+impl VolumeCollector {
+    fn samples(&self) -> MutexGuard<'_, Vec<VolumeSample>> {
+        // The samples are replaced whole; a panic elsewhere leaves a consistent set.
+        self.samples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `io.stat` counters: (name, help, unit, index into [`VolumeSample::stats`]).
+const STAT_COUNTERS: [(&str, &str, Option<Unit>, usize); 4] = [
+    (
+        "iolane_volume_read_ios",
+        "Read IOs the pod issued to the volume (io.stat rios).",
+        None,
+        0,
+    ),
+    (
+        "iolane_volume_write_ios",
+        "Write IOs the pod issued to the volume (io.stat wios).",
+        None,
+        1,
+    ),
+    (
+        "iolane_volume_read",
+        "Bytes the pod read from the volume (io.stat rbytes).",
+        Some(Unit::Bytes),
+        2,
+    ),
+    (
+        "iolane_volume_write",
+        "Bytes the pod wrote to the volume (io.stat wbytes).",
+        Some(Unit::Bytes),
+        3,
+    ),
+];
+
+impl Collector for VolumeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let samples = self.samples().clone();
+        {
+            let mut family = encoder.encode_descriptor(
+                "iolane_volume_io_limit",
+                "Cap in force on a published volume, per second (IOs for riops/wiops, bytes \
+                 for rbps/wbps); no series for a key at max.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for s in &samples {
+                for (key, limit) in s.limits.iter().flatten() {
+                    let Some(value) = limit.get() else { continue };
+                    let labels = [
+                        ("volume", s.volume.as_str()),
+                        ("pod_uid", s.pod_uid.as_str()),
+                        ("tier", s.tier.as_str()),
+                        ("key", key),
+                    ];
+                    // Caps above i64::MAX bytes/s are beyond any device; show the ceiling.
+                    let value = i64::try_from(value).unwrap_or(i64::MAX);
+                    ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        for (name, help, unit, index) in &STAT_COUNTERS {
+            let mut family =
+                encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+            for s in &samples {
+                let Some(stats) = s.stats else { continue };
+                let labels = [
+                    ("volume", s.volume.as_str()),
+                    ("pod_uid", s.pod_uid.as_str()),
+                ];
+                ConstCounter::new(stats[*index]).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the process is ready: `Err` carries the reason `/healthz` reports.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The HTTP endpoint: `GET /metrics` and `GET /healthz`, nothing else.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port; see [`MetricsServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr) -> io::Result<MetricsServer> {
+        Ok(MetricsServer {
+            listener: TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets requests in flight
+    /// finish.
+    pub async fn serve(
+        self,
+        metrics: Arc<Metrics>,
+        ready: Readiness,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let app = axum::Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(healthz_handler))
+            .with_state(AppState { metrics, ready });
+        tracing::info!(addr = %self.listener.local_addr()?, "serving /metrics and /healthz");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    match state.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(fmt::Error) => {
+            tracing::warn!("metrics could not be encoded");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics could not be encoded\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn healthz_handler(State(state): State<AppState>) -> Response {
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, text_plain, "ok\n").into_response(),
+        Err(reason) => {
+            let mut body = reason;
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, text_plain, body).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,486 @@
+//! The `io.max` reconciler: keeps every publication's caps true for as long as its pod
+//! lives.
+//!
+//! The driver rebuilds the set of publications (volume, kubelet target path, pod UID,
+//! device number, desired [`Limits`]) from the mount table and hands it to
+//! [`Reconciler::pass`]. For each publication a pass
+//!
+//! 1. finds the pod's cgroup under the injected cgroup root with [`find_pod_cgroup`]
+//!    (systemd and cgroupfs layouts, any QoS class), once, then remembers the path;
+//! 2. checks that the io controller is enabled there;
+//! 3. reads the device's `io.max` line and, when it differs from the desired limits, writes
+//!    the whole line (all four keys, [`apply::apply`]);
+//! 4. reads the device's `io.stat` counters and keeps them for metrics.
+//!
+//! Each publication ends the pass with one [`Outcome`]: in sync, applied (first write, a
+//! tier change, or after a restart that found the line wrong), repaired (a line this
+//! reconciler had written or confirmed was changed behind its back), pending (the pod's
+//! cgroup does not exist yet, or has no io controller), gone (the pod's cgroup existed and
+//! is now removed: the publication is forgotten without error and its cgroup is never
+//! searched for again, since a pod UID's cgroup never comes back) or failed (the reason
+//! is in [`PassReport::errors`] and logged).
+//!
+//! The reconciler holds no state that matters across restarts: a new one re-finds each
+//! cgroup, finds lines already right in sync, and applies the rest.
+//!
+//! **Architecture Invariant:** the reconciler never creates or removes a cgroup, and writes
+//! only the `io.max` line of a device it was given. A publication that leaves the desired
+//! set is forgotten without a write; a line is reset only through [`Reconciler::release`].
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, ApplyError, CgroupFs};
+use crate::cgroup::{PodUid, find_pod_cgroup};
+use crate::device::DeviceNumber;
+use crate::iostat::IoStat;
+use crate::tier::Limits;
+
+/// One volume published to one pod: what the reconciler is asked to keep true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// The CSI volume ID.
+    pub volume_id: String,
+    /// kubelet's target path for this pod; identifies the publication.
+    pub target_path: PathBuf,
+    /// The pod the volume is published to.
+    pub pod_uid: PodUid,
+    /// The volume's block device (thin LV or loop device), as `io.max` keys it.
+    pub device: DeviceNumber,
+    /// The volume's resolved tier name, for metrics and status output.
+    pub tier: String,
+    /// The caps the pod must have on `device`.
+    pub limits: Limits,
+}
+
+/// Why a publication is not enforced yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// No cgroup for the pod under the cgroup root (yet).
+    NoCgroup,
+    /// The pod's cgroup exists, but the io controller is not enabled in it.
+    NoIoController,
+}
+
+/// What one pass did with one publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The line already held the desired limits; nothing written.
+    InSync,
+    /// The line was written: the first time, after a tier change, or after a restart.
+    Applied,
+    /// A line this reconciler had written (or found right) had changed; written again.
+    Repaired,
+    /// Not enforceable yet; see [`Pending`].
+    Pending(Pending),
+    /// The pod's cgroup is gone; the publication's cgroup state is forgotten.
+    Gone,
+    /// Something failed; the reason is in [`PassReport::errors`].
+    Failed,
+}
+
+/// A failure during a pass, for one publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassError {
+    pub volume_id: String,
+    pub target_path: PathBuf,
+    /// Lowercase, with the cause chain (paths and lines written included).
+    pub reason: String,
+}
+
+/// What one [`Reconciler::pass`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Publications whose line already held the desired limits.
+    pub in_sync: usize,
+    /// Lines written for the first time, after a tier change or after a restart.
+    pub applied: usize,
+    /// Lines written again after they had been changed behind the reconciler's back.
+    pub repaired: usize,
+    /// Publications whose pod cgroup does not exist yet or has no io controller.
+    pub pending: usize,
+    /// Publications whose pod cgroup has gone.
+    pub gone: usize,
+    /// Publications known from the previous pass and no longer desired.
+    pub forgotten: usize,
+    /// Every failure: enforcement (outcome [`Outcome::Failed`]) and `io.stat` reads
+    /// (the publication keeps its enforcement outcome).
+    pub errors: Vec<PassError>,
+    /// Each desired publication's outcome, by target path.
+    pub outcomes: BTreeMap<PathBuf, Outcome>,
+    /// How long the pass took.
+    pub duration: Duration,
+}
+
+/// Where a publication's pod cgroup is, as far as the reconciler knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CgroupState {
+    /// Not found yet: search on every pass.
+    Unknown,
+    Found(PathBuf),
+    /// Found once and removed since: never searched again.
+    Gone,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    publication: Publication,
+    cgroup: CgroupState,
+    /// The (canonical) limits this reconciler last wrote or found in the line.
+    enforced: Option<Limits>,
+    stats: Option<IoStat>,
+    outcome: Outcome,
+}
+
+impl Tracked {
+    fn new(publication: Publication) -> Tracked {
+        Tracked {
+            publication,
+            cgroup: CgroupState::Unknown,
+            enforced: None,
+            stats: None,
+            outcome: Outcome::Pending(Pending::NoCgroup),
+        }
+    }
+
+    fn cgroup_gone(&mut self) -> Outcome {
+        self.cgroup = CgroupState::Gone;
+        self.enforced = None;
+        self.stats = None;
+        Outcome::Gone
+    }
+}
+
+/// A publication as the reconciler last saw it, for metrics and status output.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicationState<'a> {
+    pub publication: &'a Publication,
+    /// The pod's cgroup directory, once found (and until it is gone).
+    pub cgroup: Option<&'a Path>,
+    /// The limits in force on the device, as last written or read back; `None` until the
+    /// line has been enforced (and after the cgroup is gone).
+    pub enforced: Option<Limits>,
+    /// The pod's IO counters on the device from the last pass; `None` before the first
+    /// read, and while the pod has done no IO on it.
+    pub stats: Option<IoStat>,
+    /// The last pass's outcome.
+    pub outcome: Outcome,
+}
+
+/// Keeps desired and actual `io.max` lines equal; see the module docs.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    tracked: BTreeMap<PathBuf, Tracked>,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one pass over `desired`, the complete set of current publications, with pod
+    /// cgroups searched under `cgroup_root`. Publications from earlier passes that are not
+    /// in `desired` are forgotten without any write.
+    pub fn pass(
+        &mut self,
+        desired: Vec<Publication>,
+        cgroup_root: &Path,
+        fs: &dyn CgroupFs,
+    ) -> PassReport {
+        let start = Instant::now();
+        let mut report = PassReport::default();
+
+        let mut next = BTreeMap::new();
+        for publication in desired {
+            let key = publication.target_path.clone();
+            if next.contains_key(&key) {
+                report.errors.push(PassError {
+                    reason: format!(
+                        "target path {} is listed twice; the first publication is kept",
+                        key.display()
+                    ),
+                    volume_id: publication.volume_id,
+                    target_path: key,
+                });
+                continue;
+            }
+            // The same target path for another pod or device is another publication.
+            let tracked = match self.tracked.remove(&key) {
+                Some(mut t)
+                    if t.publication.pod_uid == publication.pod_uid
+                        && t.publication.device == publication.device =>
+                {
+                    t.publication = publication;
+                    t
+                }
+                _ => Tracked::new(publication),
+            };
+            next.insert(key, tracked);
+        }
+        for t in self.tracked.values() {
+            tracing::debug!(
+                volume.id = %t.publication.volume_id,
+                pod.uid = %t.publication.pod_uid,
+                target = %t.publication.target_path.display(),
+                "publication no longer desired, forgotten"
+            );
+        }
+        report.forgotten = self.tracked.len();
+        self.tracked = next;
+
+        // (cgroup, device) -> (target path, limits) of the first publication enforcing it.
+        let mut claims: BTreeMap<(PathBuf, DeviceNumber), (PathBuf, Limits)> = BTreeMap::new();
+        for t in self.tracked.values_mut() {
+            let outcome = match enforce(t, cgroup_root, fs, &mut claims) {
+                Ok(outcome) => outcome,
+                Err(reason) => {
+                    tracing::warn!(
+                        volume.id = %t.publication.volume_id,
+                        pod.uid = %t.publication.pod_uid,
+                        target = %t.publication.target_path.display(),
+                        error = %reason,
+                        "io.max not enforced"
+                    );
+                    report.errors.push(PassError {
+                        volume_id: t.publication.volume_id.clone(),
+                        target_path: t.publication.target_path.clone(),
+                        reason,
+                    });
+                    Outcome::Failed
+                }
+            };
+            if let Err(reason) = refresh_stats(t, outcome, fs) {
+                tracing::warn!(
+                    volume.id = %t.publication.volume_id,
+                    pod.uid = %t.publication.pod_uid,
+                    error = %reason,
+                    "io.stat not read"
+                );
+                report.errors.push(PassError {
+                    volume_id: t.publication.volume_id.clone(),
+                    target_path: t.publication.target_path.clone(),
+                    reason,
+                });
+            }
+            t.outcome = outcome;
+            match outcome {
+                Outcome::InSync => report.in_sync += 1,
+                Outcome::Applied => report.applied += 1,
+                Outcome::Repaired => report.repaired += 1,
+                Outcome::Pending(_) => report.pending += 1,
+                Outcome::Gone => report.gone += 1,
+                Outcome::Failed => {}
+            }
+            report
+                .outcomes
+                .insert(t.publication.target_path.clone(), outcome);
+        }
+        report.duration = start.elapsed();
+        report
+    }
+
+    /// Forgets the publication at `target_path` and lifts its caps (writes the device's
+    /// all-`max` line), for NodeUnpublishVolume. Returns whether it wrote: `false` when the
+    /// publication is unknown, its cgroup was never found or is gone, or another tracked
+    /// publication still enforces the same device in the same cgroup.
+    pub fn release(&mut self, target_path: &Path, fs: &dyn CgroupFs) -> Result<bool, ApplyError> {
+        let Some(t) = self.tracked.remove(target_path) else {
+            return Ok(false);
+        };
+        let CgroupState::Found(cgroup) = &t.cgroup else {
+            return Ok(false);
+        };
+        let dev = t.publication.device;
+        let shared = self.tracked.values().any(|other| {
+            other.publication.device == dev
+                && matches!(&other.cgroup, CgroupState::Found(c) if c == cgroup)
+        });
+        if shared {
+            return Ok(false);
+        }
+        match apply::reset(fs, cgroup, dev) {
+            Ok(()) => {
+                tracing::info!(
+                    volume.id = %t.publication.volume_id,
+                    pod.uid = %t.publication.pod_uid,
+                    device = %dev,
+                    "io.max caps lifted"
+                );
+                Ok(true)
+            }
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every publication of the last pass, by target path.
+    pub fn publications(&self) -> impl Iterator<Item = PublicationState<'_>> {
+        self.tracked.values().map(|t| PublicationState {
+            publication: &t.publication,
+            cgroup: match &t.cgroup {
+                CgroupState::Found(p) => Some(p.as_path()),
+                CgroupState::Unknown | CgroupState::Gone => None,
+            },
+            enforced: t.enforced,
+            stats: t.stats,
+            outcome: t.outcome,
+        })
+    }
+
+    /// The publication at `target_path`, as of the last pass.
+    pub fn get(&self, target_path: &Path) -> Option<PublicationState<'_>> {
+        self.publications()
+            .find(|p| p.publication.target_path == target_path)
+    }
+}
+
+/// Brings one publication's line to its desired limits. `Err` carries the reason.
+fn enforce(
+    t: &mut Tracked,
+    cgroup_root: &Path,
+    fs: &dyn CgroupFs,
+    claims: &mut BTreeMap<(PathBuf, DeviceNumber), (PathBuf, Limits)>,
+) -> Result<Outcome, String> {
+    let p = &t.publication;
+    let cgroup = match &t.cgroup {
+        CgroupState::Gone => return Ok(Outcome::Gone),
+        CgroupState::Found(path) => path.clone(),
+        CgroupState::Unknown => match find_pod_cgroup(cgroup_root, &p.pod_uid) {
+            Ok(Some(path)) => {
+                tracing::debug!(
+                    volume.id = %p.volume_id,
+                    pod.uid = %p.pod_uid,
+                    cgroup = %path.display(),
+                    "pod cgroup found"
+                );
+                t.cgroup = CgroupState::Found(path.clone());
+                path
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    volume.id = %p.volume_id,
+                    pod.uid = %p.pod_uid,
+                    "pod cgroup not there yet"
+                );
+                return Ok(Outcome::Pending(Pending::NoCgroup));
+            }
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    match fs.io_enabled(&cgroup) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(
+                volume.id = %p.volume_id,
+                cgroup = %cgroup.display(),
+                "io controller not enabled in the pod cgroup"
+            );
+            return Ok(Outcome::Pending(Pending::NoIoController));
+        }
+        Err(e) if e.is_not_found() => return Ok(pod_gone(t, &cgroup)),
+        Err(e) => return Err(e.to_string()),
+    }
+
+    let p = &t.publication;
+    let (dev, desired) = (p.device, p.limits.canonical());
+    match claims.entry((cgroup.clone(), dev)) {
+        Entry::Vacant(slot) => {
+            slot.insert((p.target_path.clone(), desired));
+        }
+        Entry::Occupied(claim) => {
+            let (other, limits) = claim.get();
+            if *limits != desired {
+                return Err(format!(
+                    "device {dev} in {} is also published at {} with other limits ({limits}, \
+                     not {desired}); the first publication's limits are kept",
+                    cgroup.display(),
+                    other.display()
+                ));
+            }
+        }
+    }
+
+    let current = match apply::current(fs, &cgroup, dev) {
+        Ok(current) => current,
+        Err(e) if e.is_not_found() => return Ok(pod_gone(t, &cgroup)),
+        Err(e) => return Err(e.to_string()),
+    };
+    if current == desired {
+        t.enforced = Some(desired);
+        return Ok(Outcome::InSync);
+    }
+    let outcome = if t.enforced == Some(desired) {
+        Outcome::Repaired
+    } else {
+        Outcome::Applied
+    };
+    match apply::apply(fs, &cgroup, dev, &desired) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => return Ok(pod_gone(t, &cgroup)),
+        Err(e) => return Err(e.to_string()),
+    }
+    let p = &t.publication;
+    match outcome {
+        Outcome::Repaired => tracing::warn!(
+            volume.id = %p.volume_id,
+            pod.uid = %p.pod_uid,
+            device = %dev,
+            found = %current,
+            limits = %desired,
+            "io.max changed behind iolane's back; repaired"
+        ),
+        _ => tracing::info!(
+            volume.id = %p.volume_id,
+            pod.uid = %p.pod_uid,
+            tier = %p.tier,
+            device = %dev,
+            limits = %desired,
+            "io.max applied"
+        ),
+    }
+    t.enforced = Some(desired);
+    Ok(outcome)
+}
+
+fn pod_gone(t: &mut Tracked, cgroup: &Path) -> Outcome {
+    tracing::info!(
+        volume.id = %t.publication.volume_id,
+        pod.uid = %t.publication.pod_uid,
+        cgroup = %cgroup.display(),
+        "pod cgroup gone, publication forgotten"
+    );
+    t.cgroup_gone()
+}
+
+/// Re-reads the publication's `io.stat` counters when this pass enforced its line;
+/// otherwise leaves them as they were (cleared already when the cgroup went).
+fn refresh_stats(t: &mut Tracked, outcome: Outcome, fs: &dyn CgroupFs) -> Result<(), String> {
+    let CgroupState::Found(cgroup) = &t.cgroup else {
+        return Ok(());
+    };
+    if !matches!(
+        outcome,
+        Outcome::InSync | Outcome::Applied | Outcome::Repaired
+    ) {
+        return Ok(());
+    }
+    match apply::stats(fs, cgroup, t.publication.device) {
+        Ok(stats) => {
+            t.stats = stats;
+            Ok(())
+        }
+        Err(e) => {
+            t.stats = None;
+            if e.is_not_found() {
+                Ok(())
+            } else {
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
