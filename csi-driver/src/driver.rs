@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::enforce::{Outcome, Publication, pod_uid_from_target};
+use crate::enforce::pod_uid_from_target;
+use iops_controller::reconcile::{Outcome as ReconcileOutcome, PassReport, Publication};
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
 use crate::os::{self, FsStats, FsType, MountEntry, Os, Signature};
@@ -48,27 +49,6 @@ pub struct VolumeStats {
     pub usage: Usage,
     /// `None` when healthy, otherwise what is wrong.
     pub abnormal: Option<String>,
-}
-
-/// What one reconciler pass did, publication by publication.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PassSummary {
-    /// Lines that were already right.
-    pub unchanged: usize,
-    /// Lines written for the first time (or after a tier change).
-    pub applied: usize,
-    /// Lines changed behind iolane's back and written again.
-    pub repaired: usize,
-    /// Publications whose pod cgroup (or its io controller) is not there yet.
-    pub pending: usize,
-    /// Publications whose cgroup files could not be read or written.
-    pub failed: usize,
-    /// Publications skipped because a CSI call on their volume was in flight.
-    pub busy: usize,
-    /// Publications forgotten because their mounts are gone.
-    pub forgotten: usize,
-    /// Kubelet publications found in the mount table and recorded.
-    pub adopted: usize,
 }
 
 /// Static settings of a driver instance.
@@ -581,16 +561,14 @@ impl Driver {
         let (tier, limits) = self.tiering.limits_of(volume);
         let publication = Publication {
             volume_id: volume.id.clone(),
-            target: target.to_owned(),
-            pod,
+            target_path: target.to_owned(),
+            pod_uid: pod,
             device,
             tier,
             limits,
         };
-        log_outcome(
-            &publication,
-            &self.tiering.enforcer().publish(publication.clone()),
-        );
+        let (outcome, reason) = self.tiering.enforcer().publish(publication.clone());
+        log_outcome(&publication, outcome, reason.as_deref());
     }
 
     #[tracing::instrument(skip(self))]
@@ -599,8 +577,14 @@ impl Driver {
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
         let enforcer = self.tiering.enforcer();
-        if let Some(outcome) = enforcer.unpublish(&target) {
-            log_release(id, &target, &outcome);
+        match enforcer.unpublish(&target) {
+            Ok(Some(true)) => {
+                tracing::info!(volume.id = %id, target = %target.display(), "lifted the io.max caps");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps");
+            }
         }
         if self.os.mount_at(&target)?.is_some() {
             let md = std::fs::metadata(&target).map_err(|e| os::Error::io("stat", &target, e))?;
@@ -623,47 +607,27 @@ impl Driver {
 
     /// One pass of the io.max reconciler: forgets publications whose mounts are gone,
     /// adopts kubelet publications it does not know yet (after a restart), and makes every
-    /// known publication's line right. Publications whose volume has a call in flight are
-    /// left to the next pass.
-    pub async fn reconcile(&self) -> Result<PassSummary> {
-        let mut summary = PassSummary::default();
+    /// known publication's line right (`iops_controller::reconcile`). Returns the pass's
+    /// report and how many publications it adopted.
+    pub async fn reconcile(&self) -> Result<(PassReport, usize)> {
         let mounts = self.os.mounts()?;
         let mounted: std::collections::HashSet<&Path> =
             mounts.iter().map(|m| m.mount_point.as_path()).collect();
         let enforcer = self.tiering.enforcer();
-        summary.forgotten = enforcer.retain(|t| mounted.contains(t)).len();
+        for p in enforcer.retain(|t| mounted.contains(t)) {
+            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten");
+        }
         let unknown: Vec<(PathBuf, PodUid)> = mounts
             .iter()
             .filter(|m| !enforcer.knows(&m.mount_point))
             .filter_map(|m| pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
             .collect();
-        if !unknown.is_empty() {
-            summary.adopted = self.adopt(unknown).await?;
-        }
-        for p in enforcer.publications() {
-            let Ok(_guard) = self.inflight.claim(&p.volume_id) else {
-                summary.busy += 1;
-                continue;
-            };
-            match enforcer.enforce(&p.target) {
-                Some(Outcome::Unchanged { .. }) => summary.unchanged += 1,
-                Some(o @ Outcome::Applied { .. }) => {
-                    summary.applied += 1;
-                    log_outcome(&p, &o);
-                }
-                Some(o @ Outcome::Repaired { .. }) => {
-                    summary.repaired += 1;
-                    log_outcome(&p, &o);
-                }
-                Some(Outcome::Pending(_)) => summary.pending += 1,
-                Some(o @ Outcome::Failed(_)) => {
-                    summary.failed += 1;
-                    log_outcome(&p, &o);
-                }
-                None => {}
-            }
-        }
-        Ok(summary)
+        let adopted = if unknown.is_empty() {
+            0
+        } else {
+            self.adopt(unknown).await?
+        };
+        Ok((enforcer.pass(), adopted))
     }
 
     /// Records the kubelet publications (`target`, pod) that are mounts of this driver's
@@ -863,39 +827,23 @@ impl Driver {
     }
 }
 
-fn log_outcome(p: &Publication, outcome: &Outcome) {
+fn log_outcome(p: &Publication, outcome: ReconcileOutcome, reason: Option<&str>) {
     match outcome {
-        Outcome::Applied { cgroup } => tracing::info!(
-            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, device = %p.device,
-            cgroup = %cgroup.display(), "applied the tier's io.max caps"
+        ReconcileOutcome::Applied | ReconcileOutcome::InSync => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, device = %p.device,
+            "the tier's io.max caps are in place"
         ),
-        Outcome::Repaired { cgroup } => tracing::warn!(
-            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, device = %p.device,
-            cgroup = %cgroup.display(), "io.max had been changed behind iolane's back: repaired"
-        ),
-        Outcome::Unchanged { .. } => {}
-        Outcome::Pending(why) => tracing::info!(
-            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, reason = %why,
+        ReconcileOutcome::Pending(why) => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, reason = ?why,
             "io.max caps pending: the reconciler applies them when it can"
         ),
-        Outcome::Failed(why) => tracing::warn!(
-            volume.id = %p.volume_id, pod = %p.pod, tier = %p.tier, error = %why,
-            "could not apply io.max caps; the reconciler retries"
-        ),
-    }
-}
-
-fn log_release(id: &str, target: &Path, outcome: &Outcome) {
-    match outcome {
-        Outcome::Applied { cgroup } | Outcome::Repaired { cgroup } => tracing::info!(
-            volume.id = %id, target = %target.display(), cgroup = %cgroup.display(),
-            "lifted the io.max caps"
-        ),
-        Outcome::Unchanged { .. } | Outcome::Pending(_) => {}
-        Outcome::Failed(why) => tracing::warn!(
-            volume.id = %id, target = %target.display(), error = %why,
-            "could not lift the io.max caps"
-        ),
+        ReconcileOutcome::Repaired | ReconcileOutcome::Gone | ReconcileOutcome::Failed => {
+            tracing::warn!(
+                volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, ?outcome,
+                reason = reason.unwrap_or(""),
+                "io.max caps not in place; the reconciler retries"
+            );
+        }
     }
 }
 

@@ -133,7 +133,19 @@ async fn reconcile_loop(driver: Driver, period: std::time::Duration) {
     loop {
         tick.tick().await;
         match driver.reconcile().await {
-            Ok(s) => tracing::debug!(?s, "reconcile pass"),
+            Ok((report, adopted)) => {
+                tracing::debug!(
+                    in_sync = report.in_sync,
+                    applied = report.applied,
+                    repaired = report.repaired,
+                    pending = report.pending,
+                    gone = report.gone,
+                    errors = report.errors.len(),
+                    adopted,
+                    ms = report.duration.as_secs_f64() * 1000.0,
+                    "reconcile pass"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
         }
     }
