@@ -591,6 +591,25 @@ def self_test(base: list[dict[str, Any]]) -> list[str]:
     return failures
 
 
+def dashboard_problems() -> list[str]:
+    """The Grafana dashboard parses and queries only iolane's own metrics."""
+    import json
+
+    path = DEPLOY / "dashboards/iolane.json"
+    try:
+        dash = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return [f"{path.name}: {e}"]
+    problems = []
+    for p in dash.get("panels", []):
+        for t in p.get("targets", []):
+            names = set(re.findall(r"\b([a-z_][a-z0-9_]*)\{", t.get("expr", "")))
+            for n in names - {"by"}:
+                if not n.startswith("iolane_"):
+                    problems.append(f"{path.name}: panel {p.get('title')!r} queries {n}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -632,6 +651,7 @@ def main() -> int:
               f"{KUBERNETES_VERSION} (strict), {skipped} CRD objects skipped")
         for name, fn in CHECKS.items():
             tally.record(f"{label}: {name}", fn(objs))
+    tally.record("dashboard", dashboard_problems())
     if "default" in rendered:
         failures = self_test(rendered["default"])
         print(f"  self-test: {len(BREAKAGES)} breakages for {len(CHECKS)} invariants, "
