@@ -39,6 +39,11 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+# The Kubernetes manifests, offline: every overlay rendered with kustomize, validated
+# against the Kubernetes 1.34 schemas (strict) and checked for the deployment invariants.
+echo "== manifests (deploy/validate.sh)"
+bash deploy/validate.sh
+
 # The lvm backend, IO tiers and reboots need device-mapper and the cgroup v2 io controller,
 # which this host kernel may lack: they run in a throwaway VM (software emulation) with
 # emulated NVMe disks. tests/vm/all.sh installs what it needs (tests/vm/setup.sh) and
