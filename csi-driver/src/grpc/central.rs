@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(expanded_size(r(3 << 30, 0)).unwrap(), 3 << 30);
         assert_eq!(expanded_size(r(0, 5 << 20)).unwrap(), 5 << 20);
         assert!(expanded_size(r(0, 0)).is_err());
-        // No MiB multiple between 1.5 and 1.9 MiB.
-        assert!(expanded_size(r(3 << 19, 19 << 17)).is_err());
+        // No MiB multiple between 1.5 MiB and 1.5 MiB + 1000 bytes.
+        assert!(expanded_size(r(3 << 19, (3 << 19) + 1000)).is_err());
     }
 }
