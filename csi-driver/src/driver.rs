@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::enforce::pod_uid_from_target;
-use iops_controller::reconcile::{Outcome as ReconcileOutcome, PassReport, Publication};
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
 use crate::os::{self, FsStats, FsType, MountEntry, Os, Signature};
@@ -18,6 +17,7 @@ use crate::volume::{
     AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
     volume_id_for,
 };
+use iops_controller::reconcile::{Outcome as ReconcileOutcome, PassReport, Publication};
 use iops_controller::{DeviceNumber, PodUid, keys};
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use iops_controller::metrics::Metrics;
 use iops_controller::reconcile::{Outcome, PassReport, Publication, Reconciler};
 use iops_controller::{CgroupFs, PodUid};
 
@@ -25,6 +26,8 @@ pub struct Enforcer {
     root: PathBuf,
     fs: Arc<dyn CgroupFs>,
     state: Mutex<State>,
+    /// Every pass's report and state go here when metrics are served.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -53,7 +56,15 @@ impl Enforcer {
             root,
             fs,
             state: Mutex::new(State::default()),
+            metrics: None,
         }
+    }
+
+    /// Feeds every pass to `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -94,7 +105,7 @@ impl Enforcer {
         let target = p.target_path.clone();
         let mut state = self.lock();
         state.desired.insert(target.clone(), p);
-        let report = Self::pass_locked(&mut state, &self.root, self.fs.as_ref());
+        let report = self.pass_locked(&mut state);
         let outcome = report
             .outcomes
             .get(&target)
@@ -123,12 +134,7 @@ impl Enforcer {
     pub fn retain(&self, mut keep: impl FnMut(&Path) -> bool) -> Vec<Publication> {
         let mut state = self.lock();
         state.foreign.retain(|t| keep(t));
-        let gone: Vec<PathBuf> = state
-            .desired
-            .keys()
-            .filter(|t| !keep(t))
-            .cloned()
-            .collect();
+        let gone: Vec<PathBuf> = state.desired.keys().filter(|t| !keep(t)).cloned().collect();
         gone.iter()
             .filter_map(|t| state.desired.remove(t))
             .collect()
@@ -137,12 +143,16 @@ impl Enforcer {
     /// One reconciler pass over every known publication.
     pub fn pass(&self) -> PassReport {
         let mut state = self.lock();
-        Self::pass_locked(&mut state, &self.root, self.fs.as_ref())
+        self.pass_locked(&mut state)
     }
 
-    fn pass_locked(state: &mut State, root: &Path, fs: &dyn CgroupFs) -> PassReport {
+    fn pass_locked(&self, state: &mut State) -> PassReport {
         let desired = state.desired.values().cloned().collect();
-        state.reconciler.pass(desired, root, fs)
+        let report = state.reconciler.pass(desired, &self.root, self.fs.as_ref());
+        if let Some(m) = &self.metrics {
+            m.observe(&report, &state.reconciler);
+        }
+        report
     }
 
     /// Runs `f` with the reconciler (for metrics and status), under the lock.

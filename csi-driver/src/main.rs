@@ -7,13 +7,16 @@ use clap::Parser;
 use csi_driver::backend::Backend;
 use csi_driver::backend::loopback::LoopBackend;
 use csi_driver::backend::lvm::LvmBackend;
+use csi_driver::config::KubeMode;
 use csi_driver::config::{self, Cli, Command, ControllerArgs, LogFormat, NodeArgs, NodeConfig};
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::enforce::Enforcer;
+use csi_driver::k8s::{self, KubePvcAnnotations, PvcAnnotations};
 use csi_driver::os::{Os, Roots, SystemRunner};
 use csi_driver::tiering::Tiering;
 use csi_driver::{server, validate};
 use iops_controller::RealCgroupFs;
+use iops_controller::metrics::{Metrics, MetricsServer, Readiness};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -102,6 +105,14 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(device_classes = ?names, "lvm backend started");
         Arc::new(backend)
     };
+    let pvc = pvc_annotations(&args).await?;
+    let metrics = args
+        .metrics_address
+        .map(|_| Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"))));
+    let mut enforcer = Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs));
+    if let Some(m) = &metrics {
+        enforcer = enforcer.with_metrics(Arc::clone(m));
+    }
     let driver = Driver::new(
         backend,
         os,
@@ -110,18 +121,80 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             path_root: args.path_root,
             max_volumes_per_node: args.max_volumes,
         },
-        Tiering::new(
-            cfg.tier_set()?,
-            None,
-            Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs)),
-        ),
+        Tiering::new(cfg.tier_set()?, pvc, enforcer),
     );
+    if let (Some(addr), Some(metrics)) = (args.metrics_address, metrics) {
+        let server = MetricsServer::bind(addr)
+            .await
+            .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
+        let ready = readiness(&driver);
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(metrics, ready, std::future::pending()).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     tokio::spawn(reconcile_loop(
         driver.clone(),
         std::time::Duration::from_secs(args.reconcile_period),
     ));
     server::serve(driver, &name, &socket).await?;
     Ok(())
+}
+
+/// The PVC annotation source `--kubernetes` asks for: with `auto`, the API of the cluster
+/// iolane runs in (or `--kubeconfig`'s); none outside a cluster or with `off`.
+async fn pvc_annotations(
+    args: &NodeArgs,
+) -> Result<Option<Arc<dyn PvcAnnotations>>, Box<dyn std::error::Error>> {
+    if args.kubernetes == KubeMode::Off {
+        tracing::info!("--kubernetes=off: PVC annotations are not read");
+        return Ok(None);
+    }
+    let client = if let Some(path) = &args.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+        KubePvcAnnotations::from_config(config, k8s::DEFAULT_TIMEOUT)?
+    } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        KubePvcAnnotations::infer(k8s::DEFAULT_TIMEOUT).await?
+    } else {
+        tracing::info!("not in a cluster and no --kubeconfig: PVC annotations are not read");
+        return Ok(None);
+    };
+    tracing::info!("PVC annotations are read through the Kubernetes API");
+    Ok(Some(Arc::new(client)))
+}
+
+/// `/healthz`: ready while the backend is (refreshed in the background, since the check
+/// is async and the endpoint's is not).
+fn readiness(driver: &Driver) -> Readiness {
+    let state = Arc::new(std::sync::Mutex::new(Err::<(), String>(
+        "not checked yet".to_owned(),
+    )));
+    let writer = Arc::clone(&state);
+    let driver = driver.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let now = driver.probe().await;
+            *writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        }
+    });
+    Arc::new(move || {
+        state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    })
 }
 
 /// Runs the io.max reconciler every `period`, starting at once (re-applying after a

@@ -10,28 +10,21 @@ use iops_controller::{Layers, Limits, ResolveError, ResolvedTier, TierSet, keys}
 
 use crate::enforce::Enforcer;
 use crate::error::{Error, Result};
+use crate::k8s::{LookupError, PvcAnnotations};
 use crate::volume::{Parameters, Volume};
-
-/// Where the PVC's `iolane.dev/tier` annotation comes from (the Kubernetes API in a
-/// cluster; a fake in tests).
-#[async_trait::async_trait]
-pub trait PvcTierSource: Send + Sync + std::fmt::Debug {
-    /// The annotation of PVC `namespace/name`; `None` when the PVC has none.
-    async fn pvc_tier(&self, namespace: &str, name: &str) -> Result<Option<String>>;
-}
 
 /// Tiers, the PVC look-up and io.max enforcement, shared by every call.
 #[derive(Debug)]
 pub struct Tiering {
     tiers: TierSet,
-    pvc: Option<Arc<dyn PvcTierSource>>,
+    pvc: Option<Arc<dyn PvcAnnotations>>,
     enforcer: Enforcer,
 }
 
 impl Tiering {
     /// `pvc` is `None` where no Kubernetes API is configured: then the PVC annotation is
     /// not looked up (csi-sanity, the demo).
-    pub fn new(tiers: TierSet, pvc: Option<Arc<dyn PvcTierSource>>, enforcer: Enforcer) -> Self {
+    pub fn new(tiers: TierSet, pvc: Option<Arc<dyn PvcAnnotations>>, enforcer: Enforcer) -> Self {
         Tiering {
             tiers,
             pvc,
@@ -64,7 +57,9 @@ impl Tiering {
         };
         let without_pvc = iops_controller::resolve(&self.tiers, &layers).map_err(invalid)?;
         let pvc_tier = match (&self.pvc, &parameters.pvc_namespace, &parameters.pvc_name) {
-            (Some(api), Some(namespace), Some(name)) => api.pvc_tier(namespace, name).await?,
+            (Some(api), Some(namespace), Some(name)) => {
+                api.tier(namespace, name).await.map_err(lookup_error)?
+            }
             _ => None,
         };
         let Some(pvc_tier) = pvc_tier else {
@@ -119,6 +114,25 @@ impl Tiering {
     }
 }
 
+/// A failed PVC look-up as the error CreateVolume returns: bad names are the caller's,
+/// a missing PVC or missing RBAC need someone to act, the rest is worth a retry.
+fn lookup_error(e: LookupError) -> Error {
+    match e {
+        LookupError::InvalidName { field, .. } => Error::InvalidArgument {
+            field: format!("parameters[{field:?}]"),
+            reason: e.to_string(),
+        },
+        LookupError::NotFound { .. } | LookupError::Forbidden { .. } => {
+            Error::FailedPrecondition(format!("cannot read the PVC's {}: {e}", keys::TIER))
+        }
+        LookupError::Timeout { .. }
+        | LookupError::Unavailable { .. }
+        | LookupError::Unexpected { .. } => {
+            Error::NotReady(format!("cannot read the PVC's {}: {e}", keys::TIER))
+        }
+    }
+}
+
 /// A resolution error as INVALID_ARGUMENT naming its key.
 fn invalid(e: ResolveError) -> Error {
     let field = e.field().to_owned();
@@ -144,8 +158,12 @@ mod tests {
     struct Annotated(Option<&'static str>);
 
     #[async_trait::async_trait]
-    impl PvcTierSource for Annotated {
-        async fn pvc_tier(&self, namespace: &str, name: &str) -> Result<Option<String>> {
+    impl PvcAnnotations for Annotated {
+        async fn tier(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> std::result::Result<Option<String>, LookupError> {
             assert_eq!((namespace, name), ("spark", "shuffle-0"));
             Ok(self.0.map(str::to_owned))
         }
