@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod enforce;
 pub mod error;

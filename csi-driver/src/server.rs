@@ -54,8 +54,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Serves until SIGTERM/SIGINT, then removes the socket.
 pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
-    let listener = bind(socket)?;
-    let (identity, controller, node) = grpc::services(&driver, plugin_name);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signal)?;
     let shutdown = async move {
@@ -64,6 +62,19 @@ pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
         }
     };
+    serve_until(driver, plugin_name, socket, shutdown).await
+}
+
+/// Serves until `shutdown` completes, then removes the socket. `iolane demo` serves its
+/// own node in-process this way and stops it after cleaning up through it.
+pub async fn serve_until(
+    driver: Driver,
+    plugin_name: &str,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let listener = bind(socket)?;
+    let (identity, controller, node) = grpc::services(&driver, plugin_name);
     tracing::info!(socket = %socket.display(), node.id = %driver.settings().node_id, "serving CSI");
     let result = tonic::transport::Server::builder()
         .add_service(identity)

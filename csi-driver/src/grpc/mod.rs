@@ -4,6 +4,7 @@
 //! types (validating as it goes), calls [`crate::driver::Driver`], and converts the result;
 //! every error becomes a status in [`status`], and is logged once, here.
 
+pub mod client;
 mod controller;
 mod convert;
 mod identity;
