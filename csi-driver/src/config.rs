@@ -37,6 +37,30 @@ pub enum Command {
     /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
     /// per-second IOPS and latency percentiles.
     Bench(BenchArgs),
+    /// Run iolane's main job on its embedded default: a loop-backed node in-process, a
+    /// streaming and a batch volume published to two stand-in pod cgroups, the load
+    /// generator on both, and a table of achieved IOPS against each tier's limit. Needs
+    /// root, cgroup v2 with the io controller, and loop devices; removes all it made.
+    Demo(DemoArgs),
+}
+
+/// Flags of `iolane demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Seconds each load run lasts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Replace the batch tier's read and write IOPS caps with N (through a demo node
+    /// config), for machines too slow to go above the built-in 2000; default: the
+    /// built-in tier.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_iops: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Root of the cgroup v2 hierarchy (the demo's pod cgroups go below it).
+    #[arg(long, env = "IOLANE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
 }
 
 /// Flags of `iolane bench`.
@@ -816,5 +840,31 @@ vg = "iolane-slow"
         assert_eq!(b.target, PathBuf::from("/dev/loop3"));
         assert_eq!((b.block_size, b.queue_depth, b.duration), (4096, 32, 5));
         assert!(!b.buffered);
+    }
+
+    #[test]
+    fn cli_parses_the_demo_command() {
+        let cli = Cli::try_parse_from(["iolane", "demo"]).unwrap();
+        let Command::Demo(d) = cli.command else {
+            panic!("not the demo command");
+        };
+        assert_eq!((d.duration, d.batch_iops), (5, None));
+        assert_eq!(d.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "demo",
+            "--duration",
+            "3",
+            "--batch-iops",
+            "200",
+            "--json",
+            "/tmp/d.json",
+        ])
+        .unwrap();
+        let Command::Demo(d) = cli.command else {
+            panic!("not the demo command");
+        };
+        assert_eq!((d.duration, d.batch_iops), (3, Some(200)));
+        assert!(Cli::try_parse_from(["iolane", "demo", "--batch-iops", "0"]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod enforce;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod inflight;
 pub mod k8s;
 pub mod os;
 pub mod server;
+pub mod status;
 pub mod tiering;
 pub mod validate;
 pub mod volume;

@@ -43,11 +43,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let command = match cli.command {
+        Command::Demo(args) => return runtime.block_on(csi_driver::demo::main(args)),
+        other => other,
+    };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Node(args) => run_node(args).await,
             Command::Controller(args) => run_controller(args).await,
-            Command::Bench(_) => Ok(()),
+            Command::Bench(_) | Command::Demo(_) => Ok(()),
         }
     });
     match result {

@@ -67,9 +67,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeError
 /// Serves a node's Identity, Controller and Node until SIGTERM/SIGINT, then removes the
 /// socket.
 pub async fn serve(driver: Driver, plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
+    let shutdown = shutdown_signal()?;
+    serve_until(driver, plugin_name, socket, shutdown).await
+}
+
+/// Serves until `shutdown` completes, then removes the socket. `iolane demo` serves its
+/// own node in-process this way and stops it after cleaning up through it.
+pub async fn serve_until(
+    driver: Driver,
+    plugin_name: &str,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let listener = bind(socket)?;
     let (identity, controller, node) = grpc::services(&driver, plugin_name);
-    let shutdown = shutdown_signal()?;
     tracing::info!(socket = %socket.display(), node.id = %driver.settings().node_id, "serving CSI");
     let result = tonic::transport::Server::builder()
         .add_service(identity)

@@ -6,14 +6,18 @@
 #      stripped: the guest reads them over 9p) to a work directory;
 #   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the conformance suite on the lvm
 #      backend, then the pool-full, no-stale-data and SIGKILL-during-creates scenarios;
-#   4. tests/vm/reboot.sh: two boots on the same disk image.
+#   4. one boot (1 NVMe disk) for tests/vm/tiers.sh: the IO tier tests (io.max on the real
+#      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
+#      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
+#   5. tests/vm/reboot.sh: two boots on the same disk image.
 # Prints one line per test as it goes and `N passed, M failed` at the end; exits 1 if
 # anything failed (a boot that fails before its tests report counts as a failure).
 #
 #   bash tests/vm/all.sh            (from anywhere; the repository is this script's ../..)
 #
-# Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh tests to run; the reboot test
-# runs unless IOLANE_VM_SKIP_REBOOT=1), CARGO_TARGET_DIR.
+# Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh and tiers.sh tests to run; the
+# reboot test runs unless IOLANE_VM_SKIP_REBOOT=1), IOLANE_VM_SKIP_TIERS=1 (skip the tiers
+# boot), IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -42,7 +46,7 @@ objcopy --strip-debug "$target/debug/iolane" "$work/bin/iolane"
 # The test binaries' paths, from cargo's own report.
 cargo test -p iolane-tests --locked --no-run --message-format=json-render-diagnostics >"$work/build.json" \
     || { echo "all.sh: building the test binaries failed" >&2; exit 1; }
-for t in conformance lvm; do
+for t in conformance lvm tiers; do
     exe="$(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
@@ -58,7 +62,7 @@ for line in open(sys.argv[1]):
 done
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
-stamp "boot 1 of 3: tests/vm/lvm-suite.sh"
+stamp "boot 1 of 4: tests/vm/lvm-suite.sh"
 bash "$here/run.sh" --disks 2 --timeout 1500 --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
 suite_rc=$?
@@ -67,8 +71,26 @@ if [ "$suite_rc" != 0 ] && ! grep -q '^FAILED ' "$results"; then
 fi
 stamp "lvm-suite.sh exited $suite_rc"
 
+if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
+    stamp "boot 2 of 4: tests/vm/tiers.sh"
+    mkdir -p "$work/tiers"
+    bash "$here/run.sh" --disks 1 --timeout 1200 --rwdir "$work" -- \
+        env IOLANE_VM_RESULTS="$work/tiers" bash "$here/tiers.sh" "$work/bin" "$results"
+    tiers_rc=$?
+    if [ "$tiers_rc" != 0 ] && ! grep -q '^FAILED tiers::\|^FAILED demo::' "$results"; then
+        echo "FAILED vm::tiers 0 (run.sh exit $tiers_rc before any test failed)" >>"$results"
+    fi
+    stamp "tiers.sh exited $tiers_rc"
+    for f in "$work/tiers"/demo-*.txt; do
+        [ -f "$f" ] && { echo "all.sh: $(basename "$f"):"; sed 's/^/    /' "$f"; }
+    done
+    if [ -n "${IOLANE_VM_DEMO_OUT:-}" ]; then
+        mkdir -p "$IOLANE_VM_DEMO_OUT" && cp "$work/tiers"/demo-* "$IOLANE_VM_DEMO_OUT/" 2>/dev/null
+    fi
+fi
+
 if [ "${IOLANE_VM_SKIP_REBOOT:-0}" != 1 ]; then
-    stamp "boots 2 and 3 of 3: tests/vm/reboot.sh"
+    stamp "boots 3 and 4 of 4: tests/vm/reboot.sh"
     bash "$here/reboot.sh" "$work/bin" "$results"
     stamp "reboot.sh exited $?"
 fi

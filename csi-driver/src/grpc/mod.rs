@@ -5,6 +5,7 @@
 //! every error becomes a status in [`status`], and is logged once, here.
 
 mod central;
+pub mod client;
 mod controller;
 mod convert;
 mod identity;

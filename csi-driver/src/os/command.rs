@@ -1,6 +1,7 @@
 //! Running external programs: argv only (never a shell), `LC_ALL=C`, a timeout, and the
 //! child killed if the caller goes away.
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
@@ -14,7 +15,9 @@ use super::{Error, Result, render_argv};
 /// One program invocation.
 #[derive(Debug, Clone)]
 pub struct Cmd {
-    pub program: &'static str,
+    /// A program name looked up in `PATH` (`lvs`, `mount`), or an absolute path (the
+    /// demo's `iolane bench` children run `std::env::current_exe()`).
+    pub program: Cow<'static, str>,
     pub args: Vec<OsString>,
     pub timeout: Duration,
 }
@@ -22,7 +25,16 @@ pub struct Cmd {
 impl Cmd {
     pub fn new(program: &'static str, timeout: Duration) -> Self {
         Cmd {
-            program,
+            program: Cow::Borrowed(program),
+            args: Vec::new(),
+            timeout,
+        }
+    }
+
+    /// A command whose program is only known at run time (an absolute path).
+    pub fn program_path(program: String, timeout: Duration) -> Self {
+        Cmd {
+            program: Cow::Owned(program),
             args: Vec::new(),
             timeout,
         }
@@ -36,7 +48,7 @@ impl Cmd {
 
     /// The argv as one line, for messages.
     pub fn render(&self) -> String {
-        render_argv(self.program, &self.args)
+        render_argv(&self.program, &self.args)
     }
 }
 
@@ -84,7 +96,7 @@ impl CommandRunner for SystemRunner {
             tracing::debug!(%argv, "running");
             // The one place a process is spawned.
             #[allow(clippy::disallowed_methods)]
-            let child = tokio::process::Command::new(cmd.program)
+            let child = tokio::process::Command::new(cmd.program.as_ref())
                 .args(&cmd.args)
                 .env("LC_ALL", "C")
                 .stdin(Stdio::null())

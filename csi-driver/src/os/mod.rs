@@ -5,6 +5,7 @@
 //! is tested on tempdirs and recording fakes.
 
 pub mod command;
+pub mod host;
 pub mod lvm;
 pub mod mountinfo;
 

@@ -1,0 +1,729 @@
+//! IO tiers end to end: what the driver writes into a pod's cgroup v2 `io.max` at
+//! NodePublishVolume and NodeUnpublishVolume, checked with the kernel's own tools (`cat`,
+//! `stat`, `lsblk`, `mountpoint`) rather than the project's parsers.
+//!
+//! Two kinds of tests:
+//! - `publish_*`: a tempdir cgroup root of plain files (`cgroup.controllers` listing `io`,
+//!   an empty `io.max`), so the line the driver writes is the file's whole content. They run
+//!   wherever the conformance suite runs (root, loop backend on the host; the lvm backend in
+//!   the VM).
+//! - `vm_*`: the real cgroup root of a kernel with the io controller and the lvm backend
+//!   (`tests/vm/tiers.sh`): the cap measured with `iolane bench` (batch within 0.9-1.02x of
+//!   its limit, streaming well above it), the reconciler repairing a line written behind the
+//!   driver's back, re-applying after SIGKILL and restart, and the line gone after
+//!   unpublish. They return with a printed reason outside lvm mode or without cgroup v2 io.
+//!
+//! Environment: `IOLANE_TEST_BENCH_SECS` (seconds per load run, default 5).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use iolane_tests::csi;
+use iolane_tests::{
+    Driver, GIB, Options, binary, block_cap, create_request, mount_cap, note, ok, poll,
+    publish_request, require_root, run, stage_request, unpublish_request, unstage_request,
+};
+
+/// The batch tier of these tests: 200 read and write IOPS (the VM does about 3,400
+/// uncapped), no bandwidth cap.
+const BATCH_IOPS: u64 = 200;
+const TIERS: &str = "[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
+const TIER_KEY: &str = "iolane.dev/tier";
+const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
+/// `--reconcile-period` of the VM tests, seconds.
+const RECONCILE_SECS: u64 = 2;
+/// How long a repair may take: a few reconcile periods (a pass runs LVM reports, slow in
+/// the emulated VM).
+const REPAIR_DEADLINE: Duration = Duration::from_secs(5 * RECONCILE_SECS);
+/// How long a restarted driver may take to re-apply (start-up on lvm plus a pass).
+const REAPPLY_DEADLINE: Duration = Duration::from_secs(60);
+
+fn uuid() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("read a random UUID")
+        .trim()
+        .to_owned()
+}
+
+fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// `MAJ:MIN` of a block device node, from `stat -c %t:%T` (hex) in decimal.
+fn stat_dev(node: &Path) -> String {
+    let out = run("stat", &["-L", "-c", "%t:%T", &node.to_string_lossy()]);
+    let (maj, min) = out.trim().split_once(':').expect("stat printed MAJ:MIN");
+    format!(
+        "{}:{}",
+        u32::from_str_radix(maj, 16).expect("hex major"),
+        u32::from_str_radix(min, 16).expect("hex minor")
+    )
+}
+
+/// `MAJ:MIN` of a block device from `lsblk`.
+fn lsblk_dev(node: &Path) -> String {
+    run("lsblk", &["-dno", "MAJ:MIN", &node.to_string_lossy()])
+        .trim()
+        .to_owned()
+}
+
+/// `io.max` of `cgroup`, read with `cat`.
+fn cat_io_max(cgroup: &Path) -> String {
+    run("cat", &[&cgroup.join("io.max").to_string_lossy()])
+}
+
+/// The line of `dev` in `io.max` text, if any.
+fn line_of(text: &str, dev: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(dev))
+        .map(str::to_owned)
+}
+
+/// The device and the `key=value` pairs of an `io.max` line.
+fn caps(line: &str) -> (String, HashMap<String, String>) {
+    let mut words = line.split_whitespace();
+    let dev = words.next().unwrap_or_default().to_owned();
+    let pairs = words
+        .map(|w| {
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    (dev, pairs)
+}
+
+fn four(want: [(&str, &str); 4]) -> HashMap<String, String> {
+    want.into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Asserts that `line` is `dev` with exactly the four keys at these values, in any order.
+fn assert_caps(line: &str, dev: &str, want: [(&str, &str); 4]) {
+    assert_eq!(
+        caps(line),
+        (dev.to_owned(), four(want)),
+        "io.max line {line:?}"
+    );
+}
+
+// ---- host-side: a tempdir cgroup root of plain files ------------------------------------
+
+/// A fake cgroup v2 tree: `<root>/kubepods/burstable/pod<uid>` with `cgroup.controllers`
+/// listing io and an empty `io.max`.
+fn fake_pod_cgroup(root: &Path, uid: &str) -> PathBuf {
+    let dir = root.join("kubepods/burstable").join(format!("pod{uid}"));
+    fs::create_dir_all(&dir).expect("create fake cgroup");
+    fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").expect("write controllers");
+    fs::write(dir.join("io.max"), "").expect("write io.max");
+    dir
+}
+
+#[tokio::test]
+async fn publish_writes_the_tiers_four_caps_for_the_volumes_own_device_and_unpublish_lifts_them() {
+    require_root!();
+    let cg = tempfile::tempdir().expect("tempdir");
+    let cg_root = cg.path().canonicalize().expect("canonicalize");
+    let mut d = Driver::start_with(Options {
+        args: vec!["--cgroup-root".into(), cg_root.display().to_string()],
+        config: Some(TIERS.to_owned()),
+        ..Options::default()
+    })
+    .await;
+
+    // batch, raw block, pod UID in volume_context, a kubelet-shaped target path.
+    let batch_pod = uuid();
+    let batch_cg = fake_pod_cgroup(&cg_root, &batch_pod);
+    let mut req = create_request("tier-batch", vec![block_cap()], GIB, 0);
+    req.parameters = params(&[(TIER_KEY, "batch")]);
+    let vol = ok(d.controller.create_volume(req).await, "CreateVolume batch")
+        .volume
+        .expect("volume");
+    assert_eq!(
+        vol.volume_context.get(TIER_KEY).map(String::as_str),
+        Some("batch")
+    );
+    let staging = d.make_staging("tier-batch");
+    ok(
+        d.node
+            .node_stage_volume(stage_request(&vol.volume_id, &staging, &block_cap()))
+            .await,
+        "NodeStage batch",
+    );
+    let dir = d
+        .root()
+        .join("kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv-batch");
+    fs::create_dir_all(&dir).expect("create publish dir");
+    let target = dir.join(&batch_pod);
+    let mut publish = publish_request(
+        &vol.volume_id,
+        &staging,
+        &target.to_string_lossy(),
+        &block_cap(),
+        false,
+    );
+    publish.volume_context = vol.volume_context.clone();
+    publish
+        .volume_context
+        .insert(POD_UID_KEY.into(), batch_pod.clone());
+    ok(
+        d.node.node_publish_volume(publish).await,
+        "NodePublish batch",
+    );
+    let dev = stat_dev(&target);
+    assert_eq!(
+        dev,
+        lsblk_dev(&target),
+        "stat and lsblk disagree on {}",
+        target.display()
+    );
+    let text = cat_io_max(&batch_cg);
+    assert_eq!(text.lines().count(), 1, "one line written: {text:?}");
+    assert_caps(
+        text.trim(),
+        &dev,
+        [
+            ("rbps", "max"),
+            ("wbps", "max"),
+            ("riops", "200"),
+            ("wiops", "200"),
+        ],
+    );
+
+    // streaming: uncapped, so nothing is written into a pod io.max that has no line.
+    let stream_pod = uuid();
+    let stream_cg = fake_pod_cgroup(&cg_root, &stream_pod);
+    let mut req = create_request("tier-streaming", vec![block_cap()], GIB, 0);
+    req.parameters = params(&[(TIER_KEY, "streaming")]);
+    let svol = ok(
+        d.controller.create_volume(req).await,
+        "CreateVolume streaming",
+    )
+    .volume
+    .expect("volume");
+    let sstaging = d.make_staging("tier-streaming");
+    ok(
+        d.node
+            .node_stage_volume(stage_request(&svol.volume_id, &sstaging, &block_cap()))
+            .await,
+        "NodeStage streaming",
+    );
+    let sdir = d
+        .root()
+        .join("kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv-streaming");
+    fs::create_dir_all(&sdir).expect("create publish dir");
+    let starget = sdir.join(&stream_pod);
+    let mut publish = publish_request(
+        &svol.volume_id,
+        &sstaging,
+        &starget.to_string_lossy(),
+        &block_cap(),
+        false,
+    );
+    publish
+        .volume_context
+        .insert(POD_UID_KEY.into(), stream_pod.clone());
+    ok(
+        d.node.node_publish_volume(publish).await,
+        "NodePublish streaming",
+    );
+    assert_eq!(
+        cat_io_max(&stream_cg),
+        "",
+        "streaming is uncapped: nothing to write"
+    );
+
+    // A filesystem volume with an override, whose pod UID comes from the kubelet target
+    // path alone (no pod UID in volume_context).
+    let fs_pod = uuid();
+    let fs_cg = fake_pod_cgroup(&cg_root, &fs_pod);
+    let mut req = create_request("tier-fs", vec![mount_cap("ext4")], GIB, 0);
+    req.parameters = params(&[(TIER_KEY, "batch"), ("iolane.dev/read-iops", "150")]);
+    let fvol = ok(d.controller.create_volume(req).await, "CreateVolume fs")
+        .volume
+        .expect("volume");
+    let fstaging = d.make_staging("tier-fs");
+    ok(
+        d.node
+            .node_stage_volume(stage_request(
+                &fvol.volume_id,
+                &fstaging,
+                &mount_cap("ext4"),
+            ))
+            .await,
+        "NodeStage fs",
+    );
+    let ftarget = d
+        .root()
+        .join("kubelet/pods")
+        .join(&fs_pod)
+        .join("volumes/kubernetes.io~csi/pv-fs/mount");
+    fs::create_dir_all(ftarget.parent().expect("parent")).expect("create pod volume dir");
+    ok(
+        d.node
+            .node_publish_volume(publish_request(
+                &fvol.volume_id,
+                &fstaging,
+                &ftarget.to_string_lossy(),
+                &mount_cap("ext4"),
+                false,
+            ))
+            .await,
+        "NodePublish fs",
+    );
+    let fdev = run("mountpoint", &["-d", &ftarget.to_string_lossy()])
+        .trim()
+        .to_owned();
+    let text = cat_io_max(&fs_cg);
+    assert_caps(
+        text.trim(),
+        &fdev,
+        [
+            ("rbps", "max"),
+            ("wbps", "max"),
+            ("riops", "150"),
+            ("wiops", "200"),
+        ],
+    );
+
+    // Unpublish lifts every cap: the kernel drops an all-max line, so the driver writes one.
+    for (id, t, cgroup, dev) in [
+        (&vol.volume_id, &target, &batch_cg, &dev),
+        (&fvol.volume_id, &ftarget, &fs_cg, &fdev),
+    ] {
+        ok(
+            d.node
+                .node_unpublish_volume(unpublish_request(id, &t.to_string_lossy()))
+                .await,
+            "NodeUnpublish",
+        );
+        let text = cat_io_max(cgroup);
+        assert_caps(
+            text.trim(),
+            dev,
+            [
+                ("rbps", "max"),
+                ("wbps", "max"),
+                ("riops", "max"),
+                ("wiops", "max"),
+            ],
+        );
+    }
+    ok(
+        d.node
+            .node_unpublish_volume(unpublish_request(
+                &svol.volume_id,
+                &starget.to_string_lossy(),
+            ))
+            .await,
+        "NodeUnpublish streaming",
+    );
+    for (id, s) in [
+        (&vol.volume_id, &staging),
+        (&svol.volume_id, &sstaging),
+        (&fvol.volume_id, &fstaging),
+    ] {
+        ok(
+            d.node.node_unstage_volume(unstage_request(id, s)).await,
+            "NodeUnstage",
+        );
+        ok(
+            d.controller
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            "DeleteVolume",
+        );
+    }
+    d.assert_no_leaks("after the tier volumes are gone").await;
+}
+
+// ---- VM: the real cgroup root, the lvm backend, measured IO --------------------------------
+
+/// Returns from the test unless in lvm mode on a cgroup v2 root with the io controller.
+macro_rules! require_vm {
+    () => {
+        iolane_tests::require_lvm!();
+        let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "io") {
+            note("skipped: no cgroup v2 io controller at /sys/fs/cgroup (runs in the VM: tests/vm/tiers.sh)");
+            return;
+        }
+    };
+}
+
+/// Pod cgroups made for a test, kubelet's cgroupfs layout under a parent that mentions
+/// `kubepods`; removed on drop.
+struct Pods {
+    parent: PathBuf,
+    pods: Vec<PathBuf>,
+}
+
+impl Pods {
+    fn new() -> Pods {
+        let root = Path::new("/sys/fs/cgroup");
+        let sc = fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+        if !sc.split_whitespace().any(|c| c == "io") {
+            fs::write(root.join("cgroup.subtree_control"), "+io").expect("enable io at the root");
+        }
+        let parent = root.join(format!("iolane-test-kubepods-{}", std::process::id()));
+        fs::create_dir(&parent).expect("create the pods' parent cgroup");
+        fs::write(parent.join("cgroup.subtree_control"), "+io").expect("enable io for the pods");
+        Pods {
+            parent,
+            pods: Vec::new(),
+        }
+    }
+
+    /// A new pod: (UID, cgroup).
+    fn pod(&mut self) -> (String, PathBuf) {
+        let uid = uuid();
+        let dir = self.parent.join(format!("pod{uid}"));
+        fs::create_dir(&dir).expect("create pod cgroup");
+        self.pods.push(dir.clone());
+        (uid, dir)
+    }
+}
+
+fn rmdir_cgroup(dir: &Path) {
+    // A bench that just exited may still be leaving the cgroup: retry EBUSY for a while.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if Instant::now() < end && e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                note(format!("could not remove cgroup {}: {e}", dir.display()));
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for p in self.pods.drain(..).rev() {
+            rmdir_cgroup(&p);
+        }
+        rmdir_cgroup(&self.parent);
+    }
+}
+
+/// A raw block volume published to a pod, with its device number as `stat` and `lsblk`
+/// report it on the LV's own device node.
+struct Published {
+    id: String,
+    staging: String,
+    target: PathBuf,
+    cgroup: PathBuf,
+    dev: String,
+}
+
+async fn publish_block(d: &mut Driver, name: &str, tier: &str, pods: &mut Pods) -> Published {
+    let (uid, cgroup) = pods.pod();
+    let mut req = create_request(name, vec![block_cap()], GIB, 0);
+    req.parameters = params(&[(TIER_KEY, tier)]);
+    let vol = ok(d.controller.create_volume(req).await, "CreateVolume")
+        .volume
+        .expect("volume");
+    let staging = d.make_staging(name);
+    ok(
+        d.node
+            .node_stage_volume(stage_request(&vol.volume_id, &staging, &block_cap()))
+            .await,
+        "NodeStage",
+    );
+    let dir = d
+        .root()
+        .join("kubelet/plugins/kubernetes.io/csi/volumeDevices/publish")
+        .join(name);
+    fs::create_dir_all(&dir).expect("create publish dir");
+    let target = dir.join(&uid);
+    let mut publish = publish_request(
+        &vol.volume_id,
+        &staging,
+        &target.to_string_lossy(),
+        &block_cap(),
+        false,
+    );
+    publish.volume_context = vol.volume_context.clone();
+    publish.volume_context.insert(POD_UID_KEY.into(), uid);
+    ok(d.node.node_publish_volume(publish).await, "NodePublish");
+    // The LV's own node, found by LVM, not by the driver.
+    let lvs = iolane_tests::lvm_volume_lvs(d.vgs());
+    let lv = lvs
+        .iter()
+        .find(|l| l.name == vol.volume_id)
+        .unwrap_or_else(|| panic!("no LV {} in {lvs:?}", vol.volume_id));
+    let node = PathBuf::from(&lv.dm_path);
+    let dev = stat_dev(&node);
+    assert_eq!(
+        dev,
+        lsblk_dev(&node),
+        "stat and lsblk disagree on {}",
+        node.display()
+    );
+    assert_eq!(
+        dev,
+        stat_dev(&target),
+        "the published node is not the LV's device"
+    );
+    note(format!(
+        "{name}: {tier} volume {} on {} ({dev}), pod cgroup {}",
+        vol.volume_id,
+        node.display(),
+        cgroup.display()
+    ));
+    Published {
+        id: vol.volume_id,
+        staging,
+        target,
+        cgroup,
+        dev,
+    }
+}
+
+async fn unpublish_and_delete(d: &mut Driver, p: &Published) {
+    ok(
+        d.node
+            .node_unpublish_volume(unpublish_request(&p.id, &p.target.to_string_lossy()))
+            .await,
+        "NodeUnpublish",
+    );
+    let text = cat_io_max(&p.cgroup);
+    assert_eq!(
+        line_of(&text, &p.dev),
+        None,
+        "{} still has a line for {} after unpublish: {text:?}",
+        p.cgroup.display(),
+        p.dev
+    );
+    ok(
+        d.node
+            .node_unstage_volume(unstage_request(&p.id, &p.staging))
+            .await,
+        "NodeUnstage",
+    );
+    ok(
+        d.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: p.id.clone(),
+                ..Default::default()
+            })
+            .await,
+        "DeleteVolume",
+    );
+}
+
+fn bench_secs() -> u64 {
+    std::env::var("IOLANE_TEST_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Mean IOPS of `iolane bench` (random 4 KiB O_DIRECT reads) on `p` from inside its pod's
+/// cgroup, read from its JSON report.
+fn bench(p: &Published, json: &Path) -> f64 {
+    let secs = bench_secs().to_string();
+    let bin = binary();
+    run(
+        &bin.to_string_lossy(),
+        &[
+            "--log",
+            "warn",
+            "bench",
+            "--target",
+            &p.target.to_string_lossy(),
+            "--pattern",
+            "randread",
+            "--duration",
+            &secs,
+            "--cgroup",
+            &p.cgroup.to_string_lossy(),
+            "--json",
+            &json.to_string_lossy(),
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(json).expect("read bench JSON")).expect("JSON");
+    report["mean_iops"].as_f64().expect("mean_iops")
+}
+
+#[tokio::test]
+async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
+    require_vm!();
+    let mut d = Driver::start_with(Options {
+        args: vec!["--reconcile-period".into(), RECONCILE_SECS.to_string()],
+        config: Some(TIERS.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let mut pods = Pods::new();
+    let batch = publish_block(&mut d, "pv-batch", "batch", &mut pods).await;
+    let streaming = publish_block(&mut d, "pv-streaming", "streaming", &mut pods).await;
+
+    let text = cat_io_max(&batch.cgroup);
+    let line = line_of(&text, &batch.dev)
+        .unwrap_or_else(|| panic!("no line for {} in {text:?}", batch.dev));
+    assert_caps(
+        &line,
+        &batch.dev,
+        [
+            ("rbps", "max"),
+            ("wbps", "max"),
+            ("riops", "200"),
+            ("wiops", "200"),
+        ],
+    );
+    note(format!("batch io.max: {line}"));
+    let text = cat_io_max(&streaming.cgroup);
+    assert_eq!(
+        line_of(&text, &streaming.dev),
+        None,
+        "streaming is capped: {text:?}"
+    );
+
+    let out = d.root().join("bench");
+    fs::create_dir_all(&out).expect("bench dir");
+    let alone = bench(&streaming, &out.join("streaming-alone.json"));
+    let (s_tog, b_tog) = std::thread::scope(|s| {
+        let st = s.spawn(|| bench(&streaming, &out.join("streaming-together.json")));
+        let bt = s.spawn(|| bench(&batch, &out.join("batch-together.json")));
+        (
+            st.join().expect("streaming bench"),
+            bt.join().expect("batch bench"),
+        )
+    });
+    let ratio = b_tog / BATCH_IOPS as f64;
+    note(format!(
+        "figures: streaming alone {alone:.0} IOPS; together: streaming {s_tog:.0} IOPS, batch {b_tog:.0} IOPS for a limit of {BATCH_IOPS} (achieved/limit {ratio:.3}); streaming kept {:.0}% of its alone rate",
+        s_tog / alone * 100.0
+    ));
+    assert!(
+        (0.9..=1.02).contains(&ratio),
+        "batch did {b_tog:.0} IOPS for a limit of {BATCH_IOPS}: {ratio:.3}x, expected 0.9-1.02x"
+    );
+    assert!(
+        s_tog > 3.0 * BATCH_IOPS as f64,
+        "streaming did {s_tog:.0} IOPS next to batch, not well above the batch limit {BATCH_IOPS}: capped?"
+    );
+
+    unpublish_and_delete(&mut d, &streaming).await;
+    unpublish_and_delete(&mut d, &batch).await;
+    drop(pods);
+    d.assert_no_leaks("after the tier test").await;
+}
+
+#[tokio::test]
+async fn vm_reconciler_repairs_drift_and_reapplies_after_a_restart() {
+    require_vm!();
+    let mut d = Driver::start_with(Options {
+        args: vec!["--reconcile-period".into(), RECONCILE_SECS.to_string()],
+        config: Some(TIERS.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let mut pods = Pods::new();
+    let batch = publish_block(&mut d, "pv-drift", "batch", &mut pods).await;
+    let io_max = batch.cgroup.join("io.max");
+    let capped = || line_of(&cat_io_max(&batch.cgroup), &batch.dev);
+    let want = capped().expect("capped at publish");
+    let lift = || {
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "echo '{} rbps=max wbps=max riops=max wiops=max' > {}",
+                    batch.dev,
+                    io_max.display()
+                ),
+            ],
+        );
+        assert_eq!(capped(), None, "the line is still there after writing max");
+    };
+
+    // Behind the driver's back.
+    lift();
+    let start = Instant::now();
+    let repaired = poll(REPAIR_DEADLINE, || {
+        capped().as_deref() == Some(want.as_str())
+    })
+    .await;
+    assert!(
+        repaired,
+        "io.max not repaired within {REPAIR_DEADLINE:?} (--reconcile-period {RECONCILE_SECS}): {:?}\n{}",
+        cat_io_max(&batch.cgroup),
+        d.log()
+    );
+    note(format!("drift repaired after {:?}", start.elapsed()));
+
+    // SIGKILL, the line lifted while the driver is down, restart.
+    d.kill();
+    lift();
+    let start = Instant::now();
+    d.restart().await;
+    let reapplied = poll(REAPPLY_DEADLINE, || {
+        capped().as_deref() == Some(want.as_str())
+    })
+    .await;
+    assert!(
+        reapplied,
+        "io.max not re-applied within {REAPPLY_DEADLINE:?} of the restart: {:?}\n{}",
+        cat_io_max(&batch.cgroup),
+        d.log()
+    );
+    note(format!(
+        "re-applied {:?} after the restart began",
+        start.elapsed()
+    ));
+
+    unpublish_and_delete(&mut d, &batch).await;
+    drop(pods);
+    d.assert_no_leaks("after the reconciler test").await;
+}
+
+#[test]
+fn io_max_helpers() {
+    let text =
+        "254:3 rbps=max wbps=max riops=200 wiops=200\n254:30 rbps=1 wbps=max riops=max wiops=max\n";
+    assert_eq!(
+        line_of(text, "254:3").as_deref(),
+        Some("254:3 rbps=max wbps=max riops=200 wiops=200")
+    );
+    assert!(line_of(text, "254:30").is_some_and(|l| l.starts_with("254:30 ")));
+    assert_eq!(line_of(text, "254:4"), None);
+    assert_caps(
+        "254:3 riops=200 rbps=max wiops=200 wbps=max",
+        "254:3",
+        [
+            ("rbps", "max"),
+            ("wbps", "max"),
+            ("riops", "200"),
+            ("wiops", "200"),
+        ],
+    );
+    // A line without one of the four keys is not the four caps.
+    let want = four([
+        ("rbps", "max"),
+        ("wbps", "max"),
+        ("riops", "200"),
+        ("wiops", "200"),
+    ]);
+    assert_ne!(caps("254:3 rbps=max riops=200 wiops=200").1, want);
+    assert_ne!(
+        caps("254:3 rbps=max wbps=max riops=200 wiops=200 x=1").1,
+        want
+    );
+}

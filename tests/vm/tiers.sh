@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs INSIDE the VM (tests/vm/run.sh --disks 1): the IO tier tests of tests/tests/tiers.rs
+# on the lvm backend (/dev/nvme0n1) and the real cgroup root (cgroup v2 with io), then
+# `iolane demo` twice (the built-in batch tier, and --batch-iops 200), keeping its output.
+#
+#   tests/vm/tiers.sh BIN_DIR [RESULTS_FILE]
+#
+# BIN_DIR holds the host-built `iolane` and the `tiers` test binary (tests/vm/all.sh copies
+# them there). Each test runs in its own process under a timeout; one line per test (and
+# per demo run) is appended to RESULTS_FILE (default $IOLANE_VM_RESULTS/tiers.results):
+# `ok NAME SECONDS` or `FAILED NAME SECONDS (why)`. The demo's output goes to
+# $IOLANE_VM_RESULTS/demo-*.txt and its JSON to demo-*.json.
+#
+# Environment: IOLANE_VM_SUITE_FILTER (extended regex on test names),
+# IOLANE_TEST_LVM_DEVICES (default /dev/nvme0n1), IOLANE_TEST_BENCH_SECS (seconds per load
+# run, default 5), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600).
+# Exit status: 0 if everything passed, 1 otherwise.
+set -uo pipefail
+bin="${1:?usage: tiers.sh BIN_DIR [RESULTS_FILE]}"
+out="${IOLANE_VM_RESULTS:-/tmp}"
+results="${2:-$out/tiers.results}"
+filter="${IOLANE_VM_SUITE_FILTER:-}"
+per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
+
+for f in iolane tiers; do
+    [ -x "$bin/$f" ] || { echo "tiers: $bin/$f is missing (build on the host: tests/vm/all.sh)" >&2; exit 1; }
+done
+local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
+cp "$bin/iolane" "$bin/tiers" "$local_bin/"
+bin="$local_bin"
+
+export IOLANE_BIN="$bin/iolane"
+export IOLANE_TEST_BACKEND=lvm
+export IOLANE_TEST_LVM_DEVICES="${IOLANE_TEST_LVM_DEVICES:-/dev/nvme0n1}"
+export RUST_BACKTRACE=1
+echo "tiers: kernel $(uname -r), cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers), devices $IOLANE_TEST_LVM_DEVICES"
+
+passed=0
+failed=0
+record() { # record NAME RC MS LOG
+    local secs="$(($3 / 1000)).$(($3 % 1000 / 100))" why="exit $2"
+    [ "$2" = 124 ] && why="timed out"
+    if [ "$2" = 0 ]; then
+        passed=$((passed + 1))
+        echo "ok $1 $secs" >>"$results"
+        printf 'tiers: PASS %-80s %6ss\n' "$1" "$secs"
+        grep -v -e '^running ' -e '^test result' -e '^$' "$4" | sed 's/^/    /'
+    else
+        failed=$((failed + 1))
+        echo "FAILED $1 $secs ($why)" >>"$results"
+        printf 'tiers: FAIL %-80s %6ss (%s)\n' "$1" "$secs" "$why"
+        sed 's/^/    /' "$4"
+    fi
+}
+
+log="$(mktemp)"
+mapfile -t tests < <("$bin/tiers" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+[ ${#tests[@]} -gt 0 ] || { echo "FAILED tiers::list 0 (no tests listed)" >>"$results"; exit 1; }
+for t in "${tests[@]}"; do
+    if [ -n "$filter" ] && ! grep -qE -- "$filter" <<<"$t"; then continue; fi
+    start=$(date +%s%N)
+    timeout -k 10 "$per_test" "$bin/tiers" --exact "$t" --test-threads 1 --nocapture >"$log" 2>&1
+    rc=$?
+    # Only the lines the tests print themselves (figures), not the driver's log on success.
+    record "tiers::$t" "$rc" "$((($(date +%s%N) - start) / 1000000))" "$log"
+done
+
+# The demo: iolane's main job on its embedded default (loop backend), as a user runs it.
+for variant in default batch-iops-200; do
+    if [ -n "$filter" ] && ! grep -qE -- "$filter" <<<"demo::$variant"; then continue; fi
+    args=(--duration "${IOLANE_TEST_BENCH_SECS:-5}" --json "$out/demo-$variant.json")
+    [ "$variant" = batch-iops-200 ] && args+=(--batch-iops 200)
+    start=$(date +%s%N)
+    timeout -k 10 "$per_test" "$IOLANE_BIN" --log warn demo "${args[@]}" >"$out/demo-$variant.txt" 2>&1
+    rc=$?
+    cp "$out/demo-$variant.txt" "$log"
+    record "demo::$variant" "$rc" "$((($(date +%s%N) - start) / 1000000))" "$log"
+done
+rm -f "$log"
+
+echo "tiers: $passed passed, $failed failed"
+[ "$failed" = 0 ]
