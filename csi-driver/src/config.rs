@@ -34,6 +34,9 @@ pub enum Command {
     /// ControllerExpandVolume answers `node_expansion_required`; the owning node grows the
     /// volume.
     Controller(ControllerArgs),
+    /// Print this node's volumes: device class, size, pool usage, tier, the io.max caps in
+    /// place for each pod, and live IOPS (from the node's `--metrics-address`).
+    Status(StatusArgs),
     /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
     /// per-second IOPS and latency percentiles.
     Bench(BenchArgs),
@@ -93,6 +96,20 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Flags of `iolane status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The node's `--metrics-address` (where it serves `/status`).
+    #[arg(long, env = "IOLANE_STATUS_ADDRESS", default_value = "127.0.0.1:9820")]
+    pub address: std::net::SocketAddr,
+    /// Seconds between the two readings live IOPS are computed from (1-60).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub interval: u64,
+    /// Print the second snapshot as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `iolane controller`.

@@ -630,6 +630,78 @@ impl Driver {
         Ok((enforcer.pass(), adopted))
     }
 
+    /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
+    /// publication's cgroup, caps in place and IO counters (read now).
+    pub async fn status(&self) -> Result<crate::status::NodeStatus> {
+        use crate::status::{Counters, PublicationStatus, VolumeStatus};
+        let mut volumes = self.backend.list().await?;
+        volumes.sort_by(|a, b| a.id.cmp(&b.id));
+        let enforcer = self.tiering.enforcer();
+        let fs = enforcer.cgroup_fs();
+        let mut publications: BTreeMap<String, Vec<PublicationStatus>> = BTreeMap::new();
+        enforcer.with_reconciler(|r| {
+            for p in r.publications() {
+                let io_max = p.cgroup.and_then(|c| {
+                    iops_controller::apply::current(fs, c, p.publication.device)
+                        .ok()
+                        .map(|l| l.to_string())
+                });
+                let stats = p.cgroup.and_then(|c| {
+                    iops_controller::apply::stats(fs, c, p.publication.device)
+                        .ok()
+                        .flatten()
+                        .map(|s| Counters {
+                            rios: s.rios,
+                            wios: s.wios,
+                            rbytes: s.rbytes,
+                            wbytes: s.wbytes,
+                        })
+                });
+                publications
+                    .entry(p.publication.volume_id.clone())
+                    .or_default()
+                    .push(PublicationStatus {
+                        target: p.publication.target_path.display().to_string(),
+                        pod_uid: p.publication.pod_uid.to_string(),
+                        device: p.publication.device.to_string(),
+                        cgroup: p.cgroup.map(|c| c.display().to_string()),
+                        io_max,
+                        outcome: format!("{:?}", p.outcome),
+                        stats,
+                    });
+            }
+        });
+        let mut out = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            let (tier, limits) = self.tiering.limits_of(&v);
+            let condition = self
+                .backend
+                .condition(&v.id)
+                .await
+                .unwrap_or_else(|e| Some(format!("condition unknown: {e}")));
+            out.push(VolumeStatus {
+                publications: publications.remove(&v.id).unwrap_or_default(),
+                id: v.id,
+                name: v.name,
+                capacity_bytes: v.capacity_bytes,
+                device_class: v
+                    .parameters
+                    .device_class
+                    .clone()
+                    .or_else(|| (self.backend.kind() == "lvm").then(|| "(first class)".to_owned())),
+                tier,
+                caps: limits.to_string(),
+                condition,
+            });
+        }
+        Ok(crate::status::NodeStatus {
+            node_id: self.settings.node_id.clone(),
+            backend: self.backend.kind().to_owned(),
+            pools: self.backend.pools().await?,
+            volumes: out,
+        })
+    }
+
     /// Records the kubelet publications (`target`, pod) that are mounts of this driver's
     /// volumes; returns how many. Mounts of other drivers are ignored.
     async fn adopt(&self, unknown: Vec<(PathBuf, PodUid)>) -> Result<usize> {

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         match command {
             Command::Node(args) => run_node(args).await,
             Command::Controller(args) => run_controller(args).await,
+            Command::Status(args) => run_status(&args).await,
             Command::Bench(_) | Command::Demo(_) => Ok(()),
         }
     });
@@ -72,6 +73,24 @@ fn init_tracing(format: LogFormat, filter: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// `iolane status`: the report is the command's output, so it goes to stdout.
+#[allow(clippy::print_stdout)]
+async fn run_status(args: &config::StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let before = csi_driver::status::fetch(args.address).await?;
+    let start = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(args.interval)).await;
+    let after = csi_driver::status::fetch(args.address).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&after)?);
+    } else {
+        print!(
+            "{}",
+            csi_driver::status::render(&before, &after, start.elapsed().as_secs_f64())
+        );
+    }
+    Ok(())
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -132,8 +151,15 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .await
             .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
         let ready = readiness(&driver);
+        let driver_for_status = driver.clone();
         tokio::spawn(async move {
-            if let Err(e) = server.serve(metrics, ready, std::future::pending()).await {
+            let status = axum::Router::new()
+                .route("/status", axum::routing::get(status_handler))
+                .with_state(driver_for_status);
+            if let Err(e) = server
+                .serve_with(metrics, ready, status, std::future::pending())
+                .await
+            {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
             }
         });
@@ -173,6 +199,21 @@ async fn pvc_annotations(
     };
     tracing::info!("PVC annotations are read through the Kubernetes API");
     Ok(Some(Arc::new(client)))
+}
+
+/// `GET /status`: the snapshot `iolane status` prints, as JSON.
+async fn status_handler(
+    axum::extract::State(driver): axum::extract::State<Driver>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match driver.status().await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("status: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// `/healthz`: ready while the backend is (refreshed in the background, since the check

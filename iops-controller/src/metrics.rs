@@ -313,10 +313,23 @@ impl MetricsServer {
         ready: Readiness,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        self.serve_with(metrics, ready, axum::Router::new(), shutdown)
+            .await
+    }
+
+    /// [`MetricsServer::serve`] plus the routes of `extra` (the node adds `/status`).
+    pub async fn serve_with(
+        self,
+        metrics: Arc<Metrics>,
+        ready: Readiness,
+        extra: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
         let app = axum::Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(healthz_handler))
-            .with_state(AppState { metrics, ready });
+            .with_state(AppState { metrics, ready })
+            .merge(extra);
         tracing::info!(addr = %self.listener.local_addr()?, "serving /metrics and /healthz");
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)

@@ -288,6 +288,26 @@ impl Backend for LoopBackend {
         self.compute_capacity(&volumes)
     }
 
+    async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+        let stats = self.os.fs_stats(&self.dir)?;
+        let provisioned = self.all()?.iter().map(|v| v.capacity_bytes).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let data_percent = if stats.total_bytes == 0 {
+            0.0
+        } else {
+            stats.used_bytes as f64 * 100.0 / stats.total_bytes as f64
+        };
+        Ok(vec![crate::status::PoolStatus {
+            name: "loop".to_owned(),
+            location: self.dir.display().to_string(),
+            size_bytes: stats.total_bytes,
+            data_percent,
+            metadata_percent: None,
+            provisioned_bytes: provisioned,
+            problem: None,
+        }])
+    }
+
     async fn expand(&self, id: &str, size: u64) -> Result<u64> {
         let _admit = self.admission.lock().await;
         let mut volume = self

@@ -37,6 +37,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity>;
     /// Grows a volume to at least `size` bytes and returns its new size.
     async fn expand(&self, id: &str, size: u64) -> Result<u64>;
+    /// Usage of every pool volumes are carved from (`iolane status`).
+    async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>>;
     /// What is wrong with the volume's storage now, if anything (NodeGetVolumeStats
     /// reports it as an abnormal volume condition), e.g. its thin pool being full.
     async fn condition(&self, id: &str) -> Result<Option<String>>;

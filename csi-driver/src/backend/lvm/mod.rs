@@ -681,6 +681,40 @@ impl Backend for LvmBackend {
         Ok(size.next_multiple_of(u.extent))
     }
 
+    async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+        let rows = self.report_all().await?;
+        let mut out = Vec::new();
+        for class in &self.classes {
+            let c = &class.cfg;
+            let location = format!("{}/{}", c.vg, c.thin_pool);
+            let status = match (&class.state, usage(c, &rows)) {
+                (Err(reason), _) => crate::status::PoolStatus {
+                    name: c.name.clone(),
+                    location,
+                    problem: Some(format!("not ready: {reason}")),
+                    ..Default::default()
+                },
+                (Ok(()), Err(e)) => crate::status::PoolStatus {
+                    name: c.name.clone(),
+                    location,
+                    problem: Some(e.to_string()),
+                    ..Default::default()
+                },
+                (Ok(()), Ok(u)) => crate::status::PoolStatus {
+                    name: c.name.clone(),
+                    location,
+                    size_bytes: u.data_bytes,
+                    data_percent: u.data_percent,
+                    metadata_percent: Some(u.metadata_percent),
+                    provisioned_bytes: u.provisioned,
+                    problem: past_watermark(c, &u),
+                },
+            };
+            out.push(status);
+        }
+        Ok(out)
+    }
+
     async fn condition(&self, id: &str) -> Result<Option<String>> {
         let rows = self.report_all().await?;
         let Some((class, lv)) = rows.iter().find_map(|l| {
