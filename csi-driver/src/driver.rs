@@ -630,6 +630,11 @@ impl Driver {
         Ok((enforcer.pass(), adopted))
     }
 
+    /// Usage of every pool (metrics, `iolane status`).
+    pub async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+        self.backend.pools().await
+    }
+
     /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
     /// publication's cgroup, caps in place and IO counters (read now).
     pub async fn status(&self) -> Result<crate::status::NodeStatus> {

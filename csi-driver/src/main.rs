@@ -129,9 +129,12 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(backend)
     };
     let pvc = pvc_annotations(&args).await?;
-    let metrics = args
-        .metrics_address
-        .map(|_| Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"))));
+    let pool_gauges = csi_driver::status::PoolGauges::default();
+    let metrics = args.metrics_address.map(|_| {
+        let mut m = Metrics::new(env!("CARGO_PKG_VERSION"));
+        pool_gauges.register(m.registry_mut());
+        Arc::new(m)
+    });
     let mut enforcer = Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs));
     if let Some(m) = &metrics {
         enforcer = enforcer.with_metrics(Arc::clone(m));
@@ -166,6 +169,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tokio::spawn(reconcile_loop(
         driver.clone(),
+        args.metrics_address.map(|_| pool_gauges),
         std::time::Duration::from_secs(args.reconcile_period),
     ));
     server::serve(driver, &name, &socket).await?;
@@ -244,7 +248,11 @@ fn readiness(driver: &Driver) -> Readiness {
 
 /// Runs the io.max reconciler every `period`, starting at once (re-applying after a
 /// restart). A failed pass is logged and retried at the next tick.
-async fn reconcile_loop(driver: Driver, period: std::time::Duration) {
+async fn reconcile_loop(
+    driver: Driver,
+    pools: Option<csi_driver::status::PoolGauges>,
+    period: std::time::Duration,
+) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(period_secs = period.as_secs(), "io.max reconciler started");
@@ -265,6 +273,12 @@ async fn reconcile_loop(driver: Driver, period: std::time::Duration) {
                 );
             }
             Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
+        }
+        if let Some(gauges) = &pools {
+            match driver.pools().await {
+                Ok(p) => gauges.update(&p),
+                Err(e) => tracing::debug!(error = %e, "pool usage not read"),
+            }
         }
     }
 }

@@ -255,8 +255,98 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
     out
 }
 
+/// Pool gauges on `/metrics`, labelled `device_class` and `location`, refreshed by the
+/// node's reconcile loop: `iolane_pool_data_percent`, `iolane_pool_metadata_percent`
+/// (lvm only), `iolane_pool_size_bytes`, `iolane_pool_provisioned_bytes`.
+#[derive(Debug, Default, Clone)]
+pub struct PoolGauges {
+    data: PoolFamily,
+    metadata: PoolFamily,
+    size: PoolFamily,
+    provisioned: PoolFamily,
+}
+
+type PoolFamily = prometheus_client::metrics::family::Family<
+    Vec<(String, String)>,
+    prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+>;
+
+impl PoolGauges {
+    /// Registers the four gauges.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "iolane_pool_data_percent",
+            "Thin pool data usage (loop backend: the state directory's filesystem), percent",
+            self.data.clone(),
+        );
+        registry.register(
+            "iolane_pool_metadata_percent",
+            "Thin pool metadata usage, percent",
+            self.metadata.clone(),
+        );
+        registry.register(
+            "iolane_pool_size_bytes",
+            "Size of the pool's data (loop backend: of the filesystem)",
+            self.size.clone(),
+        );
+        registry.register(
+            "iolane_pool_provisioned_bytes",
+            "Sum of the virtual sizes of the pool's volumes",
+            self.provisioned.clone(),
+        );
+    }
+
+    /// Sets every gauge from `pools`, dropping series of pools no longer reported.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn update(&self, pools: &[PoolStatus]) {
+        for f in [&self.data, &self.metadata, &self.size, &self.provisioned] {
+            f.clear();
+        }
+        for p in pools {
+            let labels = vec![
+                ("device_class".to_owned(), p.name.clone()),
+                ("location".to_owned(), p.location.clone()),
+            ];
+            self.data.get_or_create(&labels).set(p.data_percent);
+            if let Some(m) = p.metadata_percent {
+                self.metadata.get_or_create(&labels).set(m);
+            }
+            self.size.get_or_create(&labels).set(p.size_bytes as f64);
+            self.provisioned
+                .get_or_create(&labels)
+                .set(p.provisioned_bytes as f64);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pool_gauges_follow_the_pools() {
+        let gauges = PoolGauges::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        gauges.register(&mut registry);
+        let pool = |name: &str, data| PoolStatus {
+            name: name.to_owned(),
+            location: format!("vg/{name}"),
+            size_bytes: 1 << 30,
+            data_percent: data,
+            metadata_percent: Some(1.5),
+            provisioned_bytes: 2 << 30,
+            problem: None,
+        };
+        gauges.update(&[pool("a", 12.5), pool("b", 50.0)]);
+        gauges.update(&[pool("a", 13.0)]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"iolane_pool_data_percent{device_class="a",location="vg/a"} 13.0"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"device_class="b""#), "{text}");
+        assert!(text.contains("iolane_pool_provisioned_bytes"), "{text}");
+    }
+
     use super::*;
 
     fn counters(rios: u64, wios: u64) -> Counters {
