@@ -133,6 +133,7 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = args.metrics_address.map(|_| {
         let mut m = Metrics::new(env!("CARGO_PKG_VERSION"));
         pool_gauges.register(m.registry_mut());
+        csi_driver::grpc::register_rpc_metrics(m.registry_mut());
         Arc::new(m)
     });
     let mut enforcer = Enforcer::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs));

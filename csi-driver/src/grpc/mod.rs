@@ -13,7 +13,14 @@ mod node;
 pub mod status;
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tonic::Code;
 
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::identity_server::IdentityServer;
@@ -60,6 +67,60 @@ pub fn central_services(
     )
 }
 
+/// CSI call counts and latencies on `/metrics`: `iolane_csi_requests_total{method,code}`
+/// and `iolane_csi_request_duration_seconds{method}`.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    requests: Family<Vec<(String, String)>, Counter>,
+    duration: Family<Vec<(String, String)>, Histogram, fn() -> Histogram>,
+}
+
+impl RpcMetrics {
+    fn new() -> Self {
+        RpcMetrics {
+            requests: Family::default(),
+            // 1 ms to about 65 s: node calls take milliseconds, LVM ones seconds.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+        }
+    }
+
+    fn record(&self, method: &str, code: Code, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("method".to_owned(), method.to_owned()),
+                ("code".to_owned(), format!("{code:?}")),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("method".to_owned(), method.to_owned())])
+            .observe(seconds);
+    }
+}
+
+static RPC_METRICS: OnceLock<RpcMetrics> = OnceLock::new();
+
+/// Registers the CSI call metrics in `registry`; from then on every call is counted. Only
+/// the first call registers (one process serves one registry).
+pub fn register_rpc_metrics(registry: &mut Registry) {
+    if RPC_METRICS.get().is_some() {
+        return;
+    }
+    let m = RPC_METRICS.get_or_init(RpcMetrics::new);
+    registry.register(
+        "iolane_csi_requests",
+        "CSI calls served, by method and gRPC code",
+        m.requests.clone(),
+    );
+    registry.register_with_unit(
+        "iolane_csi_request_duration",
+        "Time to serve a CSI call, by method",
+        Unit::Seconds,
+        m.duration.clone(),
+    );
+}
+
 /// Runs one RPC body, logs its outcome once, and maps the error to a status.
 async fn rpc<T, F>(name: &'static str, body: F) -> Result<Response<T>, Status>
 where
@@ -67,7 +128,15 @@ where
 {
     let start = Instant::now();
     let out = body.await;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed().as_secs_f64();
+    let ms = elapsed * 1000.0;
+    if let Some(m) = RPC_METRICS.get() {
+        let code = match &out {
+            Ok(_) => Code::Ok,
+            Err(e) => status::code_of(e),
+        };
+        m.record(name, code, elapsed);
+    }
     match out {
         Ok(v) => {
             tracing::debug!(rpc = name, ms, "ok");

@@ -9,7 +9,15 @@ use crate::os;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        let code = match &e {
+        let code = code_of(&e);
+        Status::new(code, chain(&e))
+    }
+}
+
+/// The one CSI status code of each domain error.
+pub fn code_of(e: &Error) -> Code {
+    {
+        match e {
             Error::InvalidArgument { .. } | Error::Unsupported(_) => Code::InvalidArgument,
             Error::VolumeNotFound(_) | Error::PathNotFound { .. } => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
@@ -26,8 +34,7 @@ impl From<Error> for Status {
                 | os::Error::Parse { .. } => Code::Internal,
             },
             Error::Metadata { .. } => Code::Internal,
-        };
-        Status::new(code, chain(&e))
+        }
     }
 }
 
