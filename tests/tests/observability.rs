@@ -66,7 +66,7 @@ async fn fake_api() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         State(seen): State<Seen>,
         UrlPath((ns, name)): UrlPath<(String, String)>,
     ) -> axum::response::Response {
-        seen.lock().unwrap().push(format!(
+        seen.lock().expect("test setup").push(format!(
             "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"
         ));
         let body = match (ns.as_str(), name.as_str()) {
@@ -98,8 +98,8 @@ async fn fake_api() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
             axum::routing::get(pvc),
         )
         .with_state(Arc::clone(&seen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("test setup");
+    let addr = listener.local_addr().expect("test setup");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, seen)
 }
@@ -112,24 +112,24 @@ fn kubeconfig(dir: &Path, api: SocketAddr) -> PathBuf {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: iolane\ncurrent-context: fake\nusers:\n- name: iolane\n  user:\n    token: test-token\n"
         ),
     )
-    .unwrap();
+    .expect("test setup");
     path
 }
 
 /// A free loopback port (bound, then released for the driver to take).
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("test setup")
         .local_addr()
-        .unwrap()
+        .expect("test setup")
 }
 
 /// `GET path` over plain HTTP/1.0: status code and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics address");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("test setup");
     let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    s.read_to_string(&mut text).expect("test setup");
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer");
     let code = head
         .split_whitespace()

@@ -71,9 +71,11 @@ pub fn central_services(
 /// and `iolane_csi_request_duration_seconds{method}`.
 #[derive(Debug, Clone)]
 pub struct RpcMetrics {
-    requests: Family<Vec<(String, String)>, Counter>,
-    duration: Family<Vec<(String, String)>, Histogram, fn() -> Histogram>,
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
 }
+
+type Labels = Vec<(String, String)>;
 
 impl RpcMetrics {
     fn new() -> Self {
