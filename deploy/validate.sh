@@ -4,7 +4,10 @@
 #   - validates every rendered object against the Kubernetes 1.34 schemas, strictly
 #     (unknown fields are errors), skipping only CRD kinds listed by name (PodMonitor);
 #   - checks the invariants a schema cannot express (provisioner flags, pinned images,
-#     resources, privileged and Bidirectional only on the driver, CSIDriver fields, ...);
+#     resources, privileged and Bidirectional only on the driver, CSIDriver fields, the
+#     driver's flags against csi-driver/src/config.rs, ...);
+#   - checks the metrics the code registers against the Grafana dashboard's queries and
+#     the docs;
 #   - runs a self-test proving each invariant check can fail.
 # Prints `N passed, M failed` last; exits non-zero on any failure.
 set -euo pipefail

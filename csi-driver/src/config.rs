@@ -159,8 +159,8 @@ pub struct NodeArgs {
     #[arg(long, env = "IOLANE_RECONCILE_PERIOD", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_period: u64,
-    /// Serve `/metrics` and `/healthz` over HTTP on this address (e.g. `0.0.0.0:9808`);
-    /// not served when unset.
+    /// Serve `/metrics`, `/healthz` and `/status` (what `iolane status` reads) over HTTP
+    /// on this address (e.g. `0.0.0.0:9820`); not served when unset.
     #[arg(long, env = "IOLANE_METRICS_ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Read the PVC's `iolane.dev/tier` annotation through the Kubernetes API at

@@ -6,10 +6,19 @@ For every overlay under deploy/overlays:
   2. validate every object against the Kubernetes 1.34 OpenAPI schemas, strictly (unknown
      fields are errors). Only the kinds in CRD_KINDS are skipped, by name: they come from
      CRDs (the Prometheus Operator's PodMonitor) that the core schemas do not describe;
-  3. check the invariants below, which a schema cannot express.
+  3. check the invariants below, which a schema cannot express (flags and IOLANE_*
+     variables of the `iolane` containers are read from csi-driver/src/config.rs).
+
+Then, once:
+  4. METRICS, the metrics /metrics serves, against the code that registers them;
+  5. every query of deploy/dashboards/iolane.json against METRICS: names, labels, and
+     the `key` values of iolane_volume_io_limit;
+  6. the docs (METRIC_DOCS) against METRICS: no invented names, and docs/operations.md
+     describes every metric.
 
 Then it runs its own self-test: each invariant is fed a broken copy of the default
-overlay and must report it, so a check that can no longer fail is caught.
+overlay, and the dashboard and docs checks broken copies of theirs, and each must report
+it, so a check that can no longer fail is caught.
 
 Exit status 0 only if everything passed. The last line is `N passed, M failed`.
 """
@@ -96,6 +105,41 @@ def rust_keys() -> tuple[set[str], set[str]]:
 
 
 STORAGE_CLASS_KEYS, MUTABLE_KEYS = rust_keys()
+
+
+def rust_cli() -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
+    """From csi-driver/src/config.rs: the long flags of each `iolane` subcommand (the
+    fields of its clap Args struct, plus the global ones of Cli), the values of the flags
+    that take a ValueEnum, and the IOLANE_* environment variables the flags read."""
+    text = (REPO / "csi-driver/src/config.rs").read_text()
+
+    def body(kind: str, name: str) -> str:
+        m = re.search(rf"pub {kind} {name} \{{(.*?)\n\}}", text, re.S)
+        if not m:
+            raise SystemExit(f"check_manifests: {kind} {name} not found in csi-driver/src/config.rs")
+        return m.group(1)
+
+    def flags(struct: str) -> set[str]:
+        # Every field is an `#[arg(long, ...)]`; clap spells `cgroup_root` `--cgroup-root`.
+        return {"--" + f.replace("_", "-") for f in re.findall(r"^\s*pub (\w+):", body("struct", struct), re.M)}
+
+    def variants(enum: str) -> set[str]:
+        return {v.lower() for v in re.findall(r"^\s*(\w+),", body("enum", enum), re.M)}
+
+    global_flags = flags("Cli") - {"--command"}
+    subcommands = {
+        "node": flags("NodeArgs"),
+        "controller": flags("ControllerArgs"),
+        "status": flags("StatusArgs"),
+        "bench": flags("BenchArgs"),
+        "demo": flags("DemoArgs"),
+    }
+    values = {"--kubernetes": variants("KubeMode"), "--log-format": variants("LogFormat")}
+    env = set(re.findall(r'env = "(IOLANE_\w+)"', text))
+    return {k: v | global_flags for k, v in subcommands.items()}, values, env
+
+
+CLI_FLAGS, CLI_VALUES, CLI_ENV = rust_cli()
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +434,41 @@ def controller_wiring(objs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+@check
+def driver_flags(objs: list[dict[str, Any]]) -> list[str]:
+    """Every `iolane` container runs a real subcommand with flags and IOLANE_* variables
+    that exist in csi-driver/src/config.rs, each flag as one `--flag=value` argument."""
+    problems = []
+    seen = 0
+    for o in objs:
+        for c in containers(o):
+            if c.get("name") != DRIVER_CONTAINER:
+                continue
+            seen += 1
+            where = f"{name_of(o)} container {c.get('name')}"
+            args = c.get("args") or []
+            sub = args[0] if args else None
+            if sub not in CLI_FLAGS:
+                problems.append(f"{where}: {sub!r} is not an iolane subcommand")
+                continue
+            for a in args[1:]:
+                if not a.startswith("--"):
+                    problems.append(f"{where}: argument {a!r} is not a --flag=value")
+                    continue
+                flag, _, value = a.partition("=")
+                if flag not in CLI_FLAGS[sub]:
+                    problems.append(f"{where}: `iolane {sub}` has no flag {flag}")
+                elif flag in CLI_VALUES and value not in CLI_VALUES[flag]:
+                    problems.append(f"{where}: {flag}={value} is not one of {sorted(CLI_VALUES[flag])}")
+            for e in c.get("env") or []:
+                n = e.get("name", "")
+                if n.startswith("IOLANE_") and n not in CLI_ENV:
+                    problems.append(f"{where}: env {n} is read by no flag")
+    if not seen:
+        problems.append(f"no container named {DRIVER_CONTAINER}")
+    return problems
+
+
 def node_configs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for o in objs:
@@ -548,6 +627,17 @@ BREAKAGES: list[tuple[str, str, Callable[[list[dict[str, Any]]], None]]] = [
      lambda o: container_by_image(find(o, "Deployment", CONTROLLER_DEPLOYMENT), "/csi-resizer:")["args"].remove("--leader-election")),
     ("controller_wiring", "two replicas",
      lambda o: find(o, "Deployment", CONTROLLER_DEPLOYMENT)["spec"].update(replicas=2)),
+    ("driver_flags", "node flag that does not exist",
+     lambda o: _c(o, DRIVER_CONTAINER)["args"].append("--metrics-port=9820")),
+    ("driver_flags", "node-only flag on the controller",
+     lambda o: container(find(o, "Deployment", CONTROLLER_DEPLOYMENT), DRIVER_CONTAINER)["args"].append("--node-id=x")),
+    ("driver_flags", "--kubernetes with a value it lacks",
+     lambda o: _c(o, DRIVER_CONTAINER).update(args=[
+         "--kubernetes=on" if a.startswith("--kubernetes=") else a for a in _c(o, DRIVER_CONTAINER)["args"]])),
+    ("driver_flags", "flag value as a separate argument",
+     lambda o: _c(o, DRIVER_CONTAINER)["args"].extend(["--reconcile-period", "10"])),
+    ("driver_flags", "IOLANE_ variable no flag reads",
+     lambda o: _c(o, DRIVER_CONTAINER)["env"].append({"name": "IOLANE_METRICS_PORT", "value": "9820"})),
     ("node_config_keys", "misspelt device-class key",
      lambda o: next(x for x in o if x.get("kind") == "ConfigMap")["data"].update(
          {"node.toml": '[[device_class]]\nname = "a"\ndevices = ["/dev/sda"]\noverprovision = 2.0\n'})),
@@ -591,23 +681,208 @@ def self_test(base: list[dict[str, Any]]) -> list[str]:
     return failures
 
 
-def dashboard_problems() -> list[str]:
-    """The Grafana dashboard parses and queries only iolane's own metrics."""
+# ---------------------------------------------------------------------------------------
+# Metrics: what /metrics serves, checked against the code; then the dashboard and the docs
+# checked against that.
+
+IOC_METRICS = "iops-controller/src/metrics.rs"
+POOL_METRICS = "csi-driver/src/status.rs"
+
+# Name as scraped -> (type, labels, source file, name the code registers: prometheus_client
+# adds `_total` to counters and the unit, `_bytes` or `_seconds`).
+METRICS: dict[str, tuple[str, frozenset[str], str, str]] = {
+    "iolane_volume_io_limit": ("gauge", frozenset({"volume", "pod_uid", "tier", "key"}), IOC_METRICS, "iolane_volume_io_limit"),
+    "iolane_volume_read_ios_total": ("counter", frozenset({"volume", "pod_uid"}), IOC_METRICS, "iolane_volume_read_ios"),
+    "iolane_volume_write_ios_total": ("counter", frozenset({"volume", "pod_uid"}), IOC_METRICS, "iolane_volume_write_ios"),
+    "iolane_volume_read_bytes_total": ("counter", frozenset({"volume", "pod_uid"}), IOC_METRICS, "iolane_volume_read"),
+    "iolane_volume_write_bytes_total": ("counter", frozenset({"volume", "pod_uid"}), IOC_METRICS, "iolane_volume_write"),
+    "iolane_reconcile_passes_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_passes"),
+    "iolane_reconcile_applies_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_applies"),
+    "iolane_reconcile_repairs_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_repairs"),
+    "iolane_reconcile_pending_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_pending"),
+    "iolane_reconcile_gone_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_gone"),
+    "iolane_reconcile_errors_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_errors"),
+    "iolane_reconcile_last_pass_duration_seconds": ("gauge", frozenset(), IOC_METRICS, "iolane_reconcile_last_pass_duration"),
+    "iolane_build_info": ("gauge", frozenset({"version"}), IOC_METRICS, "iolane_build_info"),
+    "iolane_pool_data_percent": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_data_percent"),
+    "iolane_pool_metadata_percent": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_metadata_percent"),
+    "iolane_pool_size_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_size_bytes"),
+    "iolane_pool_provisioned_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_provisioned_bytes"),
+}
+# Labels Prometheus puts on every sample of a target, and `node`, which the monitoring
+# overlay's PodMonitor copies from the pod's node name.
+TARGET_LABELS = frozenset({"node", "instance", "job", "namespace", "pod", "container", "endpoint"})
+# Values of iolane_volume_io_limit's `key`. A key at `max` has no series.
+IO_LIMIT_KEYS = {"riops", "wiops", "rbps", "wbps"}
+# Files that document the metrics; every name in them must be real.
+METRIC_DOCS = ("docs/operations.md", "README.md", "deploy/README.md")
+# The one that is the reference: it must name every metric.
+METRIC_REFERENCE = "docs/operations.md"
+
+
+def series_names() -> dict[str, frozenset[str]]:
+    """Every series name a scrape can return, with the labels it may carry."""
+    out = {}
+    for name, (kind, labels, _, _) in METRICS.items():
+        if kind == "histogram":
+            out[f"{name}_bucket"] = labels | {"le"}
+            out[f"{name}_sum"] = labels
+            out[f"{name}_count"] = labels
+        else:
+            out[name] = labels
+    return out
+
+
+def code_without_tests(path: Path) -> str:
+    text = path.read_text()
+    return text.split("#[cfg(test)]", 1)[0]
+
+
+def metrics_problems() -> list[str]:
+    """METRICS matches the code both ways: each entry is registered, with its labels, in
+    its file; each metric name registered anywhere in the driver's code is in METRICS."""
+    problems = []
+    for name, (_, labels, src, registered) in METRICS.items():
+        text = code_without_tests(REPO / src)
+        if f'"{registered}"' not in text:
+            problems.append(f"{name}: {src} registers no {registered!r}")
+        for label in labels:
+            if f'"{label}"' not in text:
+                problems.append(f"{name}: {src} has no label {label!r}")
+    known = {registered for _, _, _, registered in METRICS.values()}
+    for crate in ("csi-driver/src", "iops-controller/src"):
+        for path in sorted((REPO / crate).rglob("*.rs")):
+            if path.name == "tests.rs" or "tests" in path.relative_to(REPO / crate).parts[:-1]:
+                continue
+            for literal in re.findall(r'"(iolane_[a-z0-9_]+)"', code_without_tests(path)):
+                if literal not in known:
+                    problems.append(
+                        f"{path.relative_to(REPO)} registers {literal!r}, which METRICS (and so "
+                        f"the dashboard and docs checks) does not know"
+                    )
+    return problems
+
+
+def dashboard_exprs(dash: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(where, PromQL, legend) of every query of the dashboard, templating included."""
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels") or [])
+
+    for p in panels(dash.get("panels") or []):
+        for t in p.get("targets") or []:
+            yield f"panel {p.get('title')!r}", t.get("expr", ""), t.get("legendFormat", "")
+    for v in (dash.get("templating") or {}).get("list") or []:
+        if v.get("type") == "query":
+            q = v.get("query")
+            yield f"variable {v.get('name')!r}", q.get("query", "") if isinstance(q, dict) else q or "", ""
+
+
+def expr_problems(expr: str, legend: str) -> list[str]:
+    series = series_names()
+    problems = []
+    # Only iolane's own series, by their real names.
+    for n in set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr)) - {"by", "without", "on", "ignoring"}:
+        if not n.startswith("iolane_"):
+            problems.append(f"queries {n}, not an iolane metric")
+    used = set(re.findall(r"\biolane_[a-z0-9_]+", expr))
+    for n in sorted(used - set(series)):
+        problems.append(f"queries {n}, which iolane does not export")
+    allowed = TARGET_LABELS.union(*(series.get(n, frozenset()) for n in used))
+    # Label matchers: labels of that series; `key` values that have series.
+    for n, matchers in re.findall(r"\b(iolane_[a-z0-9_]+)\s*\{([^}]*)\}", expr):
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+            if n in series and label not in series[n] | TARGET_LABELS:
+                problems.append(f"selects {n} by {label!r}, a label it does not have")
+            if n == "iolane_volume_io_limit" and label == "key" and op == "=" and value not in IO_LIMIT_KEYS:
+                problems.append(f'selects iolane_volume_io_limit{{key="{value}"}}, which has no series')
+    # Grouping and matching labels, label_values() and the legend: labels of the series used.
+    grouped = re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr)
+    names = [x.strip() for g in grouped for x in g.split(",") if x.strip()]
+    names += re.findall(r"label_values\([^,]*,\s*(\w+)\s*\)", expr)
+    names += re.findall(r"\{\{\s*(\w+)\s*\}\}", legend)
+    for label in sorted(set(names) - allowed):
+        problems.append(f"uses the label {label!r}, which none of {sorted(used)} has")
+    return problems
+
+
+def dashboard_problems(dash: dict[str, Any]) -> list[str]:
+    """Every query of the Grafana dashboard uses only metrics iolane exports, with labels
+    they have."""
+    problems = []
+    for where, expr, legend in dashboard_exprs(dash):
+        problems += [f"iolane.json {where}: {p}" for p in expr_problems(expr, legend)]
+    return problems
+
+
+def load_dashboard() -> tuple[dict[str, Any] | None, list[str]]:
     import json
 
     path = DEPLOY / "dashboards/iolane.json"
     try:
-        dash = json.loads(path.read_text())
+        return json.loads(path.read_text()), []
     except (OSError, ValueError) as e:
-        return [f"{path.name}: {e}"]
+        return None, [f"{path.name}: {e}"]
+
+
+def docs_problems(texts: dict[str, str] | None = None) -> list[str]:
+    """The docs name only real metrics, and the reference names every one."""
+    if texts is None:
+        texts = {d: (REPO / d).read_text() for d in METRIC_DOCS}
+    series = series_names()
     problems = []
-    for p in dash.get("panels", []):
-        for t in p.get("targets", []):
-            names = set(re.findall(r"\b([a-z_][a-z0-9_]*)\{", t.get("expr", "")))
-            for n in names - {"by"}:
-                if not n.startswith("iolane_"):
-                    problems.append(f"{path.name}: panel {p.get('title')!r} queries {n}")
+    for doc, text in texts.items():
+        for token in sorted(set(re.findall(r"\biolane_[a-z0-9_]+", text))):
+            real = token in series or (token.endswith("_") and any(s.startswith(token) for s in series))
+            if not real:
+                problems.append(f"{doc} names {token}, which iolane does not export")
+    reference = texts.get(METRIC_REFERENCE, "")
+    for name in METRICS:
+        if f"`{name}`" not in reference:
+            problems.append(f"{METRIC_REFERENCE} does not describe {name}")
     return problems
+
+
+# Breakages of the dashboard and the docs; each must be reported.
+def _dash_expr(dash: dict[str, Any], old: str, new: str) -> None:
+    for _, expr, _ in dashboard_exprs(dash):
+        if old in expr:
+            break
+    else:
+        raise AssertionError(f"self-test: no dashboard query contains {old!r}")
+    for p in dash["panels"]:
+        for t in p.get("targets") or []:
+            t["expr"] = t.get("expr", "").replace(old, new)
+
+
+DASHBOARD_BREAKAGES: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("a metric renamed", lambda d: _dash_expr(d, "iolane_volume_read_ios_total", "iolane_volume_read_ops_total")),
+    ("a label the metric lacks", lambda d: _dash_expr(d, "by (node, volume)", "by (node, volume, pvc)")),
+    ("a key that has no series", lambda d: _dash_expr(d, 'key="wiops"', 'key="max"')),
+    ("a metric of another exporter", lambda d: _dash_expr(d, "iolane_build_info{", "kube_pod_info{")),
+    ("a selector label the series lacks", lambda d: _dash_expr(d, 'iolane_reconcile_repairs_total{node=~"$node"}',
+                                                            'iolane_reconcile_repairs_total{node=~"$node", reason="drift"}')),
+]
+
+
+def dashboard_self_test(dash: dict[str, Any]) -> list[str]:
+    failures = []
+    if dashboard_problems(copy.deepcopy(dash)):
+        failures.append("self-test: the dashboard check fails on the unbroken dashboard")
+    for what, breakage in DASHBOARD_BREAKAGES:
+        d = copy.deepcopy(dash)
+        breakage(d)
+        if not dashboard_problems(d):
+            failures.append(f"self-test: the dashboard check did not report: {what}")
+    texts = {d: (REPO / d).read_text() for d in METRIC_DOCS}
+    for what, broken in (
+        ("a metric the docs invent", dict(texts, **{"README.md": texts["README.md"] + "\n`iolane_volume_capacity_bytes`\n"})),
+        ("a metric the reference omits", dict(texts, **{METRIC_REFERENCE: texts[METRIC_REFERENCE].replace("`iolane_build_info`", "build info")})),
+    ):
+        if not docs_problems(broken):
+            failures.append(f"self-test: the docs check did not report: {what}")
+    return failures
 
 
 # ---------------------------------------------------------------------------------------
@@ -651,10 +926,16 @@ def main() -> int:
               f"{KUBERNETES_VERSION} (strict), {skipped} CRD objects skipped")
         for name, fn in CHECKS.items():
             tally.record(f"{label}: {name}", fn(objs))
-    tally.record("dashboard", dashboard_problems())
+    tally.record("metrics table against the code", metrics_problems())
+    dash, problems = load_dashboard()
+    tally.record("dashboard", problems or dashboard_problems(dash))
+    tally.record("docs name real metrics", docs_problems())
     if "default" in rendered:
         failures = self_test(rendered["default"])
+        if dash is not None:
+            failures += dashboard_self_test(dash)
         print(f"  self-test: {len(BREAKAGES)} breakages for {len(CHECKS)} invariants, "
+              f"{len(DASHBOARD_BREAKAGES) + 2} for the dashboard and docs checks, "
               f"plus strict-schema breakages: {len(failures)} not caught")
         tally.record("self-test", failures)
     else:
