@@ -687,6 +687,7 @@ def self_test(base: list[dict[str, Any]]) -> list[str]:
 
 IOC_METRICS = "iops-controller/src/metrics.rs"
 POOL_METRICS = "csi-driver/src/status.rs"
+RPC_METRICS = "csi-driver/src/grpc/mod.rs"
 
 # Name as scraped -> (type, labels, source file, name the code registers: prometheus_client
 # adds `_total` to counters and the unit, `_bytes` or `_seconds`).
@@ -708,14 +709,22 @@ METRICS: dict[str, tuple[str, frozenset[str], str, str]] = {
     "iolane_pool_metadata_percent": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_metadata_percent"),
     "iolane_pool_size_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_size_bytes"),
     "iolane_pool_provisioned_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_provisioned_bytes"),
+    "iolane_csi_requests_total": ("counter", frozenset({"method", "code"}), RPC_METRICS, "iolane_csi_requests"),
+    "iolane_csi_request_duration_seconds": ("histogram", frozenset({"method"}), RPC_METRICS, "iolane_csi_request_duration"),
 }
 # Labels Prometheus puts on every sample of a target, and `node`, which the monitoring
 # overlay's PodMonitor copies from the pod's node name.
 TARGET_LABELS = frozenset({"node", "instance", "job", "namespace", "pod", "container", "endpoint"})
 # Values of iolane_volume_io_limit's `key`. A key at `max` has no series.
 IO_LIMIT_KEYS = {"riops", "wiops", "rbps", "wbps"}
+# Values of iolane_csi_requests_total's `code`: tonic's Code, as `{code:?}` prints it.
+GRPC_CODES = {
+    "Ok", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+    "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+}
 # Files that document the metrics; every name in them must be real.
-METRIC_DOCS = ("docs/operations.md", "README.md", "deploy/README.md")
+METRIC_DOCS = ("docs/operations.md", "README.md", "deploy/README.md", "ARCHITECTURE.md")
 # The one that is the reference: it must name every metric.
 METRIC_REFERENCE = "docs/operations.md"
 
@@ -797,6 +806,8 @@ def expr_problems(expr: str, legend: str) -> list[str]:
                 problems.append(f"selects {n} by {label!r}, a label it does not have")
             if n == "iolane_volume_io_limit" and label == "key" and op == "=" and value not in IO_LIMIT_KEYS:
                 problems.append(f'selects iolane_volume_io_limit{{key="{value}"}}, which has no series')
+            if n == "iolane_csi_requests_total" and label == "code" and op in ("=", "!=") and value not in GRPC_CODES:
+                problems.append(f'selects code="{value}", not a gRPC code as the label spells it ({sorted(GRPC_CODES)})')
     # Grouping and matching labels, label_values() and the legend: labels of the series used.
     grouped = re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr)
     names = [x.strip() for g in grouped for x in g.split(",") if x.strip()]
@@ -834,7 +845,9 @@ def docs_problems(texts: dict[str, str] | None = None) -> list[str]:
     problems = []
     for doc, text in texts.items():
         for token in sorted(set(re.findall(r"\biolane_[a-z0-9_]+", text))):
-            real = token in series or (token.endswith("_") and any(s.startswith(token) for s in series))
+            real = token in series or token in METRICS or (
+                token.endswith("_") and any(s.startswith(token) for s in series)
+            )
             if not real:
                 problems.append(f"{doc} names {token}, which iolane does not export")
     reference = texts.get(METRIC_REFERENCE, "")
@@ -861,6 +874,7 @@ DASHBOARD_BREAKAGES: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("a label the metric lacks", lambda d: _dash_expr(d, "by (node, volume)", "by (node, volume, pvc)")),
     ("a key that has no series", lambda d: _dash_expr(d, 'key="wiops"', 'key="max"')),
     ("a metric of another exporter", lambda d: _dash_expr(d, "iolane_build_info{", "kube_pod_info{")),
+    ("a gRPC code spelt as in the CSI spec", lambda d: _dash_expr(d, 'code!="Ok"', 'code!="OK"')),
     ("a selector label the series lacks", lambda d: _dash_expr(d, 'iolane_reconcile_repairs_total{node=~"$node"}',
                                                             'iolane_reconcile_repairs_total{node=~"$node", reason="drift"}')),
 ]
