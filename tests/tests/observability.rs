@@ -98,7 +98,9 @@ async fn fake_api() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
             axum::routing::get(pvc),
         )
         .with_state(Arc::clone(&seen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("test setup");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test setup");
     let addr = listener.local_addr().expect("test setup");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, seen)
