@@ -563,8 +563,17 @@ fn bench(p: &Published, json: &Path) -> f64 {
 #[tokio::test]
 async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
     require_vm!();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let mut d = Driver::start_with(Options {
-        args: vec!["--reconcile-period".into(), RECONCILE_SECS.to_string()],
+        args: vec![
+            "--reconcile-period".into(),
+            RECONCILE_SECS.to_string(),
+            "--metrics-address".into(),
+            metrics.clone(),
+        ],
         config: Some(TIERS.to_owned()),
         ..Options::default()
     })
@@ -594,17 +603,60 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
         "streaming is capped: {text:?}"
     );
 
+    // What an operator sees: /metrics and `iolane status` show the tier and the caps.
+    let text = run("curl", &["-sf", &format!("http://{metrics}/metrics")]);
+    let want = format!("iolane_volume_io_limit{{volume=\"{}\",pod_uid=", batch.id);
+    let limit_lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&want)).collect();
+    assert!(
+        limit_lines
+            .iter()
+            .any(|l| l.contains("tier=\"batch\",key=\"riops\"") && l.ends_with(" 200")),
+        "/metrics lacks the batch riops cap: {limit_lines:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("iolane_volume_io_limit") && l.contains(&streaming.id)),
+        "streaming has a cap series on /metrics"
+    );
+    assert!(
+        text.contains("iolane_pool_data_percent{device_class=\"default\""),
+        "/metrics lacks the pool gauges"
+    );
+    note(format!(
+        "/metrics (iolane_volume_io_limit lines): {limit_lines:#?}"
+    ));
+
     let out = d.root().join("bench");
     fs::create_dir_all(&out).expect("bench dir");
     let alone = bench(&streaming, &out.join("streaming-alone.json"));
-    let (s_tog, b_tog) = std::thread::scope(|s| {
+    let (s_tog, b_tog, status) = std::thread::scope(|s| {
         let st = s.spawn(|| bench(&streaming, &out.join("streaming-together.json")));
         let bt = s.spawn(|| bench(&batch, &out.join("batch-together.json")));
+        // Read while both run, so the live IOPS column has something to show.
+        let status = run(
+            &binary().to_string_lossy(),
+            &["status", "--address", &metrics, "--interval", "2"],
+        );
         (
             st.join().expect("streaming bench"),
             bt.join().expect("batch bench"),
+            status,
         )
     });
+    note(format!("iolane status during the load:\n{status}"));
+    for want in [
+        batch.id.as_str(),
+        streaming.id.as_str(),
+        "streaming",
+        "riops=200",
+        "r/s",
+    ] {
+        assert!(
+            status.contains(want),
+            "`iolane status` lacks {want:?}:\n{status}"
+        );
+    }
     let ratio = b_tog / BATCH_IOPS as f64;
     note(format!(
         "figures: streaming alone {alone:.0} IOPS; together: streaming {s_tog:.0} IOPS, batch {b_tog:.0} IOPS for a limit of {BATCH_IOPS} (achieved/limit {ratio:.3}); streaming kept {:.0}% of its alone rate",
