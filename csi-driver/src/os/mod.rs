@@ -5,6 +5,7 @@
 //! is tested on tempdirs and recording fakes.
 
 pub mod command;
+pub mod dm;
 pub mod lvm;
 pub mod mountinfo;
 
@@ -356,8 +357,20 @@ impl Os {
         Ok(sectors * 512)
     }
 
-    /// Looks for any signature on `device` with `blkid -p` (low-level probe, no cache).
+    /// Looks for any signature on `device`: blank without a spawn when its first and last
+    /// MiB read as zeros (see [`zero_at_both_ends`]), otherwise whatever `blkid -p`
+    /// (low-level probe, no cache) identifies.
     pub async fn probe(&self, device: &Path) -> Result<Signature> {
+        match zero_at_both_ends(device) {
+            Ok(true) => {
+                tracing::debug!(device = %device.display(), "first and last MiB read as zeros: blank");
+                return Ok(Signature::Blank);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(device = %device.display(), error = %e, "could not read the device's ends; asking blkid");
+            }
+        }
         let cmd = Cmd::new("blkid", SHORT_TIMEOUT)
             .arg("-p")
             .arg("-o")
@@ -417,6 +430,50 @@ impl Os {
     }
 }
 
+/// How much of each end of a device [`zero_at_both_ends`] reads.
+pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
+
+/// Whether the first and the last [`BLANK_CHECK_BYTES`] of `device` (a block device or a
+/// file) are all zero bytes. Every signature `blkid` knows (filesystem superblocks and
+/// their primary copies, LVM and RAID labels, LUKS headers, both GPT headers, MBR, swap)
+/// lies in those ranges, so such a device is blank. `false` for an empty device, which
+/// is left to `blkid`.
+pub fn zero_at_both_ends(device: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |op: &'static str, e: std::io::Error| Error::io(op, device, e);
+    let mut f = std::fs::File::open(device).map_err(|e| io("open", e))?;
+    // A block device reports its size only through seeking to its end.
+    let size = f.seek(SeekFrom::End(0)).map_err(|e| io("seek", e))?;
+    if size == 0 {
+        return Ok(false);
+    }
+    let head = size.min(BLANK_CHECK_BYTES);
+    let tail_start = size.saturating_sub(BLANK_CHECK_BYTES).max(head);
+    let mut buf = vec![0u8; 64 << 10];
+    for (start, len) in [(0, head), (tail_start, size - tail_start)] {
+        f.seek(SeekFrom::Start(start)).map_err(|e| io("seek", e))?;
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = f.read(&mut buf[..want]).map_err(|e| io("read", e))?;
+            if n == 0 {
+                return Err(io(
+                    "read",
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the device ended before its reported size",
+                    ),
+                ));
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            left -= n as u64;
+        }
+    }
+    Ok(true)
+}
+
 fn parse_blkid_export(stdout: &str) -> Signature {
     let mut fs = None;
     let mut pt = None;
@@ -459,6 +516,77 @@ mod tests {
         assert_eq!(
             parse_blkid_export("DEVNAME=/dev/loop0\nPTUUID=a\nPTTYPE=gpt\n"),
             Signature::PartitionTable("gpt".into())
+        );
+    }
+
+    #[test]
+    fn blank_check_reads_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, size: u64, writes: &[(u64, &[u8])]| {
+            use std::io::{Seek, SeekFrom, Write};
+            let p = dir.path().join(name);
+            let mut f = std::fs::File::create(&p).unwrap();
+            f.set_len(size).unwrap();
+            for (at, bytes) in writes {
+                f.seek(SeekFrom::Start(*at)).unwrap();
+                f.write_all(bytes).unwrap();
+            }
+            p
+        };
+        let mib = BLANK_CHECK_BYTES;
+        // Sparse and zero: blank, whatever the size (smaller than both ranges too).
+        assert!(zero_at_both_ends(&file("zero", 64 * mib, &[])).unwrap());
+        assert!(zero_at_both_ends(&file("tiny", 4096, &[])).unwrap());
+        // An ext4 superblock magic at 1080, a GPT backup header at the last sector, an
+        // LVM label in sector 1, a byte just inside the end of the head range.
+        for (name, at) in [
+            ("ext4", 1080),
+            ("gpt-backup", 64 * mib - 512),
+            ("lvm", 512),
+            ("head-edge", mib - 1),
+            ("tail-edge", 63 * mib),
+        ] {
+            let p = file(name, 64 * mib, &[(at, b"\x53\xef")]);
+            assert!(!zero_at_both_ends(&p).unwrap(), "{name}");
+        }
+        // Data in the middle only is outside both ranges: blank as far as signatures go.
+        assert!(zero_at_both_ends(&file("middle", 64 * mib, &[(32 * mib, b"x")])).unwrap());
+        assert!(!zero_at_both_ends(&file("empty", 0, &[])).unwrap());
+        let err = zero_at_both_ends(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().starts_with("open "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn probe_skips_blkid_for_a_zeroed_device_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Arc::new(command::RecordingRunner::default());
+        let os = Os::new(runner.clone(), Roots::default());
+        let zero = dir.path().join("zero");
+        std::fs::File::create(&zero)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        assert_eq!(os.probe(&zero).await.unwrap(), Signature::Blank);
+        assert!(runner.calls().is_empty());
+        let used = dir.path().join("used");
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[1080] = 0x53;
+        std::fs::write(&used, &bytes).unwrap();
+        runner.answer(
+            "blkid ",
+            Output {
+                status: Some(0),
+                stdout: "TYPE=ext4\n".to_owned(),
+                stderr: String::new(),
+            },
+        );
+        assert_eq!(
+            os.probe(&used).await.unwrap(),
+            Signature::Filesystem("ext4".into())
+        );
+        assert_eq!(
+            runner.calls(),
+            vec![format!("blkid -p -o export -- {}", used.display())]
         );
     }
 
