@@ -70,8 +70,9 @@ struct Class {
     cfg: DeviceClass,
     /// `Err` says why the pool could not be created or adopted at start-up.
     state: std::result::Result<(), String>,
-    /// Serialises admission with the `lvcreate`/`lvextend` it admits, so two calls cannot
-    /// both take the last provisionable bytes of this pool.
+    /// Serialises admission decisions, so two calls cannot both take the last
+    /// provisionable bytes of this pool: a create holds it until its reservation is in the
+    /// index (not across `lvcreate`), an expand across its `lvextend`.
     admission: Mutex<()>,
 }
 
@@ -125,8 +126,29 @@ struct PoolFacts {
 #[derive(Debug, Default)]
 struct Index {
     volumes: HashMap<String, Entry>,
+    /// Admitted creates whose `lvcreate` is running: volume ID -> (class, virtual bytes).
+    /// Admission counts them, so the admission lock need not be held across the command.
+    reserved: HashMap<String, (usize, u64)>,
     /// Per class, in `LvmBackend::classes` order; `None` until a report of its VG is seen.
     pools: Vec<Option<PoolFacts>>,
+}
+
+impl Index {
+    /// Whether an LV name is an indexed volume or a create in flight (not foreign).
+    fn known(&self, name: &str) -> bool {
+        self.volumes.contains_key(name) || self.reserved.contains_key(name)
+    }
+
+    /// Virtual bytes of `class`'s in-flight creates whose LV is not in `rows` yet.
+    fn reserved_in(&self, class: usize, rows: Option<&[Lv]>) -> u64 {
+        self.reserved
+            .iter()
+            .filter(|(id, (c, _))| {
+                *c == class && rows.is_none_or(|r| !r.iter().any(|l| &l.name == *id))
+            })
+            .map(|(_, (_, bytes))| bytes)
+            .sum()
+    }
 }
 
 /// One thin pool's figures, from one report.
@@ -200,6 +222,7 @@ impl LvmBackend {
             },
             index: std::sync::Mutex::new(Index {
                 volumes: HashMap::new(),
+                reserved: HashMap::new(),
                 pools,
             }),
         };
@@ -276,15 +299,17 @@ impl LvmBackend {
         }))
     }
 
-    /// Rebuilds the whole index from a report of every ready class's VG. Callers hold
-    /// every ready class's admission lock (or run before serving), so no create, expand
-    /// or removal of this process changes LVM between the report and this call.
+    /// Brings the index in line with a report of every ready class's VG: every iolane
+    /// volume in it is (re)indexed, and an indexed volume missing from it is dropped unless
+    /// its device node is there (then a create finished after the report was taken). No
+    /// lock is held across the report: an LV removed after it was taken may be indexed
+    /// again, and the next lookup, finding no device node, asks LVM and drops it.
     fn absorb_all(&self, rows: &[Lv]) {
-        let mut volumes = HashMap::new();
+        let mut fresh = HashMap::new();
         for lv in rows {
             match self.entry_of(lv) {
                 Some(Ok(e)) => {
-                    volumes.insert(lv.name.clone(), e);
+                    fresh.insert(lv.name.clone(), e);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(lv.name = %lv.name, vg = %lv.vg, error = %e, "not indexing an LV whose iolane tags cannot be read");
@@ -292,6 +317,17 @@ impl LvmBackend {
                 None => {}
             }
         }
+        let mut index = self.index();
+        let stale: Vec<String> = index
+            .volumes
+            .iter()
+            .filter(|(id, e)| !fresh.contains_key(*id) && self.os.lv_device(&e.vg, id).is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            index.volumes.remove(&id);
+        }
+        index.volumes.extend(fresh);
         let pools = self
             .classes
             .iter()
@@ -299,21 +335,16 @@ impl LvmBackend {
                 if c.state.is_err() {
                     return None;
                 }
-                pool_facts(&c.cfg, rows, |name| volumes.contains_key(name))
+                pool_facts(&c.cfg, rows, |name| index.known(name))
             })
             .collect();
-        let mut index = self.index();
-        index.volumes = volumes;
         index.pools = pools;
     }
 
-    /// Updates one class's pool figures from a report of its VG. Callers hold the class's
-    /// admission lock.
+    /// Updates one class's pool figures from a report of its VG.
     fn absorb_pool(&self, class: usize, rows: &[Lv]) {
         let mut index = self.index();
-        let facts = pool_facts(&self.classes[class].cfg, rows, |name| {
-            index.volumes.contains_key(name)
-        });
+        let facts = pool_facts(&self.classes[class].cfg, rows, |name| index.known(name));
         if let Some(slot) = index.pools.get_mut(class) {
             *slot = facts;
         }
@@ -385,7 +416,7 @@ impl LvmBackend {
                 .filter(|e| e.class == class)
                 .map(|e| e.volume.capacity_bytes)
                 .sum();
-            (facts, indexed)
+            (facts, indexed + index.reserved_in(class, None))
         };
         let status = self
             .pool_status
@@ -410,7 +441,9 @@ impl LvmBackend {
                 tracing::debug!(device_class = %c.name, reason = %why, "pool status not available in-process; reading it with lvs");
                 let rows = self.lvs(&[&c.vg]).await?;
                 self.absorb_pool(class, &rows);
-                Ok((usage(c, &rows)?, Some(rows)))
+                let mut u = usage(c, &rows)?;
+                u.provisioned += self.index().reserved_in(class, Some(&rows));
+                Ok((u, Some(rows)))
             }
         }
     }
@@ -516,8 +549,8 @@ impl LvmBackend {
     }
 
     /// Discards an indexed volume's blocks (activating it first if needed), then removes
-    /// it under its class's admission lock and drops it from the index. An LV that is
-    /// already gone when `lvremove` runs counts as removed.
+    /// it and drops it from the index. An LV that is already gone when `lvremove` runs
+    /// counts as removed.
     async fn remove_volume(&self, id: &str, e: &Entry) -> Result<()> {
         let dev = match self.os.lv_device(&e.vg, id) {
             Some(dev) => dev,
@@ -529,8 +562,6 @@ impl LvmBackend {
         // Freed blocks go back to the pool; without the discard a pool that does not zero
         // new chunks could hand this volume's bytes to the next one.
         self.os.discard(&dev).await?;
-        let class = &self.classes[e.class];
-        let _admit = class.admission.lock().await;
         if let Err(err) = self.os.remove_lv(&e.vg, id).await {
             let rows = self.lvs(&[&e.vg]).await?;
             if rows.iter().any(|l| l.name == id) {
@@ -902,18 +933,9 @@ impl Backend for LvmBackend {
     }
 
     async fn list(&self) -> Result<Vec<Volume>> {
-        // ListVolumes is authoritative: it reads LVM and rebuilds the index from what it
-        // read, holding every admission lock so no create, expand or removal of this
-        // process lands between the report and the rebuild.
-        let rows = {
-            let mut guards = Vec::new();
-            for c in self.ready_classes() {
-                guards.push(c.admission.lock().await);
-            }
-            let rows = self.report_all().await?;
-            self.absorb_all(&rows);
-            rows
-        };
+        // ListVolumes is authoritative: it reads LVM, and the index follows what it read.
+        let rows = self.report_all().await?;
+        self.absorb_all(&rows);
         let mut out = Vec::new();
         for lv in rows
             .iter()
@@ -933,23 +955,35 @@ impl Backend for LvmBackend {
         let (ci, class) = self.class_for(&spec.parameters)?;
         let c = &class.cfg;
         let tags = tags::encode(spec)?;
-        let _admit = class.admission.lock().await;
         // The volume may exist in any class; the driver compares it with the request.
         if let Some(e) = self.lookup(&spec.id).await? {
             return Ok(Created::Existing(e.volume));
         }
-        let (u, rows) = self.admission_usage(ci).await?;
-        if let Some(rows) = &rows
-            && let Some(v) = self.existing_in(c, &spec.id, rows)?
-        {
-            return Ok(Created::Existing(v));
-        }
-        admit(c, &u, spec.size)?;
-        if let Err(err) = self
+        // Admission and the reservation it makes are one step under the class's lock; the
+        // lvcreate runs outside it, so creates of different volumes overlap as far as
+        // LVM's own VG lock lets them.
+        let u = {
+            let _admit = class.admission.lock().await;
+            let (u, rows) = self.admission_usage(ci).await?;
+            if let Some(rows) = &rows
+                && let Some(v) = self.existing_in(c, &spec.id, rows)?
+            {
+                return Ok(Created::Existing(v));
+            }
+            admit(c, &u, spec.size)?;
+            self.index()
+                .reserved
+                .insert(spec.id.clone(), (ci, spec.size.next_multiple_of(u.extent)));
+            u
+        };
+        let created = self
             .os
             .create_thin_lv(&c.vg, &c.thin_pool, &spec.id, spec.size, &tags)
-            .await
-        {
+            .await;
+        if created.is_err() {
+            self.index().reserved.remove(&spec.id);
+        }
+        if let Err(err) = created {
             // An LV of this name that the index did not know (a foreign one, or the
             // `lvcreate` of a killed iolane that finished meanwhile) makes lvcreate fail:
             // one report says which.
@@ -968,15 +1002,19 @@ impl Backend for LvmBackend {
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
         };
-        self.index().volumes.insert(
-            spec.id.clone(),
-            Entry {
-                class: ci,
-                vg: c.vg.clone(),
-                volume: volume.clone(),
-                active: true,
-            },
-        );
+        {
+            let mut index = self.index();
+            index.reserved.remove(&spec.id);
+            index.volumes.insert(
+                spec.id.clone(),
+                Entry {
+                    class: ci,
+                    vg: c.vg.clone(),
+                    volume: volume.clone(),
+                    active: true,
+                },
+            );
+        }
         tracing::debug!(volume.id = %spec.id, vg = %c.vg, size = spec.size, "created thin LV");
         Ok(Created::New(volume))
     }
@@ -991,13 +1029,11 @@ impl Backend for LvmBackend {
 
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
         let (ci, class) = self.class_for(parameters)?;
-        let rows = {
-            let _admit = class.admission.lock().await;
-            let rows = self.lvs(&[&class.cfg.vg]).await?;
-            self.absorb_pool(ci, &rows);
-            rows
-        };
-        Ok(capacity_of(&class.cfg, &usage(&class.cfg, &rows)?))
+        let rows = self.lvs(&[&class.cfg.vg]).await?;
+        self.absorb_pool(ci, &rows);
+        let mut u = usage(&class.cfg, &rows)?;
+        u.provisioned += self.index().reserved_in(ci, Some(&rows));
+        Ok(capacity_of(&class.cfg, &u))
     }
 
     async fn expand(&self, id: &str, size: u64) -> Result<u64> {

@@ -678,8 +678,15 @@ async fn the_index_asks_lvm_when_the_device_nodes_disagree() {
 async fn list_is_authoritative_and_rebuilds_the_index() {
     let f = Fixture::new();
     let a = volume_id_for("a");
-    f.activate("iolane", &a);
-    let b = f.adopted(&[tagged("a", 8 << 20)]).await;
+    let a_dev = f.activate("iolane", &a);
+    let fresh = volume_id_for("fresh");
+    f.activate("iolane", &fresh);
+    let b = f
+        .adopted(&[tagged("a", 8 << 20), tagged("fresh", 8 << 20)])
+        .await;
+    // "a" was removed behind iolane's back (no LV, no node); "late" appeared; "fresh" is
+    // not in the report but its node is there (a create that finished after the report).
+    std::fs::remove_file(&a_dev).unwrap();
     let late = volume_id_for("late");
     f.answer_lvs(&[pool(0.0, 0.0), tagged("late", 4 << 20)]);
     let names: Vec<String> = b
@@ -692,6 +699,7 @@ async fn list_is_authoritative_and_rebuilds_the_index() {
     assert_eq!(names, ["late"]);
     let index = b.index();
     assert!(!index.volumes.contains_key(&a));
+    assert!(index.volumes.contains_key(&fresh));
     assert_eq!(index.volumes[&late].volume.capacity_bytes, 4 << 20);
 }
 
@@ -707,7 +715,7 @@ async fn with_the_pool_status_in_process_a_create_is_one_lvcreate() {
         .await;
     let rw = dm_fixture("dmsetup-status-with-thin.txt", "iolane-pool-tpool");
     let full = dm_fixture("dmsetup-status-small-full.txt", "");
-    ScriptedStatus::install(&mut b, &[&rw, &rw, &full, &rw]);
+    ScriptedStatus::install(&mut b, &[&rw, &rw, &rw, &full, &rw]);
     let mark = f.runner.calls().len();
     let s = spec("new", 512 << 20);
     let v = new(b.create(&s).await.unwrap());
@@ -728,6 +736,16 @@ async fn with_the_pool_status_in_process_a_create_is_one_lvcreate() {
         err.to_string().contains("3758096384 bytes are provisioned"),
         "{err}"
     );
+    // A create in flight (admitted, lvcreate running) counts like a volume.
+    b.index()
+        .reserved
+        .insert(volume_id_for("flying"), (0, 256 << 20));
+    let err = b.create(&spec("less", 512 << 20)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("4026531840 bytes are provisioned"),
+        "{err}"
+    );
+    b.index().reserved.clear();
     // The pool's own figures from the kernel: out of data space is past the watermark.
     let err = b.create(&spec("small", EXTENT)).await.unwrap_err();
     assert!(err.to_string().contains("data usage is 100.00%"), "{err}");
