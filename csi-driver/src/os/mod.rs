@@ -210,36 +210,59 @@ impl Os {
         Ok(())
     }
 
-    /// Bind-mounts `source` on `target`, then makes the bind read-only if asked.
+    /// Bind-mounts `source` on `target`, then makes the bind read-only if asked. Done with
+    /// mount(2) in-process (what `mount --bind` and `mount -o remount,bind,ro` do), on the
+    /// blocking pool: no process per publish.
     pub async fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
-        self.run_ok(
-            Cmd::new("mount", MOUNT_TIMEOUT)
-                .arg("--bind")
-                .arg("--")
-                .arg(source)
-                .arg(target),
-        )
-        .await?;
-        if read_only {
-            let remount = Cmd::new("mount", MOUNT_TIMEOUT)
-                .arg("-o")
-                .arg("remount,bind,ro")
-                .arg("--")
-                .arg(target);
-            if let Err(e) = self.run_ok(remount).await {
+        use nix::mount::{MsFlags, mount};
+        let (src, dst) = (source.to_owned(), target.to_owned());
+        tracing::debug!(source = %source.display(), target = %target.display(), read_only, "mount(2) MS_BIND");
+        blocking(move || {
+            mount(
+                Some(src.as_path()),
+                dst.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| mount_error("bind-mount", &src, &dst, e))?;
+            if !read_only {
+                return Ok(());
+            }
+            // A bind remount sets the mount's flags to exactly those given: carry over the
+            // ones the bind inherited (nosuid, nodev, ...), as mount(8) does.
+            let remount = bind_flags(&dst)
+                .map(|kept| kept | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY)
+                .and_then(|flags| {
+                    mount(
+                        None::<&Path>,
+                        dst.as_path(),
+                        None::<&str>,
+                        flags,
+                        None::<&str>,
+                    )
+                    .map_err(|e| mount_error("remount read-only", &src, &dst, e))
+                });
+            if let Err(e) = remount {
                 // Never leave a writable bind behind a read-only request.
-                let _ = self.unmount(target).await;
+                let _ = nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty());
                 return Err(e);
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    /// Unmounts the topmost mount at `target`.
+    /// Unmounts the topmost mount at `target` (umount(2) in-process, on the blocking pool:
+    /// the last unmount of a filesystem writes its dirty data back).
     pub async fn unmount(&self, target: &Path) -> Result<()> {
-        self.run_ok(Cmd::new("umount", MOUNT_TIMEOUT).arg("--").arg(target))
-            .await?;
-        Ok(())
+        let dst = target.to_owned();
+        tracing::debug!(target = %target.display(), "umount(2)");
+        blocking(move || {
+            nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty())
+                .map_err(|e| Error::io("unmount", &dst, std::io::Error::from(e)))
+        })
+        .await
     }
 
     // ---- loop devices -----------------------------------------------------------------
@@ -430,8 +453,51 @@ impl Os {
     }
 }
 
+/// Runs a blocking system call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("run", Path::new("blocking task"), std::io::Error::other(e)))?
+}
+
+fn mount_error(what: &'static str, source: &Path, target: &Path, e: nix::errno::Errno) -> Error {
+    Error::io(
+        what,
+        target,
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("from {}: {e}", source.display()),
+        ),
+    )
+}
+
+/// The per-mount flags of the mount at `path` that a bind remount must repeat.
+fn bind_flags(path: &Path) -> Result<nix::mount::MsFlags> {
+    use nix::mount::MsFlags;
+    use nix::sys::statvfs::FsFlags;
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| Error::io("statvfs", path, std::io::Error::from(e)))?;
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (have, set) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(have) {
+            out |= set;
+        }
+    }
+    Ok(out)
+}
+
 /// How much of each end of a device [`zero_at_both_ends`] reads.
 pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
+/// The size of its reads.
+const BLANK_CHUNK: usize = 256 << 10;
 
 /// Whether the first and the last [`BLANK_CHECK_BYTES`] of `device` (a block device or a
 /// file) are all zero bytes. Every signature `blkid` knows (filesystem superblocks and
@@ -447,9 +513,12 @@ pub fn zero_at_both_ends(device: &Path) -> Result<bool> {
     if size == 0 {
         return Ok(false);
     }
+    // Compared with `==` against zeros: slice equality of bytes is one memcmp, fast even
+    // in a debug build.
+    static ZEROS: [u8; BLANK_CHUNK] = [0; BLANK_CHUNK];
     let head = size.min(BLANK_CHECK_BYTES);
     let tail_start = size.saturating_sub(BLANK_CHECK_BYTES).max(head);
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; BLANK_CHUNK];
     for (start, len) in [(0, head), (tail_start, size - tail_start)] {
         f.seek(SeekFrom::Start(start)).map_err(|e| io("seek", e))?;
         let mut left = len;
@@ -465,7 +534,7 @@ pub fn zero_at_both_ends(device: &Path) -> Result<bool> {
                     ),
                 ));
             }
-            if buf[..n].iter().any(|b| *b != 0) {
+            if buf[..n] != ZEROS[..n] {
                 return Ok(false);
             }
             left -= n as u64;
