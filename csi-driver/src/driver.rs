@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Created};
 use crate::enforce::pod_uid_from_target;
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
@@ -159,32 +159,6 @@ impl Driver {
             .await?;
         let id = volume_id_for(&req.name);
         let _guard = self.inflight.claim(&id)?;
-        if let Some(existing) = self.backend.get(&id).await? {
-            if existing.name != req.name {
-                return Err(Error::AlreadyExists(format!(
-                    "volume id {id} is taken by another name (hash collision)"
-                )));
-            }
-            if !req.range.admits(existing.capacity_bytes) {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {:?} already exists with {} bytes, outside the requested capacity_range",
-                    req.name, existing.capacity_bytes
-                )));
-            }
-            if existing.parameters != parameters {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {:?} already exists with other parameters",
-                    req.name
-                )));
-            }
-            if fs_type.is_some() && existing.fs_type.is_some() && existing.fs_type != fs_type {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {:?} already exists with another filesystem",
-                    req.name
-                )));
-            }
-            return Ok(existing);
-        }
         let spec = CreateSpec {
             id,
             name: req.name,
@@ -194,18 +168,26 @@ impl Driver {
             parameters,
             tier: tier.to_map(),
         };
-        let volume = self.backend.create(&spec).await?;
-        tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = %tier.name, "created volume");
-        Ok(volume)
+        // The backend looks the ID up itself (before admission), so a repeat costs one
+        // lookup, not two.
+        match self.backend.create(&spec).await? {
+            Created::New(volume) => {
+                tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = %tier.name, "created volume");
+                Ok(volume)
+            }
+            Created::Existing(existing) => {
+                check_repeat(&spec, &existing)?;
+                Ok(existing)
+            }
+        }
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn delete_volume(&self, id: &str) -> Result<()> {
         validate::volume_id("volume_id", id)?;
         let _guard = self.inflight.claim(id)?;
-        if self.backend.get(id).await?.is_none() {
-            return Ok(());
-        }
+        // No lookup first: a missing volume has no devices, and the backend's delete finds
+        // the volume itself and says whether there was one.
         let devices = self.backend.devices(id).await?;
         if !devices.is_empty() {
             let mounts = self.os.mounts()?;
@@ -216,8 +198,11 @@ impl Driver {
                 )));
             }
         }
-        self.backend.delete(id).await?;
-        tracing::info!(volume.id = %id, "deleted volume");
+        if self.backend.delete(id).await? {
+            tracing::info!(volume.id = %id, "deleted volume");
+        } else {
+            tracing::debug!(volume.id = %id, "no such volume: nothing to delete");
+        }
         Ok(())
     }
 
@@ -922,6 +907,36 @@ fn log_outcome(p: &Publication, outcome: ReconcileOutcome, reason: Option<&str>)
             );
         }
     }
+}
+
+/// Whether an existing volume satisfies a repeated CreateVolume; ALREADY_EXISTS naming
+/// what differs otherwise.
+fn check_repeat(spec: &CreateSpec, existing: &Volume) -> Result<()> {
+    if existing.name != spec.name {
+        return Err(Error::AlreadyExists(format!(
+            "volume id {} is taken by another name (hash collision)",
+            spec.id
+        )));
+    }
+    if !spec.range.admits(existing.capacity_bytes) {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists with {} bytes, outside the requested capacity_range",
+            spec.name, existing.capacity_bytes
+        )));
+    }
+    if existing.parameters != spec.parameters {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists with other parameters",
+            spec.name
+        )));
+    }
+    if spec.fs_type.is_some() && existing.fs_type.is_some() && existing.fs_type != spec.fs_type {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists with another filesystem",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// The one filesystem the mount capabilities agree on, if they name one.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::Mutex;
 
-use super::Backend;
+use super::{Backend, Created};
 use crate::error::{Error, Result};
 use crate::os::{self, Os};
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
@@ -230,9 +230,14 @@ impl Backend for LoopBackend {
         self.all()
     }
 
-    async fn create(&self, spec: &CreateSpec) -> Result<Volume> {
-        Self::refuse_device_class(&spec.parameters)?;
+    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
         let _admit = self.admission.lock().await;
+        // An existing volume is returned before anything else is checked: the driver
+        // compares it with the request (a device class in the request makes it differ).
+        if let Some(existing) = self.read_meta(&spec.id)? {
+            return Ok(Created::Existing(existing));
+        }
+        Self::refuse_device_class(&spec.parameters)?;
         let volumes = self.all()?;
         let cap = self.compute_capacity(&volumes)?;
         if spec.size > cap.available {
@@ -265,21 +270,21 @@ impl Backend for LoopBackend {
             return Err(e);
         }
         tracing::debug!(volume.id = %spec.id, path = %image.display(), size = spec.size, "created sparse image");
-        Ok(volume)
+        Ok(Created::New(volume))
     }
 
-    async fn delete(&self, id: &str) -> Result<()> {
+    async fn delete(&self, id: &str) -> Result<bool> {
         let image = self.image(id);
         for dev in self.os.loops_for_file(&image)? {
             self.os.loop_detach(&dev.path).await?;
         }
         // Metadata first: once it is gone the volume is gone, and start-up removes an
         // image left without metadata.
-        remove_file_if_exists(&self.meta_path(id))?;
+        let had_meta = remove_file_if_exists(&self.meta_path(id))?;
         self.sync_dir()?;
-        remove_file_if_exists(&image)?;
+        let had_image = remove_file_if_exists(&image)?;
         tracing::debug!(volume.id = %id, "deleted image and metadata");
-        Ok(())
+        Ok(had_meta || had_image)
     }
 
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
@@ -411,12 +416,12 @@ fn remove_file(path: &Path) -> Result<()> {
     fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into())
 }
 
-fn remove_file_if_exists(path: &Path) -> Result<()> {
+/// Removes a file; returns whether there was one.
+fn remove_file_if_exists(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(os::Error::io("remove", path, e).into())
-        }
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(os::Error::io("remove", path, e).into()),
     }
 }
 
@@ -438,6 +443,13 @@ mod tests {
         LoopBackend::open(os, dir.join("loop"), ratio).unwrap()
     }
 
+    fn new(c: Created) -> Volume {
+        match c {
+            Created::New(v) => v,
+            Created::Existing(v) => panic!("{} existed already", v.id),
+        }
+    }
+
     fn spec(name: &str, size: u64) -> CreateSpec {
         CreateSpec {
             id: crate::volume::volume_id_for(name),
@@ -454,14 +466,22 @@ mod tests {
     async fn create_list_delete_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(dir.path(), 10.0);
-        let v = b.create(&spec("a", 8 << 20)).await.unwrap();
+        let Created::New(v) = b.create(&spec("a", 8 << 20)).await.unwrap() else {
+            panic!("a new volume was reported as existing");
+        };
         assert_eq!(b.list().await.unwrap(), vec![v.clone()]);
+        // A repeat returns the volume as it is, even with another size, and writes nothing.
+        assert_eq!(
+            b.create(&spec("a", 4 << 20)).await.unwrap(),
+            Created::Existing(v.clone())
+        );
+        assert_eq!(fs::metadata(b.image(&v.id)).unwrap().len(), 8 << 20);
         let img = b.image(&v.id);
         assert_eq!(fs::metadata(&img).unwrap().len(), 8 << 20);
         // Sparse: nothing allocated yet.
         assert!(fs::metadata(&img).unwrap().blocks() * 512 < 1 << 20);
-        b.delete(&v.id).await.unwrap();
-        b.delete(&v.id).await.unwrap();
+        assert!(b.delete(&v.id).await.unwrap());
+        assert!(!b.delete(&v.id).await.unwrap());
         assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
     }
 
@@ -500,7 +520,7 @@ mod tests {
     async fn restart_sweeps_orphans_and_keeps_volumes() {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(dir.path(), 10.0);
-        let v = b.create(&spec("keep", 4 << 20)).await.unwrap();
+        let v = new(b.create(&spec("keep", 4 << 20)).await.unwrap());
         fs::write(b.dir.join("iol-orphan.img"), b"").unwrap();
         fs::write(b.dir.join("iol-x.json.tmp"), b"{").unwrap();
         drop(b);
@@ -513,7 +533,7 @@ mod tests {
     async fn expand_grows_file_and_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(dir.path(), 10.0);
-        let v = b.create(&spec("grow", 4 << 20)).await.unwrap();
+        let v = new(b.create(&spec("grow", 4 << 20)).await.unwrap());
         assert_eq!(b.expand(&v.id, 8 << 20).await.unwrap(), 8 << 20);
         assert_eq!(b.expand(&v.id, 2 << 20).await.unwrap(), 8 << 20);
         assert_eq!(b.get(&v.id).await.unwrap().unwrap().capacity_bytes, 8 << 20);

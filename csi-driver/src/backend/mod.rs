@@ -11,6 +11,15 @@ use std::path::PathBuf;
 use crate::error::Result;
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
 
+/// What [`Backend::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// It created this volume.
+    New(Volume),
+    /// A volume with the requested ID existed already.
+    Existing(Volume),
+}
+
 /// A place that stores thin volumes and exposes each as a block device.
 ///
 /// Calls on one volume are serialised by the caller (the in-flight guard); a backend
@@ -28,10 +37,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn get(&self, id: &str) -> Result<Option<Volume>>;
     /// Every volume, in no particular order.
     async fn list(&self) -> Result<Vec<Volume>>;
-    /// Creates a volume that does not exist yet, after admission against capacity.
-    async fn create(&self, spec: &CreateSpec) -> Result<Volume>;
-    /// Removes a volume and everything it owns; a missing volume is not an error.
-    async fn delete(&self, id: &str) -> Result<()>;
+    /// Creates the volume after admission against capacity, unless a volume with this ID
+    /// exists already: then that one is returned untouched (no admission) and the caller
+    /// decides whether it matches the request.
+    async fn create(&self, spec: &CreateSpec) -> Result<Created>;
+    /// Removes a volume and everything it owns; returns whether there was anything to
+    /// remove (a missing volume is not an error).
+    async fn delete(&self, id: &str) -> Result<bool>;
     /// What can still be provisioned for volumes with these parameters (they pick the
     /// device class); an unknown class is INVALID_ARGUMENT.
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity>;

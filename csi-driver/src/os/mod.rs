@@ -5,6 +5,7 @@
 //! is tested on tempdirs and recording fakes.
 
 pub mod command;
+pub mod dm;
 pub mod host;
 pub mod lvm;
 pub mod mountinfo;
@@ -210,36 +211,59 @@ impl Os {
         Ok(())
     }
 
-    /// Bind-mounts `source` on `target`, then makes the bind read-only if asked.
+    /// Bind-mounts `source` on `target`, then makes the bind read-only if asked. Done with
+    /// mount(2) in-process (what `mount --bind` and `mount -o remount,bind,ro` do), on the
+    /// blocking pool: no process per publish.
     pub async fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<()> {
-        self.run_ok(
-            Cmd::new("mount", MOUNT_TIMEOUT)
-                .arg("--bind")
-                .arg("--")
-                .arg(source)
-                .arg(target),
-        )
-        .await?;
-        if read_only {
-            let remount = Cmd::new("mount", MOUNT_TIMEOUT)
-                .arg("-o")
-                .arg("remount,bind,ro")
-                .arg("--")
-                .arg(target);
-            if let Err(e) = self.run_ok(remount).await {
+        use nix::mount::{MsFlags, mount};
+        let (src, dst) = (source.to_owned(), target.to_owned());
+        tracing::debug!(source = %source.display(), target = %target.display(), read_only, "mount(2) MS_BIND");
+        blocking(move || {
+            mount(
+                Some(src.as_path()),
+                dst.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| mount_error("bind-mount", &src, &dst, e))?;
+            if !read_only {
+                return Ok(());
+            }
+            // A bind remount sets the mount's flags to exactly those given: carry over the
+            // ones the bind inherited (nosuid, nodev, ...), as mount(8) does.
+            let remount = bind_flags(&dst)
+                .map(|kept| kept | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY)
+                .and_then(|flags| {
+                    mount(
+                        None::<&Path>,
+                        dst.as_path(),
+                        None::<&str>,
+                        flags,
+                        None::<&str>,
+                    )
+                    .map_err(|e| mount_error("remount read-only", &src, &dst, e))
+                });
+            if let Err(e) = remount {
                 // Never leave a writable bind behind a read-only request.
-                let _ = self.unmount(target).await;
+                let _ = nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty());
                 return Err(e);
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
-    /// Unmounts the topmost mount at `target`.
+    /// Unmounts the topmost mount at `target` (umount(2) in-process, on the blocking pool:
+    /// the last unmount of a filesystem writes its dirty data back).
     pub async fn unmount(&self, target: &Path) -> Result<()> {
-        self.run_ok(Cmd::new("umount", MOUNT_TIMEOUT).arg("--").arg(target))
-            .await?;
-        Ok(())
+        let dst = target.to_owned();
+        tracing::debug!(target = %target.display(), "umount(2)");
+        blocking(move || {
+            nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty())
+                .map_err(|e| Error::io("unmount", &dst, std::io::Error::from(e)))
+        })
+        .await
     }
 
     // ---- loop devices -----------------------------------------------------------------
@@ -357,8 +381,20 @@ impl Os {
         Ok(sectors * 512)
     }
 
-    /// Looks for any signature on `device` with `blkid -p` (low-level probe, no cache).
+    /// Looks for any signature on `device`: blank without a spawn when its first and last
+    /// MiB read as zeros (see [`zero_at_both_ends`]), otherwise whatever `blkid -p`
+    /// (low-level probe, no cache) identifies.
     pub async fn probe(&self, device: &Path) -> Result<Signature> {
+        match zero_at_both_ends(device) {
+            Ok(true) => {
+                tracing::debug!(device = %device.display(), "first and last MiB read as zeros: blank");
+                return Ok(Signature::Blank);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(device = %device.display(), error = %e, "could not read the device's ends; asking blkid");
+            }
+        }
         let cmd = Cmd::new("blkid", SHORT_TIMEOUT)
             .arg("-p")
             .arg("-o")
@@ -418,6 +454,96 @@ impl Os {
     }
 }
 
+/// Runs a blocking system call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("run", Path::new("blocking task"), std::io::Error::other(e)))?
+}
+
+fn mount_error(what: &'static str, source: &Path, target: &Path, e: nix::errno::Errno) -> Error {
+    Error::io(
+        what,
+        target,
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("from {}: {e}", source.display()),
+        ),
+    )
+}
+
+/// The per-mount flags of the mount at `path` that a bind remount must repeat.
+fn bind_flags(path: &Path) -> Result<nix::mount::MsFlags> {
+    use nix::mount::MsFlags;
+    use nix::sys::statvfs::FsFlags;
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| Error::io("statvfs", path, std::io::Error::from(e)))?;
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (have, set) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(have) {
+            out |= set;
+        }
+    }
+    Ok(out)
+}
+
+/// How much of each end of a device [`zero_at_both_ends`] reads.
+pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
+/// The size of its reads.
+const BLANK_CHUNK: usize = 256 << 10;
+
+/// Whether the first and the last [`BLANK_CHECK_BYTES`] of `device` (a block device or a
+/// file) are all zero bytes. Every signature `blkid` knows (filesystem superblocks and
+/// their primary copies, LVM and RAID labels, LUKS headers, both GPT headers, MBR, swap)
+/// lies in those ranges, so such a device is blank. `false` for an empty device, which
+/// is left to `blkid`.
+pub fn zero_at_both_ends(device: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |op: &'static str, e: std::io::Error| Error::io(op, device, e);
+    let mut f = std::fs::File::open(device).map_err(|e| io("open", e))?;
+    // A block device reports its size only through seeking to its end.
+    let size = f.seek(SeekFrom::End(0)).map_err(|e| io("seek", e))?;
+    if size == 0 {
+        return Ok(false);
+    }
+    // Compared with `==` against zeros: slice equality of bytes is one memcmp, fast even
+    // in a debug build.
+    static ZEROS: [u8; BLANK_CHUNK] = [0; BLANK_CHUNK];
+    let head = size.min(BLANK_CHECK_BYTES);
+    let tail_start = size.saturating_sub(BLANK_CHECK_BYTES).max(head);
+    let mut buf = vec![0u8; BLANK_CHUNK];
+    for (start, len) in [(0, head), (tail_start, size - tail_start)] {
+        f.seek(SeekFrom::Start(start)).map_err(|e| io("seek", e))?;
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = f.read(&mut buf[..want]).map_err(|e| io("read", e))?;
+            if n == 0 {
+                return Err(io(
+                    "read",
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the device ended before its reported size",
+                    ),
+                ));
+            }
+            if buf[..n] != ZEROS[..n] {
+                return Ok(false);
+            }
+            left -= n as u64;
+        }
+    }
+    Ok(true)
+}
+
 fn parse_blkid_export(stdout: &str) -> Signature {
     let mut fs = None;
     let mut pt = None;
@@ -460,6 +586,77 @@ mod tests {
         assert_eq!(
             parse_blkid_export("DEVNAME=/dev/loop0\nPTUUID=a\nPTTYPE=gpt\n"),
             Signature::PartitionTable("gpt".into())
+        );
+    }
+
+    #[test]
+    fn blank_check_reads_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, size: u64, writes: &[(u64, &[u8])]| {
+            use std::io::{Seek, SeekFrom, Write};
+            let p = dir.path().join(name);
+            let mut f = std::fs::File::create(&p).unwrap();
+            f.set_len(size).unwrap();
+            for (at, bytes) in writes {
+                f.seek(SeekFrom::Start(*at)).unwrap();
+                f.write_all(bytes).unwrap();
+            }
+            p
+        };
+        let mib = BLANK_CHECK_BYTES;
+        // Sparse and zero: blank, whatever the size (smaller than both ranges too).
+        assert!(zero_at_both_ends(&file("zero", 64 * mib, &[])).unwrap());
+        assert!(zero_at_both_ends(&file("tiny", 4096, &[])).unwrap());
+        // An ext4 superblock magic at 1080, a GPT backup header at the last sector, an
+        // LVM label in sector 1, a byte just inside the end of the head range.
+        for (name, at) in [
+            ("ext4", 1080),
+            ("gpt-backup", 64 * mib - 512),
+            ("lvm", 512),
+            ("head-edge", mib - 1),
+            ("tail-edge", 63 * mib),
+        ] {
+            let p = file(name, 64 * mib, &[(at, b"\x53\xef")]);
+            assert!(!zero_at_both_ends(&p).unwrap(), "{name}");
+        }
+        // Data in the middle only is outside both ranges: blank as far as signatures go.
+        assert!(zero_at_both_ends(&file("middle", 64 * mib, &[(32 * mib, b"x")])).unwrap());
+        assert!(!zero_at_both_ends(&file("empty", 0, &[])).unwrap());
+        let err = zero_at_both_ends(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().starts_with("open "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn probe_skips_blkid_for_a_zeroed_device_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Arc::new(command::RecordingRunner::default());
+        let os = Os::new(runner.clone(), Roots::default());
+        let zero = dir.path().join("zero");
+        std::fs::File::create(&zero)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        assert_eq!(os.probe(&zero).await.unwrap(), Signature::Blank);
+        assert!(runner.calls().is_empty());
+        let used = dir.path().join("used");
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[1080] = 0x53;
+        std::fs::write(&used, &bytes).unwrap();
+        runner.answer(
+            "blkid ",
+            Output {
+                status: Some(0),
+                stdout: "TYPE=ext4\n".to_owned(),
+                stderr: String::new(),
+            },
+        );
+        assert_eq!(
+            os.probe(&used).await.unwrap(),
+            Signature::Filesystem("ext4".into())
+        );
+        assert_eq!(
+            runner.calls(),
+            vec![format!("blkid -p -o export -- {}", used.display())]
         );
     }
 

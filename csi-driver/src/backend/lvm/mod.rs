@@ -7,8 +7,32 @@
 //!
 //! **LVM metadata is the only state store.** A volume is a thin LV named by its volume ID
 //! (`iol-` + 32 hex digits) carrying the tags of [`tags`], all written by one `lvcreate`, so
-//! a crash leaves either a complete volume or nothing. Every read is one `lvs` JSON report
-//! ([`report`]).
+//! a crash leaves either a complete volume or nothing. Every read of LVM is one `lvs` JSON
+//! report ([`report`]).
+//!
+//! **The volume index.** `lvs` costs a process and the VG's lock (0.3-0.6 s in the test VM,
+//! more than `mount`), so the backend keeps what it knows of its own volumes in memory: an
+//! index `volume ID -> (class, VG, volume)` built from the report that start-up reads
+//! anyway (after the sweep of untagged LVs), and updated by the backend's own create,
+//! expand and delete. That is sound because of one invariant, which a deployment must keep:
+//! **one iolane node process per node owns these VGs** (the DaemonSet runs one pod per
+//! node, and nothing else creates, tags or removes `iol-*` LVs in them); the tags are
+//! written by that process only, in the same `lvcreate` that makes the LV. The index is a
+//! cache of LVM, never a second store: a restart rebuilds it, and where it could be wrong it
+//! is checked against the kernel without a spawn: an indexed, active volume must have its
+//! device node `/dev/<vg>/<lv>`, and an unindexed ID must not. When the node and the index
+//! disagree (an LV removed behind iolane's back, or an `lvcreate` of a killed iolane that
+//! finished after this one started), one `lvs` decides and fixes the entry. `get`,
+//! `attach`, `attached`, `devices`, `delete` and `expand` answer from the index; `list`
+//! (ListVolumes) stays authoritative and rebuilds the index from its report, and
+//! `condition` and `capacity` still read LVM.
+//!
+//! Admission in create and expand reads the pool's data and metadata usage in-process with
+//! the device-mapper status ioctl ([`crate::os::dm`]) and sums virtual sizes from the index
+//! plus the thin LVs of the pool that are not iolane's (as of the last report), so a create
+//! is one `lvcreate` and nothing else. When the ioctl fails, or no report of the pool has
+//! been seen yet, admission falls back to one `lvs` of the class's VG as before. The
+//! watermarks are advisory either way; the pool's `--errorwhenfull y` is the hard stop.
 //!
 //! Block devices: thin LVs stay active from creation to removal, so [`Backend::detach`] is a
 //! no-op: an active thin LV costs a device-mapper table and nothing else, and keeping it
@@ -20,13 +44,16 @@
 pub mod report;
 pub mod tags;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::Backend;
+use super::{Backend, Created};
 use crate::config::{DeviceClass, WipePolicy};
 use crate::error::{Error, Result};
+use crate::os::dm::ThinPoolStatus;
 use crate::os::lvm::{Report, ThinPoolSpec};
 use crate::os::{self, Os, Signature};
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume, volume_id_for};
@@ -43,8 +70,9 @@ struct Class {
     cfg: DeviceClass,
     /// `Err` says why the pool could not be created or adopted at start-up.
     state: std::result::Result<(), String>,
-    /// Serialises admission with the `lvcreate`/`lvextend` it admits, so two calls cannot
-    /// both take the last provisionable bytes of this pool.
+    /// Serialises admission decisions, so two calls cannot both take the last
+    /// provisionable bytes of this pool: a create holds it until its reservation is in the
+    /// index (not across `lvcreate`), an expand across its `lvextend`.
     admission: Mutex<()>,
 }
 
@@ -55,6 +83,72 @@ pub struct LvmBackend {
     classes: Vec<Class>,
     /// Least common multiple of the ready classes' extent sizes.
     granularity: u64,
+    /// What the backend knows of its volumes without asking LVM (see the module docs).
+    index: std::sync::Mutex<Index>,
+    /// Where admission reads pool usage in-process.
+    pool_status: Arc<dyn PoolStatus>,
+}
+
+/// Reads a thin pool's status without a spawn: the kernel's device-mapper status on a
+/// node ([`Os::thin_pool_status`]), a script in tests.
+pub trait PoolStatus: Send + Sync + std::fmt::Debug {
+    fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus>;
+}
+
+impl PoolStatus for Os {
+    fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus> {
+        Os::thin_pool_status(self, vg, pool)
+    }
+}
+
+/// One volume of the index.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    /// Position of its class in `LvmBackend::classes`.
+    class: usize,
+    vg: String,
+    volume: Volume,
+    /// Whether the LV was active when last seen; an inactive LV has no device node.
+    active: bool,
+}
+
+/// Figures of a class's pool from the last report of its VG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PoolFacts {
+    /// Size of the pool's data LV.
+    data_bytes: u64,
+    extent: u64,
+    /// Virtual bytes of the pool's thin LVs that are not indexed volumes.
+    foreign: u64,
+}
+
+/// The in-memory volume index (see the module docs).
+#[derive(Debug, Default)]
+struct Index {
+    volumes: HashMap<String, Entry>,
+    /// Admitted creates whose `lvcreate` is running: volume ID -> (class, virtual bytes).
+    /// Admission counts them, so the admission lock need not be held across the command.
+    reserved: HashMap<String, (usize, u64)>,
+    /// Per class, in `LvmBackend::classes` order; `None` until a report of its VG is seen.
+    pools: Vec<Option<PoolFacts>>,
+}
+
+impl Index {
+    /// Whether an LV name is an indexed volume or a create in flight (not foreign).
+    fn known(&self, name: &str) -> bool {
+        self.volumes.contains_key(name) || self.reserved.contains_key(name)
+    }
+
+    /// Virtual bytes of `class`'s in-flight creates whose LV is not in `rows` yet.
+    fn reserved_in(&self, class: usize, rows: Option<&[Lv]>) -> u64 {
+        self.reserved
+            .iter()
+            .filter(|(id, (c, _))| {
+                *c == class && rows.is_none_or(|r| !r.iter().any(|l| &l.name == *id))
+            })
+            .map(|(_, (_, bytes))| bytes)
+            .sum()
+    }
 }
 
 /// One thin pool's figures, from one report.
@@ -116,7 +210,9 @@ impl LvmBackend {
                 admission: Mutex::new(()),
             });
         }
+        let pools = vec![None; out.len()];
         let backend = LvmBackend {
+            pool_status: Arc::new(os.clone()),
             os,
             classes: out,
             granularity: if granularity == 1 {
@@ -124,9 +220,24 @@ impl LvmBackend {
             } else {
                 granularity
             },
+            index: std::sync::Mutex::new(Index {
+                volumes: HashMap::new(),
+                reserved: HashMap::new(),
+                pools,
+            }),
         };
-        if let Err(e) = backend.sweep().await {
-            tracing::warn!(error = %e, "could not look for untagged volume LVs");
+        match backend.sweep().await {
+            Ok(rows) => {
+                backend.absorb_all(&rows);
+                tracing::info!(
+                    volumes = backend.index().volumes.len(),
+                    "indexed the volumes of every ready device class"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not look for untagged volume LVs; the volume index starts empty and fills from LVM on demand"
+            ),
         }
         backend
     }
@@ -137,8 +248,10 @@ impl LvmBackend {
 
     /// Removes thin LVs that carry a volume name but no iolane tag. The single tagged
     /// `lvcreate` never leaves one, so such an LV was not made by a complete create.
-    async fn sweep(&self) -> Result<()> {
-        let rows = self.report_all().await?;
+    /// Returns the report's rows without the removed LVs.
+    async fn sweep(&self) -> Result<Vec<Lv>> {
+        let mut rows = self.report_all().await?;
+        let mut removed = Vec::new();
         for c in self.ready_classes() {
             for lv in rows.iter().filter(|l| {
                 l.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool)
@@ -151,9 +264,203 @@ impl LvmBackend {
                     "removing a volume LV without iolane tags (left by an interrupted or foreign create)"
                 );
                 self.remove(lv).await?;
+                removed.push((lv.vg.clone(), lv.name.clone()));
             }
         }
-        Ok(())
+        rows.retain(|l| !removed.contains(&(l.vg.clone(), l.name.clone())));
+        Ok(rows)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Position of a ready class in `classes` whose pool holds `lv` as a thin volume.
+    fn class_index_of(&self, lv: &Lv) -> Option<usize> {
+        self.classes
+            .iter()
+            .position(|c| c.state.is_ok() && lv.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool))
+    }
+
+    /// The index entry an LV of a report stands for: `None` if it is not an iolane volume
+    /// of a ready class, an error if its tags cannot be read.
+    fn entry_of(&self, lv: &Lv) -> Option<Result<Entry>> {
+        if !tags::is_ours(&lv.tags) {
+            return None;
+        }
+        let class = self.class_index_of(lv)?;
+        Some(Self::volume_of(lv).map(|volume| Entry {
+            class,
+            vg: lv.vg.clone(),
+            volume,
+            active: lv.active(),
+        }))
+    }
+
+    /// Brings the index in line with a report of every ready class's VG: every iolane
+    /// volume in it is (re)indexed, and an indexed volume missing from it is dropped unless
+    /// its device node is there (then a create finished after the report was taken). No
+    /// lock is held across the report: an LV removed after it was taken may be indexed
+    /// again, and the next lookup, finding no device node, asks LVM and drops it.
+    fn absorb_all(&self, rows: &[Lv]) {
+        let mut fresh = HashMap::new();
+        for lv in rows {
+            match self.entry_of(lv) {
+                Some(Ok(e)) => {
+                    fresh.insert(lv.name.clone(), e);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(lv.name = %lv.name, vg = %lv.vg, error = %e, "not indexing an LV whose iolane tags cannot be read");
+                }
+                None => {}
+            }
+        }
+        let mut index = self.index();
+        let stale: Vec<String> = index
+            .volumes
+            .iter()
+            .filter(|(id, e)| !fresh.contains_key(*id) && self.os.lv_device(&e.vg, id).is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            index.volumes.remove(&id);
+        }
+        index.volumes.extend(fresh);
+        let pools = self
+            .classes
+            .iter()
+            .map(|c| {
+                if c.state.is_err() {
+                    return None;
+                }
+                pool_facts(&c.cfg, rows, |name| index.known(name))
+            })
+            .collect();
+        index.pools = pools;
+    }
+
+    /// Updates one class's pool figures from a report of its VG.
+    fn absorb_pool(&self, class: usize, rows: &[Lv]) {
+        let mut index = self.index();
+        let facts = pool_facts(&self.classes[class].cfg, rows, |name| index.known(name));
+        if let Some(slot) = index.pools.get_mut(class) {
+            *slot = facts;
+        }
+    }
+
+    /// Sets the index entry of `id` to what a fresh report says. Calls on one volume are
+    /// serialised by the driver's in-flight guard, so fixing one entry races with nothing.
+    fn fix_entry(&self, id: &str, rows: &[Lv]) -> Result<Option<Entry>> {
+        let found = rows
+            .iter()
+            .filter(|l| l.name == id)
+            .find_map(|l| self.entry_of(l));
+        let mut index = self.index();
+        match found {
+            Some(Ok(e)) => {
+                index.volumes.insert(id.to_owned(), e.clone());
+                Ok(Some(e))
+            }
+            Some(Err(err)) => {
+                index.volumes.remove(id);
+                Err(err)
+            }
+            None => {
+                index.volumes.remove(id);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The volume `id` as the index knows it, checked against the device nodes; one `lvs`
+    /// only when the two disagree (see the module docs).
+    async fn lookup(&self, id: &str) -> Result<Option<Entry>> {
+        let hit = self.index().volumes.get(id).cloned();
+        match hit {
+            Some(e) if self.os.lv_device(&e.vg, id).is_some() => {
+                if !e.active
+                    && let Some(x) = self.index().volumes.get_mut(id)
+                {
+                    x.active = true;
+                }
+                return Ok(Some(Entry { active: true, ..e }));
+            }
+            // Inactive when last seen (e.g. not auto-activated at boot): no node expected.
+            Some(e) if !e.active => return Ok(Some(e)),
+            Some(_) => {}
+            None if self.active_device(id).is_none() => return Ok(None),
+            None => {}
+        }
+        tracing::debug!(volume.id = %id, indexed = hit.is_some(), "the volume index and /dev disagree; asking LVM");
+        let rows = self.report_all().await?;
+        self.fix_entry(id, &rows)
+    }
+
+    /// Pool usage for admission without a spawn: the thin-pool status from the kernel and
+    /// the provisioned bytes from the index; `Err` says why it is not available.
+    fn fast_usage(&self, class: usize) -> std::result::Result<PoolUsage, String> {
+        let c = &self.classes[class].cfg;
+        let (facts, indexed) = {
+            let index = self.index();
+            let facts = index
+                .pools
+                .get(class)
+                .copied()
+                .flatten()
+                .ok_or_else(|| "no report of the pool seen yet".to_owned())?;
+            let indexed: u64 = index
+                .volumes
+                .values()
+                .filter(|e| e.class == class)
+                .map(|e| e.volume.capacity_bytes)
+                .sum();
+            (facts, indexed + index.reserved_in(class, None))
+        };
+        let status = self
+            .pool_status
+            .thin_pool_status(&c.vg, &c.thin_pool)
+            .map_err(|e| e.to_string())?;
+        Ok(PoolUsage {
+            data_bytes: facts.data_bytes,
+            provisioned: facts.foreign + indexed,
+            data_percent: status.data_percent(),
+            metadata_percent: status.metadata_percent(),
+            extent: facts.extent,
+        })
+    }
+
+    /// Admission figures for `class`: from [`Self::fast_usage`], else from one `lvs` of
+    /// its VG (whose rows are returned too). Callers hold the class's admission lock.
+    async fn admission_usage(&self, class: usize) -> Result<(PoolUsage, Option<Vec<Lv>>)> {
+        match self.fast_usage(class) {
+            Ok(u) => Ok((u, None)),
+            Err(why) => {
+                let c = &self.classes[class].cfg;
+                tracing::debug!(device_class = %c.name, reason = %why, "pool status not available in-process; reading it with lvs");
+                let rows = self.lvs(&[&c.vg]).await?;
+                self.absorb_pool(class, &rows);
+                let mut u = usage(c, &rows)?;
+                u.provisioned += self.index().reserved_in(class, Some(&rows));
+                Ok((u, Some(rows)))
+            }
+        }
+    }
+
+    /// What an LV named `id` found in `class`'s VG means for a create: our volume
+    /// (already existing), or a foreign LV in the way.
+    fn existing_in(&self, class: &DeviceClass, id: &str, rows: &[Lv]) -> Result<Option<Volume>> {
+        let Some(lv) = rows.iter().find(|l| l.name == id) else {
+            return Ok(None);
+        };
+        if !tags::is_ours(&lv.tags) {
+            return Err(Error::FailedPrecondition(format!(
+                "LV {}/{} exists without iolane tags; remove it (iolane removes such LVs when it starts)",
+                class.vg, id
+            )));
+        }
+        Ok(self.fix_entry(id, rows)?.map(|e| e.volume))
     }
 
     /// One `lvs` report over `vgs` (nothing to report for no VG).
@@ -177,41 +484,32 @@ impl LvmBackend {
             .find(|c| lv.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool))
     }
 
-    /// The iolane volume LV named `id`, and its class.
-    async fn find(&self, id: &str) -> Result<Option<(&Class, Lv)>> {
-        let rows = self.report_all().await?;
-        Ok(rows.into_iter().find_map(|l| {
-            if l.name != id || !tags::is_ours(&l.tags) {
-                return None;
-            }
-            self.class_of(&l).map(|c| (c, l))
-        }))
-    }
-
-    /// The class volumes with these parameters live in: the one named, else the first.
-    fn class_for(&self, parameters: &Parameters) -> Result<&Class> {
-        let class = match &parameters.device_class {
+    /// The class volumes with these parameters live in (the one named, else the first)
+    /// and its position in `classes`.
+    fn class_for(&self, parameters: &Parameters) -> Result<(usize, &Class)> {
+        let i = match &parameters.device_class {
             Some(name) => self
                 .classes
                 .iter()
-                .find(|c| &c.cfg.name == name)
+                .position(|c| &c.cfg.name == name)
                 .ok_or_else(|| {
                     let known: Vec<&str> =
                         self.classes.iter().map(|c| c.cfg.name.as_str()).collect();
                     Parameters::unknown_class(name, &known)
                 })?,
-            None => self
-                .classes
-                .first()
-                .ok_or_else(|| Error::NotReady("no device class is configured".to_owned()))?,
+            None if self.classes.is_empty() => {
+                return Err(Error::NotReady("no device class is configured".to_owned()));
+            }
+            None => 0,
         };
+        let class = &self.classes[i];
         if let Err(reason) = &class.state {
             return Err(Error::NotReady(format!(
                 "device class {} is not ready: {reason}",
                 class.cfg.name
             )));
         }
-        Ok(class)
+        Ok((i, class))
     }
 
     /// The volume an iolane LV stands for, rebuilt from its name, size and tags.
@@ -251,6 +549,32 @@ impl LvmBackend {
         Ok(())
     }
 
+    /// Discards an indexed volume's blocks (activating it first if needed), then removes
+    /// it and drops it from the index. An LV that is already gone when `lvremove` runs
+    /// counts as removed.
+    async fn remove_volume(&self, id: &str, e: &Entry) -> Result<()> {
+        let dev = match self.os.lv_device(&e.vg, id) {
+            Some(dev) => dev,
+            None => {
+                self.os.activate_lv(&e.vg, id).await?;
+                self.device(&e.vg, id)?
+            }
+        };
+        // Freed blocks go back to the pool; without the discard a pool that does not zero
+        // new chunks could hand this volume's bytes to the next one.
+        self.os.discard(&dev).await?;
+        if let Err(err) = self.os.remove_lv(&e.vg, id).await {
+            let rows = self.lvs(&[&e.vg]).await?;
+            if rows.iter().any(|l| l.name == id) {
+                return Err(err.into());
+            }
+            tracing::debug!(volume.id = %id, vg = %e.vg, error = %err, "lvremove failed but the LV is gone");
+        }
+        self.index().volumes.remove(id);
+        tracing::debug!(lv.name = %id, vg = %e.vg, "discarded and removed LV");
+        Ok(())
+    }
+
     /// The device node of an LV that must be active.
     fn device(&self, vg: &str, lv: &str) -> Result<PathBuf> {
         self.os.lv_device(vg, lv).ok_or_else(|| {
@@ -272,6 +596,23 @@ impl LvmBackend {
         self.ready_classes()
             .find_map(|c| self.os.lv_device(&c.cfg.vg, id))
     }
+}
+
+/// What the index keeps of `c`'s pool from a report of its VG; `indexed` says which LV
+/// names are indexed volumes (the rest of the pool's thin LVs count as foreign).
+fn pool_facts(c: &DeviceClass, rows: &[Lv], indexed: impl Fn(&str) -> bool) -> Option<PoolFacts> {
+    let pool = rows
+        .iter()
+        .find(|l| l.vg == c.vg && l.name == c.thin_pool && l.is_thin_pool())?;
+    Some(PoolFacts {
+        data_bytes: pool.size,
+        extent: extent_of(pool).ok()?,
+        foreign: rows
+            .iter()
+            .filter(|l| l.is_thin_in(&c.vg, &c.thin_pool) && !indexed(&l.name))
+            .map(|l| l.size)
+            .sum(),
+    })
 }
 
 /// Figures of `c`'s pool from a report of its VG.
@@ -589,14 +930,13 @@ impl Backend for LvmBackend {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Volume>> {
-        match self.find(id).await? {
-            Some((_, lv)) => Ok(Some(Self::volume_of(&lv)?)),
-            None => Ok(None),
-        }
+        Ok(self.lookup(id).await?.map(|e| e.volume))
     }
 
     async fn list(&self) -> Result<Vec<Volume>> {
+        // ListVolumes is authoritative: it reads LVM, and the index follows what it read.
         let rows = self.report_all().await?;
+        self.absorb_all(&rows);
         let mut out = Vec::new();
         for lv in rows
             .iter()
@@ -612,73 +952,128 @@ impl Backend for LvmBackend {
         Ok(out)
     }
 
-    async fn create(&self, spec: &CreateSpec) -> Result<Volume> {
-        let class = self.class_for(&spec.parameters)?;
+    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        let (ci, class) = self.class_for(&spec.parameters)?;
         let c = &class.cfg;
         let tags = tags::encode(spec)?;
-        let _admit = class.admission.lock().await;
-        let rows = self.lvs(&[&c.vg]).await?;
-        if let Some(lv) = rows.iter().find(|l| l.name == spec.id) {
-            if tags::is_ours(&lv.tags) {
-                return Self::volume_of(lv);
-            }
-            return Err(Error::FailedPrecondition(format!(
-                "LV {}/{} exists without iolane tags; remove it (iolane removes such LVs when it starts)",
-                c.vg, spec.id
-            )));
+        // The volume may exist in any class; the driver compares it with the request.
+        if let Some(e) = self.lookup(&spec.id).await? {
+            return Ok(Created::Existing(e.volume));
         }
-        let u = usage(c, &rows)?;
-        admit(c, &u, spec.size)?;
-        self.os
+        // Admission and the reservation it makes are one step under the class's lock; the
+        // lvcreate runs outside it, so creates of different volumes overlap as far as
+        // LVM's own VG lock lets them.
+        let u = {
+            let _admit = class.admission.lock().await;
+            let (u, rows) = self.admission_usage(ci).await?;
+            if let Some(rows) = &rows
+                && let Some(v) = self.existing_in(c, &spec.id, rows)?
+            {
+                return Ok(Created::Existing(v));
+            }
+            admit(c, &u, spec.size)?;
+            self.index()
+                .reserved
+                .insert(spec.id.clone(), (ci, spec.size.next_multiple_of(u.extent)));
+            u
+        };
+        let created = self
+            .os
             .create_thin_lv(&c.vg, &c.thin_pool, &spec.id, spec.size, &tags)
-            .await?;
-        tracing::debug!(volume.id = %spec.id, vg = %c.vg, size = spec.size, "created thin LV");
-        Ok(Volume {
+            .await;
+        if created.is_err() {
+            self.index().reserved.remove(&spec.id);
+        }
+        if let Err(err) = created {
+            // An LV of this name that the index did not know (a foreign one, or the
+            // `lvcreate` of a killed iolane that finished meanwhile) makes lvcreate fail:
+            // one report says which.
+            let Ok(rows) = self.lvs(&[&c.vg]).await else {
+                return Err(err.into());
+            };
+            return match self.existing_in(c, &spec.id, &rows)? {
+                Some(v) => Ok(Created::Existing(v)),
+                None => Err(err.into()),
+            };
+        }
+        let volume = Volume {
             id: spec.id.clone(),
             name: spec.name.clone(),
             capacity_bytes: spec.size.next_multiple_of(u.extent),
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
             tier: spec.tier.clone(),
-        })
+        };
+        {
+            let mut index = self.index();
+            index.reserved.remove(&spec.id);
+            index.volumes.insert(
+                spec.id.clone(),
+                Entry {
+                    class: ci,
+                    vg: c.vg.clone(),
+                    volume: volume.clone(),
+                    active: true,
+                },
+            );
+        }
+        tracing::debug!(volume.id = %spec.id, vg = %c.vg, size = spec.size, "created thin LV");
+        Ok(Created::New(volume))
     }
 
-    async fn delete(&self, id: &str) -> Result<()> {
-        if let Some((_, lv)) = self.find(id).await? {
-            self.remove(&lv).await?;
-        }
-        Ok(())
+    async fn delete(&self, id: &str) -> Result<bool> {
+        let Some(e) = self.lookup(id).await? else {
+            return Ok(false);
+        };
+        self.remove_volume(id, &e).await?;
+        Ok(true)
     }
 
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
-        let class = self.class_for(parameters)?;
+        let (ci, class) = self.class_for(parameters)?;
         let rows = self.lvs(&[&class.cfg.vg]).await?;
-        Ok(capacity_of(&class.cfg, &usage(&class.cfg, &rows)?))
+        self.absorb_pool(ci, &rows);
+        let mut u = usage(&class.cfg, &rows)?;
+        u.provisioned += self.index().reserved_in(ci, Some(&rows));
+        Ok(capacity_of(&class.cfg, &u))
     }
 
     async fn expand(&self, id: &str, size: u64) -> Result<u64> {
-        let (class, lv) = self
-            .find(id)
+        let e = self
+            .lookup(id)
             .await?
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        if size <= lv.size {
-            return Ok(lv.size);
+        let current = e.volume.capacity_bytes;
+        if size <= current {
+            return Ok(current);
         }
+        let class = &self.classes[e.class];
         let c = &class.cfg;
         let _admit = class.admission.lock().await;
-        let rows = self.lvs(&[&c.vg]).await?;
-        let lv = rows
-            .iter()
-            .find(|l| l.name == id && l.is_thin_in(&c.vg, &c.thin_pool))
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        if size <= lv.size {
-            return Ok(lv.size);
+        let (u, rows) = self.admission_usage(e.class).await?;
+        let current = match &rows {
+            // The report is fresher than the index: trust it, and fix the entry.
+            Some(rows) => {
+                let lv = rows
+                    .iter()
+                    .find(|l| l.name == id && l.is_thin_in(&c.vg, &c.thin_pool))
+                    .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+                self.fix_entry(id, rows)?;
+                lv.size
+            }
+            None => current,
+        };
+        if size <= current {
+            return Ok(current);
         }
-        let u = usage(c, &rows)?;
-        admit(c, &u, size - lv.size)?;
+        admit(c, &u, size - current)?;
         self.os.extend_lv(&c.vg, id, size).await?;
+        let new = size.next_multiple_of(u.extent);
+        if let Some(x) = self.index().volumes.get_mut(id) {
+            x.volume.capacity_bytes = new;
+        }
         tracing::debug!(volume.id = %id, vg = %c.vg, size, "extended thin LV");
-        Ok(size.next_multiple_of(u.extent))
+        Ok(new)
     }
 
     async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
@@ -735,13 +1130,17 @@ impl Backend for LvmBackend {
         if let Some(dev) = self.active_device(id) {
             return Ok(dev);
         }
-        let (_, lv) = self
-            .find(id)
+        let e = self
+            .lookup(id)
             .await?
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        self.os.activate_lv(&lv.vg, &lv.name).await?;
-        tracing::debug!(volume.id = %id, vg = %lv.vg, "activated thin LV");
-        self.device(&lv.vg, &lv.name)
+        self.os.activate_lv(&e.vg, id).await?;
+        tracing::debug!(volume.id = %id, vg = %e.vg, "activated thin LV");
+        let dev = self.device(&e.vg, id)?;
+        if let Some(x) = self.index().volumes.get_mut(id) {
+            x.active = true;
+        }
+        Ok(dev)
     }
 
     async fn attached(&self, id: &str) -> Result<Option<PathBuf>> {

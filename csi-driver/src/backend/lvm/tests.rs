@@ -133,6 +133,56 @@ fn spec(name: &str, size: u64) -> CreateSpec {
     }
 }
 
+fn new(c: Created) -> Volume {
+    match c {
+        Created::New(v) => v,
+        Created::Existing(v) => panic!("{} existed already", v.id),
+    }
+}
+
+/// A scripted thin-pool status: one answer per call, in order; an error once they run out.
+#[derive(Debug, Default)]
+struct ScriptedStatus(std::sync::Mutex<Vec<String>>);
+
+impl ScriptedStatus {
+    fn install(b: &mut LvmBackend, lines: &[&str]) -> Arc<Self> {
+        let s = Arc::new(ScriptedStatus(std::sync::Mutex::new(
+            lines.iter().rev().map(|l| (*l).to_owned()).collect(),
+        )));
+        b.pool_status = s.clone();
+        s
+    }
+}
+
+impl PoolStatus for ScriptedStatus {
+    fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus> {
+        assert_eq!((vg, pool), ("iolane", "pool"));
+        match self.0.lock().unwrap().pop() {
+            Some(line) => os::dm::parse_thin_pool_status(&line),
+            None => Err(os::Error::io(
+                "open",
+                Path::new("/dev/mapper/control"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+        }
+    }
+}
+
+/// The status line of a fixture of `dmsetup status` (real output, `tests/fixtures/dm`).
+fn dm_fixture(file: &str, device: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dm")
+        .join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{device}: ")))
+        .map_or_else(|| text.trim().to_owned(), str::to_owned)
+        .splitn(4, ' ')
+        .nth(3)
+        .unwrap()
+        .to_owned()
+}
+
 fn tagged(name: &str, size: u64) -> serde_json::Value {
     let s = spec(name, size);
     thin(&s.id, size, &tags::encode(&s).unwrap(), true)
@@ -333,7 +383,7 @@ async fn create_is_one_lvcreate_with_every_tag() {
     let mut s = spec("pvc-1", 12 << 20);
     s.parameters.pvc_name = Some("data 0".to_owned());
     f.answer_lvs(&[pool(10.0, 5.0)]);
-    let v = b.create(&s).await.unwrap();
+    let v = new(b.create(&s).await.unwrap());
     assert_eq!(v.capacity_bytes, 12 << 20);
     assert_eq!(v.parameters, s.parameters);
     assert_eq!(
@@ -346,11 +396,18 @@ async fn create_is_one_lvcreate_with_every_tag() {
             s.id
         )]
     );
+    // The index answers for it without a report while its device node is there...
+    f.activate("iolane", &s.id);
+    let mark = f.runner.calls().len();
+    assert_eq!(b.get(&s.id).await.unwrap(), Some(v.clone()));
+    assert_eq!(f.runner.calls().len(), mark);
+    // ...and a repeat returns it as it is, without admission or lvcreate.
+    assert_eq!(b.create(&s).await.unwrap(), Created::Existing(v.clone()));
+    assert_eq!(f.runner.calls().len(), mark);
     // What the tags say reads back as the same volume.
-    let mut row = thin(&s.id, 12 << 20, &tags::encode(&s).unwrap(), true);
-    row["lv_tags"] = json!(tags::encode(&s).unwrap().join(","));
+    let row = thin(&s.id, 12 << 20, &tags::encode(&s).unwrap(), true);
     f.answer_lvs(&[pool(10.0, 5.0), row]);
-    assert_eq!(b.get(&s.id).await.unwrap(), Some(v));
+    assert_eq!(b.list().await.unwrap(), vec![v]);
 }
 
 #[tokio::test]
@@ -419,67 +476,107 @@ async fn unknown_device_class_is_invalid_argument() {
 #[tokio::test]
 async fn delete_discards_before_removing_and_a_missing_volume_is_fine() {
     let f = Fixture::new();
-    let b = f.adopted(&[]).await;
-    let mark = f.runner.calls().len();
     let id = volume_id_for("gone");
-    f.activate("iolane", &id);
-    f.answer_lvs(&[pool(0.0, 0.0), tagged("gone", 8 << 20)]);
-    b.delete(&id).await.unwrap();
-    let dev = f.dir.path().join("dev/iolane").join(&id);
+    let dev = f.activate("iolane", &id);
+    let b = f.adopted(&[tagged("gone", 8 << 20)]).await;
+    let mark = f.runner.calls().len();
+    assert!(b.delete(&id).await.unwrap());
+    // Found in the index: no report, only the discard and the removal.
     assert_eq!(
-        f.effects(mark),
-        vec![
+        f.runner.calls()[mark..],
+        [
             format!("blkdiscard -- {}", dev.display()),
             format!("lvremove -y iolane/{id}"),
         ]
     );
+    std::fs::remove_file(&dev).unwrap();
     let mark = f.runner.calls().len();
+    assert!(!b.delete(&id).await.unwrap());
+    assert_eq!(f.runner.calls().len(), mark);
+}
+
+#[tokio::test]
+async fn an_lvremove_of_an_lv_already_gone_counts_as_removed() {
+    let f = Fixture::new();
+    let id = volume_id_for("twice");
+    f.activate("iolane", &id);
+    let b = f.adopted(&[tagged("twice", 8 << 20)]).await;
+    f.runner.answer(
+        "lvremove ",
+        Output {
+            status: Some(5),
+            stdout: String::new(),
+            stderr: format!("  Failed to find logical volume \"iolane/{id}\"\n"),
+        },
+    );
     f.answer_lvs(&[pool(0.0, 0.0)]);
-    b.delete(&id).await.unwrap();
-    assert_eq!(f.effects(mark), Vec::<String>::new());
+    assert!(b.delete(&id).await.unwrap());
+    // Still there after a failed lvremove: the error, and the volume stays indexed.
+    let id2 = volume_id_for("stuck");
+    f.activate("iolane", &id2);
+    let b = f.adopted(&[tagged("stuck", 8 << 20)]).await;
+    f.runner.answer(
+        "lvremove ",
+        Output {
+            status: Some(5),
+            stdout: String::new(),
+            stderr: "  Logical volume iolane/x in use.\n".to_owned(),
+        },
+    );
+    f.answer_lvs(&[pool(0.0, 0.0), tagged("stuck", 8 << 20)]);
+    let err = b.delete(&id2).await.unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    let mark = f.runner.calls().len();
+    assert!(b.get(&id2).await.unwrap().is_some());
+    assert_eq!(f.runner.calls().len(), mark);
 }
 
 #[tokio::test]
 async fn delete_activates_an_inactive_volume_to_discard_it() {
     let f = Fixture::new();
-    let b = f.adopted(&[]).await;
-    let mark = f.runner.calls().len();
     let s = spec("cold", 8 << 20);
-    f.answer_lvs(&[
-        pool(0.0, 0.0),
-        thin(&s.id, 8 << 20, &tags::encode(&s).unwrap(), false),
-    ]);
-    // Activation makes the device node appear; the fake does it up front.
-    f.activate("iolane", &s.id);
-    b.delete(&s.id).await.unwrap();
-    let effects = f.effects(mark);
-    assert_eq!(effects[0], format!("lvchange -ay -K iolane/{}", s.id));
-    assert!(effects[1].starts_with("blkdiscard"));
-    assert!(effects[2].starts_with("lvremove"));
+    let b = f
+        .adopted(&[thin(&s.id, 8 << 20, &tags::encode(&s).unwrap(), false)])
+        .await;
+    let mark = f.runner.calls().len();
+    // Indexed as inactive: no device node is expected, so no report is needed.
+    assert!(b.get(&s.id).await.unwrap().is_some());
+    // The fake's lvchange makes no device node appear: the delete stops there, and
+    // never removes what it could not discard.
+    let err = b.delete(&s.id).await.unwrap_err();
+    assert!(err.to_string().contains("device node is missing"), "{err}");
+    assert_eq!(
+        f.runner.calls()[mark..],
+        [format!("lvchange -ay -K iolane/{}", s.id)]
+    );
 }
 
 #[tokio::test]
 async fn expand_extends_and_never_shrinks() {
     let f = Fixture::new();
-    let b = f.adopted(&[]).await;
     let id = volume_id_for("grow");
+    f.activate("iolane", &id);
+    let b = f.adopted(&[tagged("grow", 8 << 20)]).await;
     let mark = f.runner.calls().len();
-    f.answer_lvs(&[pool(0.0, 0.0), tagged("grow", 8 << 20)]);
     assert_eq!(b.expand(&id, 4 << 20).await.unwrap(), 8 << 20);
-    assert_eq!(f.effects(mark), Vec::<String>::new());
-    f.answer_lvs(&[pool(0.0, 0.0), tagged("grow", 8 << 20)]);
+    assert_eq!(f.runner.calls().len(), mark);
+    // Without the pool status in-process, admission reads one report.
     f.answer_lvs(&[pool(0.0, 0.0), tagged("grow", 8 << 20)]);
     assert_eq!(b.expand(&id, 16 << 20).await.unwrap(), 16 << 20);
     assert_eq!(
         f.effects(mark),
         vec![format!("lvextend -L 16777216b iolane/{id}")]
     );
-    f.answer_lvs(&[pool(0.0, 0.0)]);
+    // The index took the new size.
+    let mark = f.runner.calls().len();
+    assert_eq!(b.expand(&id, 12 << 20).await.unwrap(), 16 << 20);
+    assert_eq!(b.get(&id).await.unwrap().unwrap().capacity_bytes, 16 << 20);
     let err = b
         .expand(&volume_id_for("nope"), 16 << 20)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::VolumeNotFound(_)), "{err}");
+    assert_eq!(f.runner.calls().len(), mark);
 }
 
 #[tokio::test]
@@ -490,7 +587,6 @@ async fn attach_activates_only_when_the_device_is_missing() {
     let mark = f.runner.calls().len();
     assert_eq!(b.attached(&id).await.unwrap(), None);
     assert!(b.devices(&id).await.unwrap().is_empty());
-    f.answer_lvs(&[pool(0.0, 0.0)]);
     let err = b.attach(&id).await.unwrap_err();
     assert!(matches!(err, Error::VolumeNotFound(_)), "{err}");
     let node = f.activate("iolane", &id);
@@ -504,9 +600,11 @@ async fn attach_activates_only_when_the_device_is_missing() {
 #[tokio::test]
 async fn broken_tags_are_an_error_for_get_and_skipped_by_list() {
     let f = Fixture::new();
-    let b = f.adopted(&[]).await;
     let id = volume_id_for("odd");
     let row = thin(&id, 8 << 20, &["iolane.dev/v=9".to_owned()], true);
+    f.activate("iolane", &id);
+    // Not indexed (its tags cannot be read), but its device node is there: get asks LVM.
+    let b = f.adopted(std::slice::from_ref(&row)).await;
     f.answer_lvs(&[pool(0.0, 0.0), row.clone()]);
     let err = b.get(&id).await.unwrap_err();
     assert!(matches!(err, Error::Metadata { .. }), "{err}");
@@ -533,6 +631,181 @@ async fn a_full_pool_makes_its_volumes_abnormal() {
     assert!(c.contains("metadata is read-only"), "{c}");
     f.answer_lvs(&[pool(100.0, 10.0)]);
     assert_eq!(b.condition(&id).await.unwrap(), None, "no such volume");
+}
+
+#[tokio::test]
+async fn node_calls_answer_from_the_index_without_reports() {
+    let f = Fixture::new();
+    let id = volume_id_for("warm");
+    let node = f.activate("iolane", &id);
+    let b = f.adopted(&[tagged("warm", 8 << 20)]).await;
+    let mark = f.runner.calls().len();
+    let v = b.get(&id).await.unwrap().unwrap();
+    assert_eq!((v.name.as_str(), v.capacity_bytes), ("warm", 8 << 20));
+    assert_eq!(b.attach(&id).await.unwrap(), node);
+    assert_eq!(b.attached(&id).await.unwrap(), Some(node.clone()));
+    assert_eq!(b.devices(&id).await.unwrap(), vec![node]);
+    // An ID that is neither indexed nor has a device node does not exist.
+    assert_eq!(b.get(&volume_id_for("cold")).await.unwrap(), None);
+    assert_eq!(f.runner.calls().len(), mark, "{:?}", f.runner.calls());
+}
+
+#[tokio::test]
+async fn the_index_asks_lvm_when_the_device_nodes_disagree() {
+    let f = Fixture::new();
+    let gone = volume_id_for("gone");
+    let dev = f.activate("iolane", &gone);
+    let b = f.adopted(&[tagged("gone", 8 << 20)]).await;
+    // Removed behind iolane's back: the node went away, one report confirms it.
+    std::fs::remove_file(&dev).unwrap();
+    let mark = f.runner.calls().len();
+    f.answer_lvs(&[pool(0.0, 0.0)]);
+    assert_eq!(b.get(&gone).await.unwrap(), None);
+    assert_eq!(f.runner.calls().len(), mark + 1);
+    // The entry is gone: asking again costs nothing.
+    assert_eq!(b.get(&gone).await.unwrap(), None);
+    assert_eq!(f.runner.calls().len(), mark + 1);
+    // An LV made after start-up (the lvcreate of a killed iolane finishing late): its
+    // node appears, one report indexes it.
+    let late = spec("late", 8 << 20);
+    f.activate("iolane", &late.id);
+    f.answer_lvs(&[pool(0.0, 0.0), tagged("late", 8 << 20)]);
+    assert_eq!(b.get(&late.id).await.unwrap().unwrap().name, "late");
+    assert_eq!(b.get(&late.id).await.unwrap().unwrap().name, "late");
+    assert_eq!(f.runner.calls().len(), mark + 2);
+}
+
+#[tokio::test]
+async fn list_is_authoritative_and_rebuilds_the_index() {
+    let f = Fixture::new();
+    let a = volume_id_for("a");
+    let a_dev = f.activate("iolane", &a);
+    let fresh = volume_id_for("fresh");
+    f.activate("iolane", &fresh);
+    let b = f
+        .adopted(&[tagged("a", 8 << 20), tagged("fresh", 8 << 20)])
+        .await;
+    // "a" was removed behind iolane's back (no LV, no node); "late" appeared; "fresh" is
+    // not in the report but its node is there (a create that finished after the report).
+    std::fs::remove_file(&a_dev).unwrap();
+    let late = volume_id_for("late");
+    f.answer_lvs(&[pool(0.0, 0.0), tagged("late", 4 << 20)]);
+    let names: Vec<String> = b
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["late"]);
+    let index = b.index();
+    assert!(!index.volumes.contains_key(&a));
+    assert!(index.volumes.contains_key(&fresh));
+    assert_eq!(index.volumes[&late].volume.capacity_bytes, 4 << 20);
+}
+
+#[tokio::test]
+async fn with_the_pool_status_in_process_a_create_is_one_lvcreate() {
+    let f = Fixture::new();
+    // 1 GiB of pool data x ratio 4; 2 GiB of iolane volumes and 1 GiB of someone else's.
+    let mut b = f
+        .adopted(&[
+            tagged("old", 2 << 30),
+            thin("someone-elses", 1 << 30, &[], true),
+        ])
+        .await;
+    let rw = dm_fixture("dmsetup-status-with-thin.txt", "iolane-pool-tpool");
+    let full = dm_fixture("dmsetup-status-small-full.txt", "");
+    ScriptedStatus::install(&mut b, &[&rw, &rw, &rw, &full, &rw]);
+    let mark = f.runner.calls().len();
+    let s = spec("new", 512 << 20);
+    let v = new(b.create(&s).await.unwrap());
+    assert_eq!(v.capacity_bytes, 512 << 20);
+    let calls = f.runner.calls()[mark..].to_vec();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].starts_with("lvcreate --type thin -V 536870912b"),
+        "{calls:?}"
+    );
+    // 3.5 GiB provisioned now (the new volume counts): 512 MiB are left.
+    let err = b
+        .create(&spec("more", (512 << 20) + EXTENT))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert!(
+        err.to_string().contains("3758096384 bytes are provisioned"),
+        "{err}"
+    );
+    // A create in flight (admitted, lvcreate running) counts like a volume.
+    b.index()
+        .reserved
+        .insert(volume_id_for("flying"), (0, 256 << 20));
+    let err = b.create(&spec("less", 512 << 20)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("4026531840 bytes are provisioned"),
+        "{err}"
+    );
+    b.index().reserved.clear();
+    // The pool's own figures from the kernel: out of data space is past the watermark.
+    let err = b.create(&spec("small", EXTENT)).await.unwrap_err();
+    assert!(err.to_string().contains("data usage is 100.00%"), "{err}");
+    // A deleted volume gives its bytes back to admission at once.
+    f.activate("iolane", &v.id);
+    assert!(b.delete(&v.id).await.unwrap());
+    std::fs::remove_file(f.dir.path().join("dev/iolane").join(&v.id)).unwrap();
+    new(b.create(&spec("more", (512 << 20) + EXTENT)).await.unwrap());
+    assert!(
+        !f.runner.calls()[mark..]
+            .iter()
+            .any(|c| c.starts_with("lvs ")),
+        "{:?}",
+        f.runner.calls()
+    );
+    // Once the status cannot be read, admission falls back to one report.
+    f.answer_lvs(&[pool(95.0, 1.0)]);
+    let err = b.create(&spec("last", EXTENT)).await.unwrap_err();
+    assert!(err.to_string().contains("data usage is 95.00%"), "{err}");
+}
+
+#[tokio::test]
+async fn a_create_that_finds_the_lv_made_meanwhile_returns_it() {
+    let f = Fixture::new();
+    let b = f.adopted(&[]).await;
+    let s = spec("raced", 8 << 20);
+    f.answer_lvs(&[pool(0.0, 0.0)]);
+    f.runner.answer(
+        "lvcreate ",
+        Output {
+            status: Some(5),
+            stdout: String::new(),
+            stderr: format!(
+                "  Logical Volume \"{}\" already exists in volume group \"iolane\"\n",
+                s.id
+            ),
+        },
+    );
+    f.answer_lvs(&[pool(0.0, 0.0), tagged("raced", 8 << 20)]);
+    let got = b.create(&s).await.unwrap();
+    assert!(
+        matches!(&got, Created::Existing(v) if v.name == "raced"),
+        "{got:?}"
+    );
+    // A foreign LV of that name is refused, naming it.
+    let s = spec("foreign", 8 << 20);
+    f.answer_lvs(&[pool(0.0, 0.0)]);
+    f.runner.answer(
+        "lvcreate ",
+        Output {
+            status: Some(5),
+            stdout: String::new(),
+            stderr: "  already exists\n".to_owned(),
+        },
+    );
+    f.answer_lvs(&[pool(0.0, 0.0), thin(&s.id, 8 << 20, &[], true)]);
+    let err = b.create(&s).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+    assert!(err.to_string().contains("without iolane tags"), "{err}");
 }
 
 #[test]
