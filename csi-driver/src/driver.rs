@@ -661,6 +661,11 @@ impl Driver {
                     });
             }
         });
+        let pools = self.backend.pools().await?;
+        // A volume created without `iolane.dev/device-class` lives in the first class.
+        let default_class = (self.backend.kind() == "lvm")
+            .then(|| pools.first().map(|p| p.name.clone()))
+            .flatten();
         let mut out = Vec::with_capacity(volumes.len());
         for v in volumes {
             let (tier, limits) = self.tiering.limits_of(&v);
@@ -678,7 +683,7 @@ impl Driver {
                     .parameters
                     .device_class
                     .clone()
-                    .or_else(|| (self.backend.kind() == "lvm").then(|| "(first class)".to_owned())),
+                    .or_else(|| default_class.clone()),
                 tier,
                 caps: limits.to_string(),
                 condition,
@@ -687,7 +692,7 @@ impl Driver {
         Ok(crate::status::NodeStatus {
             node_id: self.settings.node_id.clone(),
             backend: self.backend.kind().to_owned(),
-            pools: self.backend.pools().await?,
+            pools,
             volumes: out,
         })
     }
