@@ -605,6 +605,20 @@ pub fn driver_name(name: &str) -> Result<&str, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    /// The node configs the manifests ship (the ConfigMap's text) parse and validate with
+    /// this very parser, so `kubectl apply -k` never installs a node that refuses to start.
+    #[test]
+    fn the_shipped_node_configs_are_valid() {
+        let base = NodeConfig::parse(include_str!("../../deploy/base/node-config.toml"))
+            .expect("deploy/base/node-config.toml");
+        assert_eq!(base.device_classes.len(), 1);
+        let tiers = base.tier_set().expect("tiers");
+        assert!(tiers.get("streaming").is_some() && tiers.get("batch").is_some());
+        let lp = NodeConfig::parse(include_str!("../../deploy/overlays/loop/node-config.toml"))
+            .expect("deploy/overlays/loop/node-config.toml");
+        assert!(lp.device_classes.is_empty());
+    }
+
     use super::*;
 
     #[test]
