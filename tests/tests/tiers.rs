@@ -525,6 +525,21 @@ async fn unpublish_and_delete(d: &mut Driver, p: &Published) {
     );
 }
 
+/// The body of `GET path` from `addr` (plain HTTP/1.0); panics unless it is a 200.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "GET {path}: {head}"
+    );
+    body.to_owned()
+}
+
 fn bench_secs() -> u64 {
     std::env::var("IOLANE_TEST_BENCH_SECS")
         .ok()
@@ -604,7 +619,7 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
     );
 
     // What an operator sees: /metrics and `iolane status` show the tier and the caps.
-    let text = run("curl", &["-sf", &format!("http://{metrics}/metrics")]);
+    let text = http_get(&metrics, "/metrics");
     let want = format!("iolane_volume_io_limit{{volume=\"{}\",pod_uid=", batch.id);
     let limit_lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&want)).collect();
     assert!(
