@@ -666,14 +666,15 @@ impl Driver {
         let default_class = (self.backend.kind() == "lvm")
             .then(|| pools.first().map(|p| p.name.clone()))
             .flatten();
+        // One read of the backend for every volume's condition, not one per volume.
+        let conditions = self.backend.conditions().await;
         let mut out = Vec::with_capacity(volumes.len());
         for v in volumes {
             let (tier, limits) = self.tiering.limits_of(&v);
-            let condition = self
-                .backend
-                .condition(&v.id)
-                .await
-                .unwrap_or_else(|e| Some(format!("condition unknown: {e}")));
+            let condition = match &conditions {
+                Ok(all) => all.get(&v.id).cloned(),
+                Err(e) => Some(format!("condition unknown: {e}")),
+            };
             out.push(VolumeStatus {
                 publications: publications.remove(&v.id).unwrap_or_default(),
                 id: v.id,

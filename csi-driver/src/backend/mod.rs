@@ -54,6 +54,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// What is wrong with the volume's storage now, if anything (NodeGetVolumeStats
     /// reports it as an abnormal volume condition), e.g. its thin pool being full.
     async fn condition(&self, id: &str) -> Result<Option<String>>;
+    /// [`Backend::condition`] of every volume that has one, by volume ID, read at once
+    /// (`iolane status`): none by default.
+    async fn conditions(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(std::collections::BTreeMap::new())
+    }
 
     /// The volume's block device, making it appear if needed.
     async fn attach(&self, id: &str) -> Result<PathBuf>;

@@ -1110,6 +1110,24 @@ impl Backend for LvmBackend {
         Ok(out)
     }
 
+    async fn conditions(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let rows = self.report_all().await?;
+        let mut out = std::collections::BTreeMap::new();
+        for lv in rows.iter().filter(|l| tags::is_ours(&l.tags)) {
+            let Some(class) = self.class_of(lv) else {
+                continue;
+            };
+            let c = &class.cfg;
+            let pool = rows
+                .iter()
+                .find(|l| l.vg == c.vg && l.name == c.thin_pool && l.is_thin_pool());
+            if let Some(why) = pool_condition(c, lv, pool) {
+                out.insert(lv.name.clone(), why);
+            }
+        }
+        Ok(out)
+    }
+
     async fn condition(&self, id: &str) -> Result<Option<String>> {
         let rows = self.report_all().await?;
         let Some((class, lv)) = rows.iter().find_map(|l| {

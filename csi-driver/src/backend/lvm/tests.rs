@@ -631,6 +631,15 @@ async fn a_full_pool_makes_its_volumes_abnormal() {
     assert!(c.contains("metadata is read-only"), "{c}");
     f.answer_lvs(&[pool(100.0, 10.0)]);
     assert_eq!(b.condition(&id).await.unwrap(), None, "no such volume");
+    // All volumes at once (iolane status) say the same, from one report.
+    let mut full = pool(100.0, 10.0);
+    full["lv_attr"] = json!("twi-aot-D-");
+    f.answer_lvs(&[full, tagged("v", 8 << 20), tagged("w", 8 << 20)]);
+    let all = b.conditions().await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all[&id].contains("out of data space"), "{all:?}");
+    f.answer_lvs(&[pool(42.0, 10.0), tagged("v", 8 << 20)]);
+    assert!(b.conditions().await.unwrap().is_empty());
 }
 
 #[tokio::test]
