@@ -2,7 +2,7 @@
 # shellcheck source-path=SCRIPTDIR
 # Host side, root: the whole VM suite of the lvm backend.
 #   1. tests/vm/setup.sh (installs what is missing);
-#   2. builds `iolane` and the test binaries on the host, and copies them (debug info
+#   2. builds `iolane` and the test binary `suite` on the host, and copies them (debug info
 #      stripped: the guest reads them over 9p) to a work directory;
 #   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the conformance suite on the lvm
 #      backend, then the pool-full, no-stale-data and SIGKILL-during-creates scenarios;
@@ -43,10 +43,10 @@ stamp "build"
 cargo build -p csi-driver --locked || { echo "all.sh: cargo build -p csi-driver failed" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-$repo/target}"
 objcopy --strip-debug "$target/debug/iolane" "$work/bin/iolane"
-# The test binaries' paths, from cargo's own report.
+# The test binary's path, from cargo's own report.
 cargo test -p iolane-tests --locked --no-run --message-format=json-render-diagnostics >"$work/build.json" \
     || { echo "all.sh: building the test binaries failed" >&2; exit 1; }
-for t in conformance lvm tiers; do
+for t in suite; do
     exe="$(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs INSIDE the VM: the volume-cycle benchmark (tests/benches/cycle.rs), driver vs the raw
+# Runs INSIDE the VM: the volume-cycle benchmark (tests/benches/cycle/), driver vs the raw
 # command sequence in the same boot. Prints figures, asserts nothing (exits non-zero only if
 # the benchmark could not run). Needs two blank disks. From the host, as root:
 #

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Runs INSIDE the VM (tests/vm/run.sh --disks 2): the conformance suite on the lvm backend
-# (/dev/nvme0n1), then the lvm scenarios of tests/tests/lvm.rs (pool full on /dev/nvme1n1,
-# no stale data, SIGKILL during creates). The reboot scenario needs two boots: reboot.sh.
+# (/dev/nvme0n1), then the lvm scenarios of tests/tests/suite/lvm/ (pool full on
+# /dev/nvme1n1, no stale data, SIGKILL during creates). The reboot scenario needs two boots: reboot.sh.
 #
 #   tests/vm/lvm-suite.sh BIN_DIR [RESULTS_FILE]
 #
-# BIN_DIR holds the host-built binaries: `iolane`, and the test binaries `conformance` and
-# `lvm` (tests/vm/all.sh copies them there; nextest is not used in the guest: it wants to
-# build and write under target/, which is read-only here). Each test runs in its own
-# process (`--exact NAME --test-threads 1`) under a timeout, one at a time, since they share
-# the VGs. One line per test is appended to RESULTS_FILE (default
-# $IOLANE_VM_RESULTS/lvm-suite.results): `ok NAME SECONDS` or `FAILED NAME SECONDS (exit N)`.
+# BIN_DIR holds the host-built binaries: `iolane`, and the test binary `suite` (tests/vm/all.sh
+# copies them there; nextest is not used in the guest: it wants to build and write under
+# target/, which is read-only here). Its tests under the modules `conformance::` and `lvm::`
+# run, each in its own process (`--exact NAME --test-threads 1`) under a timeout, one at a
+# time, since they share the VGs. One line per test is appended to RESULTS_FILE (default
+# $IOLANE_VM_RESULTS/lvm-suite.results): `ok NAME SECONDS` or `FAILED NAME SECONDS (exit N)`,
+# NAME the test's module path (`conformance::create::create_volume_is_idempotent_by_name`).
 #
-# Environment: IOLANE_VM_SUITE_FILTER (an extended regex: run only matching tests),
+# Environment: IOLANE_VM_SUITE_FILTER (an extended regex on the module path: run only
+# matching tests),
 # IOLANE_VM_SUITE_VERBOSE=1 (print every test's output, not only the failures'),
 # IOLANE_TEST_LVM_DEVICES (default /dev/nvme0n1), IOLANE_TEST_LVM_SMALL_DEVICE (default
 # /dev/nvme1n1), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600).
@@ -25,11 +27,11 @@ per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
 
 # The guest reads host files over 9p, page by page: copied into the guest's /tmp (RAM),
 # the binaries start and run measurably faster.
-for f in iolane conformance lvm; do
+for f in iolane suite; do
     [ -x "$bin/$f" ] || { echo "lvm-suite: $bin/$f is missing (build on the host: tests/vm/all.sh)" >&2; exit 1; }
 done
 local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
-cp "$bin/iolane" "$bin/conformance" "$bin/lvm" "$local_bin/"
+cp "$bin/iolane" "$bin/suite" "$local_bin/"
 bin="$local_bin"
 
 export IOLANE_BIN="$bin/iolane"
@@ -48,13 +50,14 @@ passed=0
 failed=0
 suite_start=$(date +%s)
 
-# run_tests LABEL BINARY VERBOSE: every (not ignored) test of BINARY, one process each.
+# run_tests MODULE VERBOSE: every (not ignored) test of the suite binary under MODULE::, one
+# process each.
 run_tests() {
-    local label="$1" exe="$2" verbose="${IOLANE_VM_SUITE_VERBOSE:-$3}" t log rc start ms secs
+    local module="$1" exe="$bin/suite" verbose="${IOLANE_VM_SUITE_VERBOSE:-$2}" t log rc start ms secs
     local -a tests
-    mapfile -t tests < <("$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+    mapfile -t tests < <("$exe" --list --format terse 2>/dev/null | sed -n "s/^\(${module}::.*\): test\$/\1/p")
     if [ ${#tests[@]} -eq 0 ]; then
-        echo "FAILED $label::list 0 (no tests listed)" >>"$results"
+        echo "FAILED $module::list 0 (no tests listed)" >>"$results"
         failed=$((failed + 1))
         return
     fi
@@ -72,8 +75,8 @@ run_tests() {
         fi
         if [ "$rc" = 0 ]; then
             passed=$((passed + 1))
-            echo "ok $label::$t $secs" >>"$results"
-            printf 'lvm-suite: PASS %-70s %6ss\n' "$label::$t" "$secs"
+            echo "ok $t $secs" >>"$results"
+            printf 'lvm-suite: PASS %-70s %6ss\n' "$t" "$secs"
             if [ "$verbose" = 1 ] || grep -q 'skipped:' "$log"; then
                 grep -v -e '^running ' -e '^test result' -e '^$' "$log" | sed 's/^/    /'
             fi
@@ -81,16 +84,16 @@ run_tests() {
             failed=$((failed + 1))
             local why="exit $rc"
             [ "$rc" = 124 ] && why="timed out after ${per_test}s"
-            echo "FAILED $label::$t $secs ($why)" >>"$results"
-            printf 'lvm-suite: FAIL %-70s %6ss (%s)\n' "$label::$t" "$secs" "$why"
+            echo "FAILED $t $secs ($why)" >>"$results"
+            printf 'lvm-suite: FAIL %-70s %6ss (%s)\n' "$t" "$secs" "$why"
             sed 's/^/    /' "$log"
         fi
     done
     rm -f "$log"
 }
 
-run_tests conformance "$bin/conformance" 0
-run_tests lvm "$bin/lvm" 1
+run_tests conformance 0
+run_tests lvm 1
 
 echo "lvm-suite: LVs left:"
 LC_ALL=C lvs -a -o vg_name,lv_name,lv_attr,lv_size,data_percent,lv_tags 2>&1 | sed 's/^/    /'

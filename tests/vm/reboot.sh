@@ -2,20 +2,21 @@
 # shellcheck source-path=SCRIPTDIR
 # Host side, root: the lvm reboot test, two boots of the VM on the same disk image.
 #   boot 1: the driver builds the pool, creates volumes, writes data, records ids and
-#           checksums in a host directory (tests/tests/lvm.rs lvm_reboot_1_create_and_write);
+#           checksums in a host directory (tests/tests/suite/lvm/reboot.rs,
+#           lvm_reboot_1_create_and_write);
 #   boot 2: a new driver adopts the pool: ListVolumes lists them, stage + publish read the
 #           data back, then everything is deleted (lvm_reboot_2_adopt_and_read).
 #
 #   tests/vm/reboot.sh BIN_DIR [RESULTS_FILE]
 #
-# BIN_DIR holds `iolane` and the test binary `lvm`, built on the host (tests/vm/all.sh).
+# BIN_DIR holds `iolane` and the test binary `suite`, built on the host (tests/vm/all.sh).
 # Appends `ok lvm::reboot-boot-N SECONDS` or `FAILED ...` to RESULTS_FILE (if given).
 # Exit status: 0 if both boots passed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(cd "${1:?usage: reboot.sh BIN_DIR [RESULTS_FILE]}" && pwd)"
 results="${2:-/dev/null}"
-for f in iolane lvm; do
+for f in iolane suite; do
     [ -x "$bin/$f" ] || { echo "reboot.sh: $bin/$f is missing" >&2; exit 2; }
 done
 
@@ -30,8 +31,8 @@ export IOLANE_TEST_REBOOT_DIR="$work/keep" RUST_BACKTRACE=1
 rc=0
 for phase in 1 2; do
     case "$phase" in
-        1) test=lvm_reboot_1_create_and_write ;;
-        2) test=lvm_reboot_2_adopt_and_read ;;
+        1) test=lvm::reboot::lvm_reboot_1_create_and_write ;;
+        2) test=lvm::reboot::lvm_reboot_2_adopt_and_read ;;
     esac
     if [ "$rc" != 0 ]; then
         echo "FAILED lvm::reboot-boot-$phase 0 (not run: boot 1 failed)" >>"$results"
@@ -40,7 +41,7 @@ for phase in 1 2; do
     echo "reboot.sh: boot $phase: $test"
     start=$(date +%s)
     bash "$here/run.sh" --disks 1 --timeout 600 --rwdir "$work/keep" --rwdir "$bin" -- \
-        timeout -k 10 540 "$bin/lvm" --ignored --exact "$test" --test-threads 1 --nocapture
+        timeout -k 10 540 "$bin/suite" --ignored --exact "$test" --test-threads 1 --nocapture
     status=$?
     secs=$(($(date +%s) - start))
     if [ "$status" = 0 ]; then

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Runs INSIDE the VM (tests/vm/run.sh --disks 1): the IO tier tests of tests/tests/tiers.rs
-# on the lvm backend (/dev/nvme0n1) and the real cgroup root (cgroup v2 with io), then
+# Runs INSIDE the VM (tests/vm/run.sh --disks 1): the IO tier tests of
+# tests/tests/suite/tiers/ on the lvm backend (/dev/nvme0n1) and the real cgroup root (cgroup v2 with io), then
 # `iolane demo` twice (the built-in batch tier, and --batch-iops 200), keeping its output.
 #
 #   tests/vm/tiers.sh BIN_DIR [RESULTS_FILE]
 #
-# BIN_DIR holds the host-built `iolane` and the `tiers` test binary (tests/vm/all.sh copies
-# them there). Each test runs in its own process under a timeout; one line per test (and
+# BIN_DIR holds the host-built `iolane` and the `suite` test binary (tests/vm/all.sh copies
+# them there). Each of its tests under `tiers::` runs in its own process under a timeout,
+# named by its module path (`tiers::vm::vm_batch_...`); one line per test (and
 # per demo run) is appended to RESULTS_FILE (default $IOLANE_VM_RESULTS/tiers.results):
 # `ok NAME SECONDS` or `FAILED NAME SECONDS (why)`. The demo's output goes to
 # $IOLANE_VM_RESULTS/demo-*.txt and its JSON to demo-*.json.
 #
-# Environment: IOLANE_VM_SUITE_FILTER (extended regex on test names),
+# Environment: IOLANE_VM_SUITE_FILTER (extended regex on the tests' module paths),
 # IOLANE_TEST_LVM_DEVICES (default /dev/nvme0n1), IOLANE_TEST_BENCH_SECS (seconds per load
 # run, default 5), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600).
 # Exit status: 0 if everything passed, 1 otherwise.
@@ -22,11 +23,11 @@ results="${2:-$out/tiers.results}"
 filter="${IOLANE_VM_SUITE_FILTER:-}"
 per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
 
-for f in iolane tiers; do
+for f in iolane suite; do
     [ -x "$bin/$f" ] || { echo "tiers: $bin/$f is missing (build on the host: tests/vm/all.sh)" >&2; exit 1; }
 done
 local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
-cp "$bin/iolane" "$bin/tiers" "$local_bin/"
+cp "$bin/iolane" "$bin/suite" "$local_bin/"
 bin="$local_bin"
 
 export IOLANE_BIN="$bin/iolane"
@@ -54,15 +55,15 @@ record() { # record NAME RC MS LOG
 }
 
 log="$(mktemp)"
-mapfile -t tests < <("$bin/tiers" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+mapfile -t tests < <("$bin/suite" --list --format terse 2>/dev/null | sed -n 's/^\(tiers::.*\): test$/\1/p')
 [ ${#tests[@]} -gt 0 ] || { echo "FAILED tiers::list 0 (no tests listed)" >>"$results"; exit 1; }
 for t in "${tests[@]}"; do
     if [ -n "$filter" ] && ! grep -qE -- "$filter" <<<"$t"; then continue; fi
     start=$(date +%s%N)
-    timeout -k 10 "$per_test" "$bin/tiers" --exact "$t" --test-threads 1 --nocapture >"$log" 2>&1
+    timeout -k 10 "$per_test" "$bin/suite" --exact "$t" --test-threads 1 --nocapture >"$log" 2>&1
     rc=$?
     # Only the lines the tests print themselves (figures), not the driver's log on success.
-    record "tiers::$t" "$rc" "$((($(date +%s%N) - start) / 1000000))" "$log"
+    record "$t" "$rc" "$((($(date +%s%N) - start) / 1000000))" "$log"
 done
 
 # The demo: iolane's main job on its embedded default (loop backend), as a user runs it.
