@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::setup::lcm;
 use super::*;
 use crate::os::command::{Output, RecordingRunner};
 use crate::os::{FsType, Roots};
-use crate::volume::CapacityRange;
+use crate::volume::{CapacityRange, volume_id_for};
 
 const EXTENT: u64 = 4 << 20;
 const POOL_BYTES: u64 = 1 << 30;
