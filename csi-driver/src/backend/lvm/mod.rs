@@ -19,9 +19,11 @@
 //! index), `admission.rs` (pool usage and the limits on it), `volumes.rs` (get, list,
 //! create, delete, expand, capacity), `health.rs` (pool usage for `iolane status`, volume
 //! conditions) and `devices.rs` (block devices of volumes); [`report`] parses LVM's
-//! reports and [`tags`] converts volumes to and from LV tags.
+//! reports, [`tags`] converts volumes to and from LV tags, and `class.rs` holds
+//! [`DeviceClass`], the settings of a class in the node config, and their checks.
 
 mod admission;
+mod class;
 mod devices;
 mod health;
 mod index;
@@ -36,12 +38,13 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::{Backend, Created};
-use crate::config::{DeviceClass, WipePolicy};
 use crate::error::{Error, Result};
 use crate::os::dm::ThinPoolStatus;
 use crate::os::lvm::Report;
 use crate::os::{self, Os};
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
+pub use class::{DEFAULT_CLASS, DeviceClass, WipePolicy};
+pub(crate) use class::{validate_classes, validate_devices};
 use index::Index;
 use report::{LV_FIELDS, Lv, parse_lvs};
 
