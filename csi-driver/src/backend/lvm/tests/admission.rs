@@ -1,6 +1,12 @@
-//! Admission: the ratio and the watermarks, and pool usage read in-process.
+//! Admission: the ratio and the watermarks, and pool usage read in-process, through the
+//! backend and as the pure functions it uses.
 
 use super::*;
+use crate::backend::lvm::admission::{
+    PoolUsage, admit, capacity_of, in_process_usage, past_watermark, provisionable,
+};
+use crate::backend::lvm::index::PoolFacts;
+use crate::volume::Capacity;
 
 #[tokio::test]
 async fn admission_refuses_past_the_ratio_and_the_watermarks() {
@@ -102,4 +108,68 @@ async fn with_the_pool_status_in_process_a_create_is_one_lvcreate() {
     f.answer_lvs(&[pool(95.0, 1.0)]);
     let err = b.create(&spec("last", EXTENT)).await.unwrap_err();
     assert!(err.to_string().contains("data usage is 95.00%"), "{err}");
+}
+
+/// The figures admission sees: a 1 GiB pool at the default ratio of 4.
+fn figures(provisioned: u64, data_percent: f64, metadata_percent: f64) -> PoolUsage {
+    PoolUsage {
+        data_bytes: POOL_BYTES,
+        provisioned,
+        data_percent,
+        metadata_percent,
+        extent: EXTENT,
+    }
+}
+
+#[test]
+fn admission_allows_up_to_the_ratio_in_whole_extents() {
+    let c = DeviceClass::with_defaults("default", vec![PathBuf::from("/dev/sda")]);
+    // 4 GiB allowed; one byte past 3 GiB provisioned leaves 1 GiB less a partial extent.
+    let u = figures((3 << 30) + 1, 10.0, 10.0);
+    let left = (1 << 30) - EXTENT;
+    assert_eq!(provisionable(&c, &u), (left, 4 << 30));
+    assert_eq!(
+        capacity_of(&c, &u),
+        Capacity {
+            available: left,
+            max_volume_size: left,
+        }
+    );
+    assert!(admit(&c, &u, left).is_ok());
+    let err = admit(&c, &u, left + 1).unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    // Provisioned past the limit (a foreign LV, a lowered ratio): nothing is left.
+    let over = figures(5 << 30, 10.0, 10.0);
+    assert_eq!(provisionable(&c, &over).0, 0);
+    assert!(admit(&c, &over, EXTENT).is_err());
+}
+
+#[test]
+fn watermarks_refuse_at_the_mark_and_zero_the_capacity() {
+    let c = DeviceClass::with_defaults("default", vec![PathBuf::from("/dev/sda")]);
+    assert_eq!(past_watermark(&c, &figures(0, 89.99, 79.99)), None);
+    for (data, meta, says) in [(90.0, 0.0, "data usage"), (0.0, 80.0, "metadata usage")] {
+        let u = figures(0, data, meta);
+        let why = past_watermark(&c, &u).expect("at the watermark");
+        assert!(why.contains(says), "{why}");
+        assert_eq!(capacity_of(&c, &u).available, 0);
+        let err = admit(&c, &u, EXTENT).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    }
+}
+
+#[test]
+fn in_process_usage_adds_the_class_volumes_to_the_foreign_ones() {
+    let status =
+        os::dm::parse_thin_pool_status(&dm_fixture("dmsetup-status-small-full.txt", "")).unwrap();
+    let facts = PoolFacts {
+        data_bytes: POOL_BYTES,
+        extent: EXTENT,
+        foreign: 3 << 20,
+    };
+    let u = in_process_usage(facts, 5 << 20, &status);
+    assert_eq!((u.data_bytes, u.extent), (POOL_BYTES, EXTENT));
+    assert_eq!(u.provisioned, 8 << 20);
+    assert!((u.data_percent - status.data_percent()).abs() < f64::EPSILON);
+    assert!((u.metadata_percent - status.metadata_percent()).abs() < f64::EPSILON);
 }
