@@ -5,7 +5,7 @@
 #     (unknown fields are errors), skipping only CRD kinds listed by name (PodMonitor);
 #   - checks the invariants a schema cannot express (provisioner flags, pinned images,
 #     resources, privileged and Bidirectional only on the driver, CSIDriver fields, the
-#     driver's flags against csi-driver/src/config.rs, ...);
+#     driver's flags against csi-driver/src/config/cli.rs, ...);
 #   - checks the metrics the code registers against the Grafana dashboard's queries and
 #     the docs;
 #   - runs a self-test proving each invariant check can fail.

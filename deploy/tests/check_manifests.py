@@ -7,7 +7,7 @@ For every overlay under deploy/overlays:
      fields are errors). Only the kinds in CRD_KINDS are skipped, by name: they come from
      CRDs (the Prometheus Operator's PodMonitor) that the core schemas do not describe;
   3. check the invariants below, which a schema cannot express (flags and IOLANE_*
-     variables of the `iolane` containers are read from csi-driver/src/config.rs).
+     variables of the `iolane` containers are read from csi-driver/src/config/cli.rs).
 
 Then, once:
   4. METRICS, the metrics /metrics serves, against the code that registers them;
@@ -76,7 +76,8 @@ PROVISIONER_ENV = {
 
 WORKLOAD_KINDS = {"DaemonSet", "Deployment", "StatefulSet", "ReplicaSet", "Job", "Pod"}
 
-# Keys of the node config (csi-driver/src/config.rs, iops-controller/src/tier.rs).
+# Keys of the node config (csi-driver/src/config/node.rs, csi-driver/src/backend/lvm/class.rs,
+# iops-controller/src/tier.rs).
 CONFIG_TOP_KEYS = {"loop", "device_class", "tiers"}
 CONFIG_LOOP_KEYS = {"overprovision_ratio"}
 CONFIG_CLASS_KEYS = {
@@ -108,15 +109,15 @@ STORAGE_CLASS_KEYS, MUTABLE_KEYS = rust_keys()
 
 
 def rust_cli() -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
-    """From csi-driver/src/config.rs: the long flags of each `iolane` subcommand (the
+    """From csi-driver/src/config/cli.rs: the long flags of each `iolane` subcommand (the
     fields of its clap Args struct, plus the global ones of Cli), the values of the flags
     that take a ValueEnum, and the IOLANE_* environment variables the flags read."""
-    text = (REPO / "csi-driver/src/config.rs").read_text()
+    text = (REPO / "csi-driver/src/config/cli.rs").read_text()
 
     def body(kind: str, name: str) -> str:
         m = re.search(rf"pub {kind} {name} \{{(.*?)\n\}}", text, re.S)
         if not m:
-            raise SystemExit(f"check_manifests: {kind} {name} not found in csi-driver/src/config.rs")
+            raise SystemExit(f"check_manifests: {kind} {name} not found in csi-driver/src/config/cli.rs")
         return m.group(1)
 
     def flags(struct: str) -> set[str]:
@@ -437,7 +438,7 @@ def controller_wiring(objs: list[dict[str, Any]]) -> list[str]:
 @check
 def driver_flags(objs: list[dict[str, Any]]) -> list[str]:
     """Every `iolane` container runs a real subcommand with flags and IOLANE_* variables
-    that exist in csi-driver/src/config.rs, each flag as one `--flag=value` argument."""
+    that exist in csi-driver/src/config/cli.rs, each flag as one `--flag=value` argument."""
     problems = []
     seen = 0
     for o in objs:

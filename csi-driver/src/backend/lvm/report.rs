@@ -197,6 +197,17 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         .collect())
 }
 
+/// The extent size of an LV's VG; an error if the report lacks it.
+pub(super) fn extent_of(lv: &Lv) -> crate::error::Result<u64> {
+    lv.extent_size.filter(|e| *e > 0).ok_or_else(|| {
+        os::Error::Parse {
+            what: "lvs report",
+            output: format!("no vg_extent_size for {}/{}", lv.vg, lv.name),
+        }
+        .into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

@@ -1,0 +1,302 @@
+//! The command line: clap's `iolane` command, its subcommands and their flags (every flag
+//! also from an `IOLANE_*` environment variable), and the checks of the flags whose
+//! values clap cannot check itself.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::ConfigError;
+
+/// iolane: thin node-local volumes with per-tier IO limits, as a CSI driver.
+#[derive(Debug, Parser)]
+#[command(name = "iolane", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "IOLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `csi_driver=debug`.
+    #[arg(long, env = "IOLANE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Identity, Controller and Node on this node's socket (the DaemonSet role).
+    Node(NodeArgs),
+    /// Serve the central Identity and Controller (the Deployment beside csi-resizer):
+    /// ControllerExpandVolume answers `node_expansion_required`; the owning node grows the
+    /// volume.
+    Controller(ControllerArgs),
+    /// Print this node's volumes: device class, size, pool usage, tier, the io.max caps in
+    /// place for each pod, and live IOPS (from the node's `--metrics-address`).
+    Status(StatusArgs),
+    /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
+    /// per-second IOPS and latency percentiles.
+    Bench(BenchArgs),
+    /// Run iolane's main job on its embedded default: a loop-backed node in-process, a
+    /// streaming and a batch volume published to two stand-in pod cgroups, the load
+    /// generator on both, and a table of achieved IOPS against each tier's limit. Needs
+    /// root, cgroup v2 with the io controller, and loop devices; removes all it made.
+    Demo(DemoArgs),
+}
+
+/// Flags of `iolane demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Seconds each load run lasts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Replace the batch tier's read and write IOPS caps with N (through a demo node
+    /// config), for machines too slow to go above the built-in 2000; default: the
+    /// built-in tier.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_iops: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Root of the cgroup v2 hierarchy (the demo's pod cgroups go below it).
+    #[arg(long, env = "IOLANE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+}
+
+/// Flags of `iolane bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Block device or regular file to load. Write patterns refuse a mounted device.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// randread, randwrite, read, write, randrw or randrw:<read percent>.
+    #[arg(long, default_value = "randread")]
+    pub pattern: String,
+    /// Bytes per IO, a multiple of 512.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// IOs kept in flight.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Use only the first N bytes of the target.
+    #[arg(long)]
+    pub size_limit: Option<u64>,
+    /// Move this process into the cgroup v2 directory before starting IO.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Go through the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Flags of `iolane status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The node's `--metrics-address` (where it serves `/status`).
+    #[arg(long, env = "IOLANE_STATUS_ADDRESS", default_value = "127.0.0.1:9820")]
+    pub address: std::net::SocketAddr,
+    /// Seconds between the two readings live IOPS are computed from (1-60).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub interval: u64,
+    /// Print the second snapshot as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `iolane controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// CSI endpoint, `unix:///absolute/path.sock`.
+    #[arg(long, env = "IOLANE_ENDPOINT")]
+    pub endpoint: String,
+    /// CSI driver name reported by GetPluginInfo.
+    #[arg(long, env = "IOLANE_DRIVER_NAME", default_value = "csi.iolane.dev")]
+    pub driver_name: String,
+}
+
+/// Flags of `iolane node`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// CSI endpoint, `unix:///absolute/path.sock`.
+    #[arg(long, env = "IOLANE_ENDPOINT")]
+    pub endpoint: String,
+    /// This node's name; also its topology value `topology.iolane.dev/node`.
+    #[arg(long, env = "IOLANE_NODE_ID")]
+    pub node_id: String,
+    /// Where the loop backend keeps its images and metadata.
+    #[arg(long, env = "IOLANE_STATE_DIR", default_value = "/var/lib/iolane")]
+    pub state_dir: PathBuf,
+    /// Node config file (TOML). Without it the loop backend runs with its defaults.
+    #[arg(long, env = "IOLANE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// CSI driver name reported by GetPluginInfo.
+    #[arg(long, env = "IOLANE_DRIVER_NAME", default_value = "csi.iolane.dev")]
+    pub driver_name: String,
+    /// Refuse staging and target paths outside this directory (set it to the kubelet
+    /// root, `/var/lib/kubelet`, in a cluster).
+    #[arg(long, env = "IOLANE_PATH_ROOT")]
+    pub path_root: Option<PathBuf>,
+    /// Volumes this node accepts, reported in NodeGetInfo (0 = no limit).
+    #[arg(long, env = "IOLANE_MAX_VOLUMES", default_value_t = 0)]
+    pub max_volumes: i64,
+    /// Block devices (comma-separated) for an LVM device class `default` with VG `iolane`
+    /// and thin pool `pool`; a shortcut for a one-class config file.
+    #[arg(long, env = "IOLANE_LVM_DEVICES", value_delimiter = ',')]
+    pub lvm_devices: Vec<PathBuf>,
+    /// Root of the cgroup v2 hierarchy, where pod cgroups are searched for.
+    #[arg(long, env = "IOLANE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Seconds between two passes of the io.max reconciler (1-3600).
+    #[arg(long, env = "IOLANE_RECONCILE_PERIOD", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_period: u64,
+    /// Serve `/metrics`, `/healthz` and `/status` (what `iolane status` reads) over HTTP
+    /// on this address (e.g. `0.0.0.0:9820`); not served when unset.
+    #[arg(long, env = "IOLANE_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Read the PVC's `iolane.dev/tier` annotation through the Kubernetes API at
+    /// CreateVolume: `auto` when running in a cluster (KUBERNETES_SERVICE_HOST set) or
+    /// with `--kubeconfig`, `off` never.
+    #[arg(long, env = "IOLANE_KUBERNETES", value_enum, default_value_t = KubeMode::Auto)]
+    pub kubernetes: KubeMode,
+    /// kubeconfig for the Kubernetes API (outside a cluster).
+    #[arg(long, env = "IOLANE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Whether the node reads PVC annotations through the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeMode {
+    Auto,
+    Off,
+}
+
+/// The socket path of a `unix:///abs/path` endpoint.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        field: "--endpoint".to_owned(),
+        reason: format!("{endpoint:?} {reason}"),
+    };
+    let path = endpoint
+        .strip_prefix("unix://")
+        .ok_or_else(|| invalid("must start with unix://"))?;
+    crate::validate::abs_path("--endpoint", path, None)
+        .map_err(|_| invalid("must name an absolute path without '.' or '..'"))
+}
+
+/// Checks the driver name the way the CSI spec and csi-sanity do.
+pub fn driver_name(name: &str) -> Result<&str, ConfigError> {
+    let b = name.as_bytes();
+    let ok = (2..=63).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(ConfigError::Invalid {
+            field: "--driver-name".to_owned(),
+            reason: format!("{name:?} is not a valid CSI driver name"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            socket_path("unix:///run/csi/csi.sock").unwrap(),
+            PathBuf::from("/run/csi/csi.sock")
+        );
+        assert!(socket_path("/run/csi.sock").is_err());
+        assert!(socket_path("unix://relative.sock").is_err());
+        assert!(socket_path("unix:///run/../etc/x").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(driver_name("csi.iolane.dev").is_ok());
+        assert!(driver_name("9lives").is_err());
+        assert!(driver_name("a b").is_err());
+    }
+
+    #[test]
+    fn cli_parses_the_documented_command() {
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "node",
+            "--endpoint",
+            "unix:///tmp/x.sock",
+            "--node-id",
+            "n1",
+        ])
+        .unwrap();
+        let Command::Node(n) = cli.command else {
+            panic!("not the node command");
+        };
+        assert_eq!(n.state_dir, PathBuf::from("/var/lib/iolane"));
+        assert_eq!(n.driver_name, "csi.iolane.dev");
+    }
+
+    #[test]
+    fn cli_parses_the_bench_command() {
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "bench",
+            "--target",
+            "/dev/loop3",
+            "--pattern",
+            "randrw:70",
+            "--duration",
+            "5",
+        ])
+        .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not the bench command");
+        };
+        assert_eq!(b.target, PathBuf::from("/dev/loop3"));
+        assert_eq!((b.block_size, b.queue_depth, b.duration), (4096, 32, 5));
+        assert!(!b.buffered);
+    }
+
+    #[test]
+    fn cli_parses_the_demo_command() {
+        let cli = Cli::try_parse_from(["iolane", "demo"]).unwrap();
+        let Command::Demo(d) = cli.command else {
+            panic!("not the demo command");
+        };
+        assert_eq!((d.duration, d.batch_iops), (5, None));
+        assert_eq!(d.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "demo",
+            "--duration",
+            "3",
+            "--batch-iops",
+            "200",
+            "--json",
+            "/tmp/d.json",
+        ])
+        .unwrap();
+        let Command::Demo(d) = cli.command else {
+            panic!("not the demo command");
+        };
+        assert_eq!((d.duration, d.batch_iops), (3, Some(200)));
+        assert!(Cli::try_parse_from(["iolane", "demo", "--batch-iops", "0"]).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Configuration: the command line (`cli.rs`: clap, every flag also from an environment
+//! variable) and the node config file (`node.rs`: TOML, the same text the ConfigMap
+//! carries). The settings of an LVM device class, and their checks, live with the lvm
+//! backend ([`crate::backend::lvm::DeviceClass`]).
+
+mod cli;
+mod node;
+
+pub use cli::{
+    BenchArgs, Cli, Command, ControllerArgs, DemoArgs, KubeMode, LogFormat, NodeArgs, StatusArgs,
+    driver_name, socket_path,
+};
+pub use node::{LoopConfig, NodeConfig};
+
+/// A config problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
