@@ -17,8 +17,8 @@ use crate::volume::{
     AccessType, Capability, CapacityRange, CreateSpec, Parameters, TOPOLOGY_KEY, Volume,
     volume_id_for,
 };
-use iops_controller::reconcile::{Outcome as ReconcileOutcome, PassReport, Publication};
-use iops_controller::{DeviceNumber, PodUid, keys};
+use iops_controller::reconcile::{Outcome as ReconcileOutcome, Publication};
+use iops_controller::{DeviceNumber, Enforcement, PodUid, keys};
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
@@ -61,7 +61,7 @@ pub struct Settings {
     pub max_volumes_per_node: i64,
 }
 
-/// The driver: one backend, the OS, the tiers, and the in-flight guard.
+/// The driver: one backend, the OS, the tiers, io.max enforcement, and the in-flight guard.
 #[derive(Debug, Clone)]
 pub struct Driver {
     backend: Arc<dyn Backend>,
@@ -69,20 +69,28 @@ pub struct Driver {
     settings: Arc<Settings>,
     inflight: InFlight,
     tiering: Arc<Tiering>,
+    enforcement: Arc<Enforcement>,
 }
 
 impl Driver {
-    pub fn new(backend: Arc<dyn Backend>, os: Os, settings: Settings, tiering: Tiering) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        os: Os,
+        settings: Settings,
+        tiering: Tiering,
+        enforcement: Arc<Enforcement>,
+    ) -> Self {
         Driver {
             backend,
             os,
             settings: Arc::new(settings),
             inflight: InFlight::default(),
             tiering: Arc::new(tiering),
+            enforcement,
         }
     }
 
-    /// The tiers, PVC look-up and io.max enforcement of this driver.
+    /// The tiers and PVC look-up of this driver.
     pub fn tiering(&self) -> &Tiering {
         &self.tiering
     }
@@ -552,7 +560,7 @@ impl Driver {
             tier,
             limits,
         };
-        let (outcome, reason) = self.tiering.enforcer().publish(publication.clone());
+        let (outcome, reason) = self.enforcement.publish(publication.clone());
         log_outcome(&publication, outcome, reason.as_deref());
     }
 
@@ -561,8 +569,7 @@ impl Driver {
         let target = self.path("target_path", target)?;
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
-        let enforcer = self.tiering.enforcer();
-        match enforcer.unpublish(&target) {
+        match self.enforcement.unpublish(&target) {
             Ok(Some(true)) => {
                 tracing::info!(volume.id = %id, target = %target.display(), "lifted the io.max caps");
             }
@@ -590,15 +597,14 @@ impl Driver {
         Ok(())
     }
 
-    /// One pass of the io.max reconciler: forgets publications whose mounts are gone,
-    /// adopts kubelet publications it does not know yet (after a restart), and makes every
-    /// known publication's line right (`iops_controller::reconcile`). Returns the pass's
-    /// report and how many publications it adopted.
-    pub async fn reconcile(&self) -> Result<(PassReport, usize)> {
+    /// Brings the enforcement controller's publications up to date with the mount table
+    /// before its pass: forgets publications whose mounts are gone and adopts kubelet
+    /// publications it does not know yet (after a restart). Returns how many it adopted.
+    pub async fn adopt_mounts(&self) -> Result<usize> {
         let mounts = self.os.mounts()?;
         let mounted: std::collections::HashSet<&Path> =
             mounts.iter().map(|m| m.mount_point.as_path()).collect();
-        let enforcer = self.tiering.enforcer();
+        let enforcer = &self.enforcement;
         for p in enforcer.retain(|t| mounted.contains(t)) {
             tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten");
         }
@@ -607,12 +613,10 @@ impl Driver {
             .filter(|m| !enforcer.knows(&m.mount_point))
             .filter_map(|m| pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
             .collect();
-        let adopted = if unknown.is_empty() {
-            0
-        } else {
-            self.adopt(unknown).await?
-        };
-        Ok((enforcer.pass(), adopted))
+        if unknown.is_empty() {
+            return Ok(0);
+        }
+        self.adopt(unknown).await
     }
 
     /// Usage of every pool (metrics, `iolane status`).
@@ -623,44 +627,10 @@ impl Driver {
     /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
     /// publication's cgroup, caps in place and IO counters (read now).
     pub async fn status(&self) -> Result<crate::status::NodeStatus> {
-        use crate::status::{Counters, PublicationStatus, VolumeStatus};
+        use crate::status::VolumeStatus;
         let mut volumes = self.backend.list().await?;
         volumes.sort_by(|a, b| a.id.cmp(&b.id));
-        let enforcer = self.tiering.enforcer();
-        let fs = enforcer.cgroup_fs();
-        let mut publications: BTreeMap<String, Vec<PublicationStatus>> = BTreeMap::new();
-        enforcer.with_reconciler(|r| {
-            for p in r.publications() {
-                let io_max = p.cgroup.and_then(|c| {
-                    iops_controller::apply::current(fs, c, p.publication.device)
-                        .ok()
-                        .map(|l| l.to_string())
-                });
-                let stats = p.cgroup.and_then(|c| {
-                    iops_controller::apply::stats(fs, c, p.publication.device)
-                        .ok()
-                        .flatten()
-                        .map(|s| Counters {
-                            rios: s.rios,
-                            wios: s.wios,
-                            rbytes: s.rbytes,
-                            wbytes: s.wbytes,
-                        })
-                });
-                publications
-                    .entry(p.publication.volume_id.clone())
-                    .or_default()
-                    .push(PublicationStatus {
-                        target: p.publication.target_path.display().to_string(),
-                        pod_uid: p.publication.pod_uid.to_string(),
-                        device: p.publication.device.to_string(),
-                        cgroup: p.cgroup.map(|c| c.display().to_string()),
-                        io_max,
-                        outcome: format!("{:?}", p.outcome),
-                        stats,
-                    });
-            }
-        });
+        let mut publications = self.enforcement.snapshot();
         let pools = self.backend.pools().await?;
         // A volume created without `iolane.dev/device-class` lives in the first class.
         let default_class = (self.backend.kind() == "lvm")
@@ -686,7 +656,7 @@ impl Driver {
                     .clone()
                     .or_else(|| default_class.clone()),
                 tier,
-                caps: limits.to_string(),
+                caps: limits,
                 condition,
             });
         }
@@ -713,7 +683,7 @@ impl Driver {
                 continue;
             };
             let Some(volume) = by_device.get(&n) else {
-                self.tiering.enforcer().mark_foreign(&target);
+                self.enforcement.mark_foreign(&target);
                 continue;
             };
             let Ok(_guard) = self.inflight.claim(&volume.id) else {
