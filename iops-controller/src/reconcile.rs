@@ -1,9 +1,12 @@
 //! The `io.max` reconciler: keeps every publication's caps true for as long as its pod
 //! lives.
 //!
-//! The driver rebuilds the set of publications (volume, kubelet target path, pod UID,
-//! device number, desired [`Limits`]) from the mount table and hands it to
-//! [`Reconciler::pass`]. For each publication a pass
+//! The reconciler keeps the set of publications (volume, kubelet target path, pod UID,
+//! device number, desired [`Limits`]): the enforcement controller
+//! ([`crate::enforcement`]) adds and removes them one at a time ([`Reconciler::upsert`],
+//! [`Reconciler::release`], [`Reconciler::forget_unless`]) and runs
+//! [`Reconciler::pass_kept`]; [`Reconciler::pass`] takes the whole set at once instead.
+//! For each publication a pass
 //!
 //! 1. finds the pod's cgroup under the injected cgroup root with [`find_pod_cgroup`]
 //!    (systemd and cgroupfs layouts, any QoS class), once, then remembers the path;
