@@ -1,4 +1,5 @@
-//! Kubernetes look-ups: the `iolane.dev/tier` annotation of a PVC.
+//! Kubernetes look-ups: the `iolane.dev/tier` annotation of a PVC, and the client
+//! `--kubernetes`/`--kubeconfig` ask for ([`pvc_annotations_from_flags`]).
 //!
 //! CreateVolume gets the PVC's name and namespace from csi-provisioner
 //! (`--extra-create-metadata`: [`keys::PVC_NAME`], [`keys::PVC_NAMESPACE`]) and asks
@@ -26,6 +27,36 @@ use kube::Api;
 
 /// How long a look-up may take when the caller has no better bound.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PVC annotation source `--kubernetes` asks for: with `auto`, the API of the cluster
+/// iolane runs in (or `kubeconfig`'s); none outside a cluster or with `off`.
+pub async fn pvc_annotations_from_flags(
+    mode: crate::config::KubeMode,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<dyn PvcAnnotations>>, Box<dyn std::error::Error>> {
+    if mode == crate::config::KubeMode::Off {
+        tracing::info!("--kubernetes=off: PVC annotations are not read");
+        return Ok(None);
+    }
+    let client = if let Some(path) = kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+        KubePvcAnnotations::from_config(config, DEFAULT_TIMEOUT)?
+    } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        KubePvcAnnotations::infer(DEFAULT_TIMEOUT).await?
+    } else {
+        tracing::info!("not in a cluster and no --kubeconfig: PVC annotations are not read");
+        return Ok(None);
+    };
+    tracing::info!("PVC annotations are read through the Kubernetes API");
+    Ok(Some(std::sync::Arc::new(client)))
+}
 
 /// Longest DNS-1123 label (a namespace name).
 const MAX_LABEL_LEN: usize = 63;

@@ -1,14 +1,18 @@
-//! iolane's CSI driver: gRPC adapters, the volume domain, storage backends and OS effects.
+//! iolane's CSI driver: gRPC adapters, the volume domain, storage backends and OS effects,
+//! plus what the `iolane` binary serves and runs besides CSI: the HTTP endpoint ([`http`]),
+//! `iolane status` ([`status`]), `iolane bench` ([`bench`]) and `iolane demo` ([`demo`]).
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod enforce;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod inflight;
 pub mod k8s;
 pub mod os;

@@ -8,36 +8,26 @@ use std::sync::Arc;
 
 use iops_controller::{Layers, Limits, ResolveError, ResolvedTier, TierSet, keys};
 
-use crate::enforce::Enforcer;
 use crate::error::{Error, Result};
 use crate::k8s::{LookupError, PvcAnnotations};
 use crate::volume::{Parameters, Volume};
 
-/// Tiers, the PVC look-up and io.max enforcement, shared by every call.
+/// Tiers and the PVC look-up, shared by every call.
 #[derive(Debug)]
 pub struct Tiering {
     tiers: TierSet,
     pvc: Option<Arc<dyn PvcAnnotations>>,
-    enforcer: Enforcer,
 }
 
 impl Tiering {
     /// `pvc` is `None` where no Kubernetes API is configured: then the PVC annotation is
     /// not looked up (csi-sanity, the demo).
-    pub fn new(tiers: TierSet, pvc: Option<Arc<dyn PvcAnnotations>>, enforcer: Enforcer) -> Self {
-        Tiering {
-            tiers,
-            pvc,
-            enforcer,
-        }
+    pub fn new(tiers: TierSet, pvc: Option<Arc<dyn PvcAnnotations>>) -> Self {
+        Tiering { tiers, pvc }
     }
 
     pub fn tiers(&self) -> &TierSet {
         &self.tiers
-    }
-
-    pub fn enforcer(&self) -> &Enforcer {
-        &self.enforcer
     }
 
     /// The tier of a new volume from its StorageClass parameters (`raw`, as sent), the
@@ -147,13 +137,6 @@ fn invalid(e: ResolveError) -> Error {
 mod tests {
     use super::*;
 
-    fn enforcer() -> Enforcer {
-        Enforcer::new(
-            std::env::temp_dir().join("no-such-cgroup-root"),
-            Arc::new(iops_controller::FakeCgroupFs::new()),
-        )
-    }
-
     #[derive(Debug)]
     struct Annotated(Option<&'static str>);
 
@@ -180,11 +163,7 @@ mod tests {
         pvc: Option<&'static str>,
         class: &[(&str, &str)],
     ) -> Result<ResolvedTier> {
-        let t = Tiering::new(
-            TierSet::builtin(),
-            Some(Arc::new(Annotated(pvc))),
-            enforcer(),
-        );
+        let t = Tiering::new(TierSet::builtin(), Some(Arc::new(Annotated(pvc))));
         let raw = map(class);
         t.resolve(&Parameters::parse(&raw)?, &raw, None).await
     }
@@ -231,7 +210,7 @@ mod tests {
 
     #[test]
     fn limits_of_reads_the_stored_tier_and_falls_back_to_the_default() {
-        let t = Tiering::new(TierSet::builtin(), None, enforcer());
+        let t = Tiering::new(TierSet::builtin(), None);
         let mut v = Volume {
             id: "iol-x".to_owned(),
             name: "x".to_owned(),

@@ -77,7 +77,7 @@ PROVISIONER_ENV = {
 WORKLOAD_KINDS = {"DaemonSet", "Deployment", "StatefulSet", "ReplicaSet", "Job", "Pod"}
 
 # Keys of the node config (csi-driver/src/config/node.rs, csi-driver/src/backend/lvm/class.rs,
-# iops-controller/src/tier.rs).
+# iops-controller/src/tier/config.rs).
 CONFIG_TOP_KEYS = {"loop", "device_class", "tiers"}
 CONFIG_LOOP_KEYS = {"overprovision_ratio"}
 CONFIG_CLASS_KEYS = {
@@ -687,7 +687,8 @@ def self_test(base: list[dict[str, Any]]) -> list[str]:
 # checked against that.
 
 IOC_METRICS = "iops-controller/src/metrics.rs"
-POOL_METRICS = "csi-driver/src/status.rs"
+POOL_METRICS = "csi-driver/src/status/pool_gauges.rs"
+HTTP_METRICS = "csi-driver/src/http.rs"
 RPC_METRICS = "csi-driver/src/grpc/mod.rs"
 
 # Name as scraped -> (type, labels, source file, name the code registers: prometheus_client
@@ -705,7 +706,7 @@ METRICS: dict[str, tuple[str, frozenset[str], str, str]] = {
     "iolane_reconcile_gone_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_gone"),
     "iolane_reconcile_errors_total": ("counter", frozenset(), IOC_METRICS, "iolane_reconcile_errors"),
     "iolane_reconcile_last_pass_duration_seconds": ("gauge", frozenset(), IOC_METRICS, "iolane_reconcile_last_pass_duration"),
-    "iolane_build_info": ("gauge", frozenset({"version"}), IOC_METRICS, "iolane_build_info"),
+    "iolane_build_info": ("gauge", frozenset({"version"}), HTTP_METRICS, "iolane_build_info"),
     "iolane_pool_data_percent": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_data_percent"),
     "iolane_pool_metadata_percent": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_metadata_percent"),
     "iolane_pool_size_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_size_bytes"),

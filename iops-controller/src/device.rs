@@ -1,4 +1,5 @@
-//! Block device numbers, split and joined the way the kernel and glibc do it.
+//! Block device numbers: `dev_t` split and joined with nix's `major`/`minor`/`makedev`
+//! (glibc's layout), and the `MAJ:MIN` text form of `io.max`, `io.stat` and sysfs.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,7 +7,7 @@ use std::str::FromStr;
 /// A Linux block device number, split the way the kernel splits `dev_t`.
 ///
 /// `io.max` lines are keyed `MAJ:MIN`; computing that as `rdev / 256` breaks once minors
-/// pass 255, so the split here follows glibc's `major()`/`minor()` bit layout.
+/// pass 255, so the split here is glibc's `major()`/`minor()` (through nix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceNumber {
     pub major: u32,
@@ -16,8 +17,8 @@ pub struct DeviceNumber {
 impl DeviceNumber {
     /// Splits a `st_rdev`/`st_dev` value.
     pub fn from_rdev(rdev: u64) -> Self {
-        let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0000_0fff);
-        let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0x0000_00ff);
+        let major = nix::sys::stat::major(rdev);
+        let minor = nix::sys::stat::minor(rdev);
         DeviceNumber {
             major: u32::try_from(major).unwrap_or(u32::MAX),
             minor: u32::try_from(minor).unwrap_or(u32::MAX),
@@ -26,11 +27,7 @@ impl DeviceNumber {
 
     /// Joins major and minor back into a `dev_t`.
     pub fn to_rdev(self) -> u64 {
-        let (ma, mi) = (u64::from(self.major), u64::from(self.minor));
-        ((ma & 0xffff_f000) << 32)
-            | ((ma & 0x0000_0fff) << 8)
-            | ((mi & 0xffff_ff00) << 12)
-            | (mi & 0x0000_00ff)
+        nix::sys::stat::makedev(u64::from(self.major), u64::from(self.minor))
     }
 }
 

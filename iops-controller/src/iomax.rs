@@ -67,14 +67,27 @@ pub fn parse_line(line: &str) -> Result<(DeviceNumber, Limits), IoMaxError> {
         line: line.to_owned(),
         reason,
     };
-    let mut tokens = line.split_whitespace();
-    let dev: DeviceNumber = tokens
-        .next()
-        .ok_or_else(|| err("empty line".to_owned()))?
+    let line = line.trim_start();
+    let (dev, body) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    if dev.is_empty() {
+        return Err(err("empty line".to_owned()));
+    }
+    let dev: DeviceNumber = dev
         .parse()
         .map_err(|e: crate::device::DeviceNumberError| err(e.to_string()))?;
+    let limits = parse_body(body).map_err(|e| err(e.reason))?;
+    Ok((dev, limits.canonical()))
+}
+
+/// The caps of a line's body (`rbps=.. wbps=.. riops=.. wiops=..`, as [`Limits`] displays),
+/// as written: keys left out are `max`, other keys are ignored.
+fn parse_body(body: &str) -> Result<Limits, IoMaxError> {
+    let err = |reason: String| IoMaxError {
+        line: body.to_owned(),
+        reason,
+    };
     let mut values: [Option<Limit>; 4] = [None; 4];
-    for token in tokens {
+    for token in body.split_whitespace() {
         let (key, value) = token
             .split_once('=')
             .ok_or_else(|| err(format!("{token:?} is not key=value")))?;
@@ -101,13 +114,22 @@ pub fn parse_line(line: &str) -> Result<(DeviceNumber, Limits), IoMaxError> {
         values[i] = Some(limit);
     }
     let [read_bps, write_bps, read_iops, write_iops] = values.map(|v| v.unwrap_or(Limit::Max));
-    let limits = Limits {
+    Ok(Limits {
         read_bps,
         write_bps,
         read_iops,
         write_iops,
-    };
-    Ok((dev, limits.canonical()))
+    })
+}
+
+impl std::str::FromStr for Limits {
+    type Err = IoMaxError;
+
+    /// The inverse of `Display`: an `io.max` line's body, kept as written (not
+    /// [`canonical`](Limits::canonical)).
+    fn from_str(body: &str) -> Result<Limits, IoMaxError> {
+        parse_body(body)
+    }
 }
 
 /// The line that sets all four caps of `dev`: `MAJ:MIN rbps=.. wbps=.. riops=.. wiops=..`.

@@ -1,5 +1,5 @@
-//! iolane's IO side: which tier a volume gets, and writing that tier's caps into the pod's
-//! cgroup v2 `io.max`. Knows nothing of gRPC or CSI; the driver calls it.
+//! iolane's IO control plane: which tier a volume gets, and keeping that tier's caps in
+//! each pod's cgroup v2 `io.max`. Knows nothing of gRPC, CSI or HTTP; the driver calls it.
 //!
 //! - [`tier`]: a tier is four caps (read/write IOPS, read/write bytes/s, each a number or
 //!   `max`, optionally per GiB of volume size) and a priority class. Built in: `streaming`
@@ -20,8 +20,11 @@
 //! - [`reconcile`]: the reconciler that keeps each publication's `io.max` line true
 //!   (applies, repairs drift, waits for pod cgroups, forgets pods that are gone) and keeps
 //!   each publication's `io.stat` counters.
-//! - [`metrics`]: Prometheus metrics fed from reconcile passes, and the HTTP endpoint
-//!   serving `/metrics` and `/healthz`.
+//! - [`enforcement`]: the enforcement controller: the node's desired publications (one
+//!   copy, in its reconciler), publish/unpublish, the periodic pass loop, and the typed
+//!   snapshot `/status` shows.
+//! - [`metrics`]: enforcement's Prometheus metrics, registered into the node's registry
+//!   and fed from every pass.
 //!
 //! This crate never creates or removes a cgroup, and writes only the `io.max` line of the
 //! device it is given.
@@ -29,10 +32,10 @@
 pub mod apply;
 pub mod cgroup;
 pub mod device;
+pub mod enforcement;
 pub mod iomax;
 pub mod iostat;
 pub mod keys;
-pub mod loadgen;
 pub mod metrics;
 pub mod reconcile;
 pub mod resolve;
@@ -41,8 +44,10 @@ pub mod tier;
 pub use apply::{ApplyError, CgroupFs, FakeCgroupFs, RealCgroupFs};
 pub use cgroup::{CgroupError, PodUid, find_pod_cgroup};
 pub use device::{DeviceNumber, DeviceNumberError};
+pub use enforcement::{Counters, Enforcement, PublicationSnapshot};
 pub use iomax::{IoMax, IoMaxError};
 pub use iostat::{IoStat, IoStatError, IoStats};
+pub use metrics::EnforcementMetrics;
 pub use reconcile::{
     Outcome, PassError, PassReport, Pending, Publication, PublicationState, Reconciler,
 };

@@ -1,8 +1,10 @@
-//! Prometheus metrics of the IO side, and the HTTP endpoint that serves them.
+//! Prometheus metrics of enforcement: what each reconcile pass did, and each publication's
+//! caps and IO counters as of the last pass.
 //!
-//! [`Metrics`] is fed after every reconcile pass with [`Metrics::observe`] and rendered in
-//! the OpenMetrics text format by [`Metrics::render`]; [`MetricsServer`] serves it as
-//! `GET /metrics` next to `GET /healthz`.
+//! [`EnforcementMetrics`] registers itself into the node's registry
+//! ([`EnforcementMetrics::register`]) and is fed after every pass with
+//! [`EnforcementMetrics::observe`]. The registry, `iolane_build_info` and the HTTP endpoint
+//! serving them are the binary's (`csi-driver/src/http.rs`).
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -18,7 +20,6 @@
 //! | `iolane_reconcile_gone_total` | counter | | publications found with their pod cgroup gone, summed over passes |
 //! | `iolane_reconcile_errors_total` | counter | | failures (enforcement or `io.stat`), summed over passes |
 //! | `iolane_reconcile_last_pass_duration_seconds` | gauge | | how long the last pass took |
-//! | `iolane_build_info` | gauge | `version` | always 1 |
 //!
 //! The per-volume series are the reconciler's state as of the last pass: they appear with
 //! a publication and disappear with it. The `io.stat` series of a publication appear once
@@ -26,35 +27,22 @@
 //! so they start from zero for every new pod (a new `pod_uid`), as counters should.
 
 use std::fmt;
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
 
 use crate::reconcile::{PassReport, Reconciler};
 use crate::tier::Limit;
 
-/// The `Content-Type` of `/metrics`: the OpenMetrics text format.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The IO side's metrics; see the module docs for the list.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
+/// Enforcement's metrics; see the module docs for the list.
+#[derive(Debug, Default)]
+pub struct EnforcementMetrics {
     passes: Counter,
     applies: Counter,
     repairs: Counter,
@@ -65,78 +53,56 @@ pub struct Metrics {
     volumes: Arc<VolumeCollector>,
 }
 
-impl Metrics {
-    /// The metrics with every series at zero; `version` goes into `iolane_build_info`.
-    pub fn new(version: &str) -> Metrics {
-        let mut registry = Registry::default();
-        let build_info = Family::<Vec<(String, String)>, Gauge>::default();
-        build_info
-            .get_or_create(&vec![("version".to_owned(), version.to_owned())])
-            .set(1);
-        registry.register(
-            "iolane_build_info",
-            "iolane's version; always 1",
-            build_info,
-        );
+impl EnforcementMetrics {
+    /// The metrics with every series at zero, not registered yet.
+    pub fn new() -> EnforcementMetrics {
+        EnforcementMetrics::default()
+    }
 
-        let mut m = Metrics {
-            registry,
-            passes: Counter::default(),
-            applies: Counter::default(),
-            repairs: Counter::default(),
-            pending: Counter::default(),
-            gone: Counter::default(),
-            errors: Counter::default(),
-            last_pass_seconds: Gauge::default(),
-            volumes: Arc::new(VolumeCollector::default()),
-        };
+    /// Adds every series to `registry` (they share state with `self`).
+    pub fn register(&self, registry: &mut Registry) {
         let counters = [
-            ("iolane_reconcile_passes", "Reconcile passes run", &m.passes),
+            (
+                "iolane_reconcile_passes",
+                "Reconcile passes run",
+                &self.passes,
+            ),
             (
                 "iolane_reconcile_applies",
                 "io.max lines written for the first time, after a tier change or after a restart",
-                &m.applies,
+                &self.applies,
             ),
             (
                 "iolane_reconcile_repairs",
                 "io.max lines rewritten because they had changed behind iolane's back",
-                &m.repairs,
+                &self.repairs,
             ),
             (
                 "iolane_reconcile_pending",
                 "Publications found without a pod cgroup or io controller, summed over passes",
-                &m.pending,
+                &self.pending,
             ),
             (
                 "iolane_reconcile_gone",
                 "Publications found with their pod cgroup gone, summed over passes",
-                &m.gone,
+                &self.gone,
             ),
             (
                 "iolane_reconcile_errors",
                 "Reconcile failures (io.max or io.stat), summed over passes",
-                &m.errors,
+                &self.errors,
             ),
-        ]
-        .map(|(name, help, counter)| (name, help, counter.clone()));
+        ];
         for (name, help, counter) in counters {
-            m.registry.register(name, help, counter);
+            registry.register(name, help, counter.clone());
         }
-        m.registry.register_with_unit(
+        registry.register_with_unit(
             "iolane_reconcile_last_pass_duration",
             "How long the last reconcile pass took",
             Unit::Seconds,
-            m.last_pass_seconds.clone(),
+            self.last_pass_seconds.clone(),
         );
-        m.registry
-            .register_collector(Box::new(Arc::clone(&m.volumes)));
-        m
-    }
-
-    /// The registry, for the driver to add its own metrics (CSI RPCs, pools) before the
-    /// metrics are shared.
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
+        registry.register_collector(Box::new(Arc::clone(&self.volumes)));
     }
 
     /// Takes in one reconcile pass: its counts, and the per-volume state it left.
@@ -172,13 +138,6 @@ impl Metrics {
             })
             .collect();
         *self.volumes.samples() = samples;
-    }
-
-    /// Everything, in the OpenMetrics text format (ending with `# EOF`).
-    pub fn render(&self) -> Result<String, fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
     }
 }
 
@@ -274,94 +233,6 @@ impl Collector for VolumeCollector {
             }
         }
         Ok(())
-    }
-}
-
-/// Whether the process is ready: `Err` carries the reason `/healthz` reports.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
-/// The HTTP endpoint: `GET /metrics` and `GET /healthz`, nothing else.
-#[derive(Debug)]
-pub struct MetricsServer {
-    listener: TcpListener,
-}
-
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    ready: Readiness,
-}
-
-impl MetricsServer {
-    /// Binds `addr` (port 0 picks a free port; see [`MetricsServer::local_addr`]).
-    pub async fn bind(addr: SocketAddr) -> io::Result<MetricsServer> {
-        Ok(MetricsServer {
-            listener: TcpListener::bind(addr).await?,
-        })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting and lets requests in flight
-    /// finish.
-    pub async fn serve(
-        self,
-        metrics: Arc<Metrics>,
-        ready: Readiness,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        self.serve_with(metrics, ready, axum::Router::new(), shutdown)
-            .await
-    }
-
-    /// [`MetricsServer::serve`] plus the routes of `extra` (the node adds `/status`).
-    pub async fn serve_with(
-        self,
-        metrics: Arc<Metrics>,
-        ready: Readiness,
-        extra: axum::Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        let app = axum::Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/healthz", get(healthz_handler))
-            .with_state(AppState { metrics, ready })
-            .merge(extra);
-        tracing::info!(addr = %self.listener.local_addr()?, "serving /metrics and /healthz");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    }
-}
-
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    match state.metrics.render() {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Err(fmt::Error) => {
-            tracing::warn!("metrics could not be encoded");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "metrics could not be encoded\n",
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn healthz_handler(State(state): State<AppState>) -> Response {
-    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    match (state.ready)() {
-        Ok(()) => (StatusCode::OK, text_plain, "ok\n").into_response(),
-        Err(reason) => {
-            let mut body = reason;
-            if !body.ends_with('\n') {
-                body.push('\n');
-            }
-            (StatusCode::SERVICE_UNAVAILABLE, text_plain, body).into_response()
-        }
     }
 }
 

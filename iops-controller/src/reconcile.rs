@@ -1,9 +1,12 @@
 //! The `io.max` reconciler: keeps every publication's caps true for as long as its pod
 //! lives.
 //!
-//! The driver rebuilds the set of publications (volume, kubelet target path, pod UID,
-//! device number, desired [`Limits`]) from the mount table and hands it to
-//! [`Reconciler::pass`]. For each publication a pass
+//! The reconciler keeps the set of publications (volume, kubelet target path, pod UID,
+//! device number, desired [`Limits`]): the enforcement controller
+//! ([`crate::enforcement`]) adds and removes them one at a time ([`Reconciler::upsert`],
+//! [`Reconciler::release`], [`Reconciler::forget_unless`]) and runs
+//! [`Reconciler::pass_kept`]; [`Reconciler::pass`] takes the whole set at once instead.
+//! For each publication a pass
 //!
 //! 1. finds the pod's cgroup under the injected cgroup root with [`find_pod_cgroup`]
 //!    (systemd and cgroupfs layouts, any QoS class), once, then remembers the path;
@@ -79,6 +82,40 @@ pub enum Outcome {
     Gone,
     /// Something failed; the reason is in [`PassReport::errors`].
     Failed,
+}
+
+impl std::fmt::Display for Outcome {
+    /// The outcome as `/status` and `iolane status` show it: `InSync`, `Applied`,
+    /// `Repaired`, `Pending(NoCgroup)`, `Pending(NoIoController)`, `Gone`, `Failed`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::InSync => "InSync",
+            Outcome::Applied => "Applied",
+            Outcome::Repaired => "Repaired",
+            Outcome::Pending(Pending::NoCgroup) => "Pending(NoCgroup)",
+            Outcome::Pending(Pending::NoIoController) => "Pending(NoIoController)",
+            Outcome::Gone => "Gone",
+            Outcome::Failed => "Failed",
+        })
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+
+    /// The inverse of the `Display` form.
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        Ok(match s {
+            "InSync" => Outcome::InSync,
+            "Applied" => Outcome::Applied,
+            "Repaired" => Outcome::Repaired,
+            "Pending(NoCgroup)" => Outcome::Pending(Pending::NoCgroup),
+            "Pending(NoIoController)" => Outcome::Pending(Pending::NoIoController),
+            "Gone" => Outcome::Gone,
+            "Failed" => Outcome::Failed,
+            other => return Err(format!("unknown reconcile outcome {other:?}")),
+        })
+    }
 }
 
 /// A failure during a pass, for one publication.
@@ -173,6 +210,8 @@ pub struct PublicationState<'a> {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     tracked: BTreeMap<PathBuf, Tracked>,
+    /// Publications forgotten by [`Reconciler::forget_unless`] since the last pass.
+    forgotten: usize,
 }
 
 impl Reconciler {
@@ -206,30 +245,80 @@ impl Reconciler {
                 });
                 continue;
             }
-            // The same target path for another pod or device is another publication.
-            let tracked = match self.tracked.remove(&key) {
-                Some(mut t)
-                    if t.publication.pod_uid == publication.pod_uid
-                        && t.publication.device == publication.device =>
-                {
-                    t.publication = publication;
-                    t
-                }
-                _ => Tracked::new(publication),
-            };
+            let tracked = self.take_for(publication);
             next.insert(key, tracked);
         }
         for t in self.tracked.values() {
-            tracing::debug!(
-                volume.id = %t.publication.volume_id,
-                pod.uid = %t.publication.pod_uid,
-                target = %t.publication.target_path.display(),
-                "publication no longer desired, forgotten"
-            );
+            log_forgotten(&t.publication);
         }
-        report.forgotten = self.tracked.len();
+        report.forgotten = self.tracked.len() + std::mem::take(&mut self.forgotten);
         self.tracked = next;
+        self.enforce_all(&mut report, cgroup_root, fs);
+        report.duration = start.elapsed();
+        report
+    }
 
+    /// Adds `publication` to the set this reconciler keeps, replacing one at the same
+    /// target path (keeping what is known of its cgroup when pod and device are the same).
+    /// Nothing is written until the next pass.
+    pub fn upsert(&mut self, publication: Publication) {
+        let key = publication.target_path.clone();
+        let tracked = self.take_for(publication);
+        self.tracked.insert(key, tracked);
+    }
+
+    /// Whether a publication at `target_path` is in the set.
+    pub fn contains(&self, target_path: &Path) -> bool {
+        self.tracked.contains_key(target_path)
+    }
+
+    /// Forgets, without any write, every publication whose target path `keep` rejects
+    /// (their mounts are gone); the next pass counts them as forgotten. Returns them.
+    pub fn forget_unless(&mut self, mut keep: impl FnMut(&Path) -> bool) -> Vec<Publication> {
+        let gone: Vec<PathBuf> = self.tracked.keys().filter(|t| !keep(t)).cloned().collect();
+        let removed: Vec<Publication> = gone
+            .iter()
+            .filter_map(|t| self.tracked.remove(t))
+            .map(|t| t.publication)
+            .collect();
+        for p in &removed {
+            log_forgotten(p);
+        }
+        self.forgotten += removed.len();
+        removed
+    }
+
+    /// Runs one pass over the set this reconciler keeps (see [`Reconciler::upsert`]), with
+    /// pod cgroups searched under `cgroup_root`.
+    pub fn pass_kept(&mut self, cgroup_root: &Path, fs: &dyn CgroupFs) -> PassReport {
+        let start = Instant::now();
+        let mut report = PassReport {
+            forgotten: std::mem::take(&mut self.forgotten),
+            ..PassReport::default()
+        };
+        self.enforce_all(&mut report, cgroup_root, fs);
+        report.duration = start.elapsed();
+        report
+    }
+
+    /// The tracked state for `publication`: the one kept at its target path when it is for
+    /// the same pod and device, a new one otherwise (the same target path for another pod
+    /// or device is another publication).
+    fn take_for(&mut self, publication: Publication) -> Tracked {
+        match self.tracked.remove(&publication.target_path) {
+            Some(mut t)
+                if t.publication.pod_uid == publication.pod_uid
+                    && t.publication.device == publication.device =>
+            {
+                t.publication = publication;
+                t
+            }
+            _ => Tracked::new(publication),
+        }
+    }
+
+    /// Brings every tracked publication's line to its limits, counting into `report`.
+    fn enforce_all(&mut self, report: &mut PassReport, cgroup_root: &Path, fs: &dyn CgroupFs) {
         // (cgroup, device) -> (target path, limits) of the first publication enforcing it.
         let mut claims: BTreeMap<(PathBuf, DeviceNumber), (PathBuf, Limits)> = BTreeMap::new();
         for t in self.tracked.values_mut() {
@@ -277,8 +366,6 @@ impl Reconciler {
                 .outcomes
                 .insert(t.publication.target_path.clone(), outcome);
         }
-        report.duration = start.elapsed();
-        report
     }
 
     /// Forgets the publication at `target_path` and lifts its caps (writes the device's
@@ -442,6 +529,15 @@ fn enforce(
     }
     t.enforced = Some(desired);
     Ok(outcome)
+}
+
+fn log_forgotten(p: &Publication) {
+    tracing::debug!(
+        volume.id = %p.volume_id,
+        pod.uid = %p.pod_uid,
+        target = %p.target_path.display(),
+        "publication no longer desired, forgotten"
+    );
 }
 
 fn pod_gone(t: &mut Tracked, cgroup: &Path) -> Outcome {

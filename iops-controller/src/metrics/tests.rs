@@ -1,12 +1,7 @@
-//! The metrics text after real reconcile passes (fake cgroupfs), and the HTTP endpoint over
-//! real TCP on the loopback interface.
+//! The enforcement metrics' text after real reconcile passes (fake cgroupfs).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::*;
 use crate::apply::{CgroupFs, FakeCgroupFs};
@@ -48,6 +43,34 @@ fn batch() -> Limits {
     }
 }
 
+/// Enforcement's metrics registered alone in a registry.
+struct Metrics {
+    enforcement: EnforcementMetrics,
+    registry: Registry,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let enforcement = EnforcementMetrics::new();
+        let mut registry = Registry::default();
+        enforcement.register(&mut registry);
+        Metrics {
+            enforcement,
+            registry,
+        }
+    }
+
+    fn observe(&self, report: &PassReport, reconciler: &Reconciler) {
+        self.enforcement.observe(report, reconciler);
+    }
+
+    fn render(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
 /// The text without the duration gauge's value, which no test can predict.
 fn render_stable(m: &Metrics) -> String {
     m.render()
@@ -66,13 +89,10 @@ fn render_stable(m: &Metrics) -> String {
 
 #[test]
 fn fresh_metrics() {
-    let m = Metrics::new("1.2.3");
+    let m = Metrics::new();
     assert_eq!(
         m.render().unwrap(),
-        "# HELP iolane_build_info iolane's version; always 1.\n\
-         # TYPE iolane_build_info gauge\n\
-         iolane_build_info{version=\"1.2.3\"} 1\n\
-         # HELP iolane_reconcile_passes Reconcile passes run.\n\
+        "# HELP iolane_reconcile_passes Reconcile passes run.\n\
          # TYPE iolane_reconcile_passes counter\n\
          iolane_reconcile_passes_total 0\n\
          # HELP iolane_reconcile_applies io.max lines written for the first time, after a tier \
@@ -143,7 +163,7 @@ fn passes_feed_the_metrics() {
          259:0 rbytes=40960 wbytes=0 rios=10 wios=0 dbytes=0 dios=0\n",
     );
     let mut r = Reconciler::new();
-    let m = Metrics::new("0.1.0");
+    let m = Metrics::new();
     let desired = vec![a.clone(), b.clone(), c.clone()];
     let report = r.pass(desired.clone(), dir.path(), &fs);
     m.observe(&report, &r);
@@ -158,7 +178,6 @@ fn passes_feed_the_metrics() {
     assert_eq!(
         body,
         [
-            "iolane_build_info{version=\"0.1.0\"} 1",
             "iolane_reconcile_passes_total 2",
             "iolane_reconcile_applies_total 2",
             "iolane_reconcile_repairs_total 1",
@@ -206,7 +225,7 @@ fn passes_feed_the_metrics() {
 
 #[test]
 fn the_duration_gauge_holds_the_last_pass() {
-    let m = Metrics::new("0.1.0");
+    let m = Metrics::new();
     let r = Reconciler::new();
     let report = PassReport {
         duration: Duration::from_millis(1500),
@@ -218,96 +237,4 @@ fn the_duration_gauge_holds_the_last_pass() {
             .unwrap()
             .contains("\niolane_reconcile_last_pass_duration_seconds 1.5\n")
     );
-}
-
-/// One HTTP/1.1 request over a fresh connection: (status, content type, body).
-async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines.next().unwrap();
-    let code = status.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = lines
-        .filter_map(|l| l.split_once(": "))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_default();
-    (code, content_type, body.to_owned())
-}
-
-#[tokio::test]
-async fn serves_metrics_and_health_over_tcp() {
-    let metrics = Arc::new(Metrics::new("9.9.9"));
-    let ready = Arc::new(AtomicBool::new(false));
-    let readiness: Readiness = {
-        let ready = Arc::clone(&ready);
-        Arc::new(move || {
-            if ready.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err("no volume backend yet: pool iolane/pool missing".to_owned())
-            }
-        })
-    };
-    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    assert_ne!(addr.port(), 0);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(Arc::clone(&metrics), readiness, async {
-        let _ = stopped.await;
-    }));
-
-    let (code, content_type, body) = request(addr, "GET", "/metrics").await;
-    assert_eq!(code, 200);
-    assert_eq!(content_type, CONTENT_TYPE);
-    assert!(
-        body.starts_with("# HELP iolane_build_info iolane's version; always 1.\n"),
-        "{body}"
-    );
-    assert!(
-        body.contains("\niolane_build_info{version=\"9.9.9\"} 1\n"),
-        "{body}"
-    );
-    assert!(body.ends_with("# EOF\n"), "{body}");
-    assert_eq!(body, metrics.render().unwrap());
-
-    let (code, content_type, body) = request(addr, "GET", "/healthz").await;
-    assert_eq!(
-        (code, content_type.as_str(), body.as_str()),
-        (
-            503,
-            "text/plain; charset=utf-8",
-            "no volume backend yet: pool iolane/pool missing\n"
-        )
-    );
-    ready.store(true, Ordering::SeqCst);
-    let (code, _, body) = request(addr, "GET", "/healthz").await;
-    assert_eq!((code, body.as_str()), (200, "ok\n"));
-
-    assert_eq!(request(addr, "GET", "/nothing").await.0, 404);
-    assert_eq!(request(addr, "POST", "/metrics").await.0, 405);
-
-    stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "the port is closed after shutdown"
-    );
-}
-
-#[tokio::test]
-async fn binding_a_taken_port_fails() {
-    let first = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = first.local_addr().unwrap();
-    let e = MetricsServer::bind(addr).await.unwrap_err();
-    assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
 }

@@ -4,12 +4,12 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use iops_controller::loadgen::{BenchSpec, Pattern, run};
+//! use csi_driver::bench::{BenchSpec, Pattern, run};
 //!
 //! let spec = BenchSpec::new("/dev/loop0", Pattern::RandRead, Duration::from_secs(10));
 //! let report = run(&spec)?; // blocks for the duration
 //! print!("{report}"); // one line per second and a summary table
-//! # Ok::<(), iops_controller::loadgen::BenchError>(())
+//! # Ok::<(), csi_driver::bench::BenchError>(())
 //! ```
 //!
 //! - [`spec`]: [`BenchSpec`] (what to run) and [`Pattern`]; [`BenchSpec::validate`] names
@@ -17,6 +17,7 @@
 //! - [`engine`](mod@engine): [`run`]: opens the target, joins the cgroup, drives the IO.
 //! - [`report`]: [`BenchReport`], serde (JSON) and a `Display` table.
 //! - [`histogram`]: the log-bucketed latency histogram (about 3 % resolution).
+//! - [`command`]: `iolane bench`'s flags to a spec, and its output.
 //!
 //! # How it works
 //! `run` starts a dedicated thread that owns a current-thread tokio-uring runtime, so it may
@@ -51,6 +52,7 @@
 //! own `cgroup.subtree_control` (the no-internal-process rule), and `EINVAL`/`ENOENT`
 //! when `dir` is not a cgroup.
 
+pub mod command;
 pub mod engine;
 pub mod histogram;
 pub mod report;
@@ -59,6 +61,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use command::run_bench;
 pub use engine::{BenchError, IoOp, run, write_pattern};
 pub use histogram::Histogram;
 pub use report::{BenchReport, IntervalStats, Latency};

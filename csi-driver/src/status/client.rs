@@ -1,86 +1,16 @@
-//! `iolane status`: what a node holds now, for an operator at the node.
-//!
-//! The node serves a JSON snapshot at `GET /status` on its metrics address (volumes, their
-//! tiers and caps, pools, and per publication the pod, its cgroup, the `io.max` caps in
-//! place and the `io.stat` counters). `iolane status` fetches it twice, `--interval`
-//! apart, and prints one line per volume with the IOPS and bandwidth between the two.
+//! The `iolane status` client: fetches a node's `GET /status` snapshot and renders the
+//! table an operator reads (pools, then each volume with its publications and live IO
+//! rates between two snapshots).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The snapshot `GET /status` returns.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub node_id: String,
-    /// `loop` or `lvm`.
-    pub backend: String,
-    pub pools: Vec<PoolStatus>,
-    pub volumes: Vec<VolumeStatus>,
-}
-
-/// One thin pool (lvm device class) or the loop backend's state directory.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PoolStatus {
-    /// Device class name (`loop` for the loop backend).
-    pub name: String,
-    /// Where it lives: `vg/pool`, or the state directory.
-    pub location: String,
-    pub size_bytes: u64,
-    pub data_percent: f64,
-    /// `None` where there is no metadata (loop backend).
-    pub metadata_percent: Option<f64>,
-    /// Sum of the volumes' virtual sizes.
-    pub provisioned_bytes: u64,
-    /// `None` when healthy, otherwise why not.
-    pub problem: Option<String>,
-}
-
-/// One volume.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeStatus {
-    pub id: String,
-    pub name: String,
-    pub capacity_bytes: u64,
-    /// The device class (lvm) it was created in; `None` for the loop backend.
-    pub device_class: Option<String>,
-    pub tier: String,
-    /// The caps its tier gives it now (`io.max` form: `rbps=.. wbps=.. riops=.. wiops=..`).
-    pub caps: String,
-    /// An abnormal volume condition (e.g. its pool is full).
-    pub condition: Option<String>,
-    pub publications: Vec<PublicationStatus>,
-}
-
-/// One publication of a volume to a pod.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PublicationStatus {
-    pub target: String,
-    pub pod_uid: String,
-    /// The volume's device, `MAJ:MIN`, that the caps are keyed on.
-    pub device: String,
-    /// The pod's cgroup, once found.
-    pub cgroup: Option<String>,
-    /// The caps in the pod's `io.max` now, read for this snapshot.
-    pub io_max: Option<String>,
-    /// The last reconcile outcome (`InSync`, `Applied`, `Pending(NoCgroup)`, ...).
-    pub outcome: String,
-    /// The pod's `io.stat` counters for the device, read for this snapshot.
-    pub stats: Option<Counters>,
-}
-
-/// `io.stat` counters of one device in one cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub rios: u64,
-    pub wios: u64,
-    pub rbytes: u64,
-    pub wbytes: u64,
-}
+use super::{Counters, NodeStatus};
 
 /// Errors of `iolane status`.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +46,22 @@ pub async fn fetch(addr: SocketAddr) -> Result<NodeStatus, StatusError> {
         return Err(err(format!("answered {status_line:?}: {}", body.trim())));
     }
     serde_json::from_str(body).map_err(|e| err(format!("not a status snapshot: {e}")))
+}
+
+/// `iolane status`: two snapshots `--interval` apart, printed as the table (or the later
+/// one as JSON). The report is the command's output, so it goes to stdout.
+#[allow(clippy::print_stdout)]
+pub async fn run(args: &crate::config::StatusArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let before = fetch(args.address).await?;
+    let start = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.interval)).await;
+    let after = fetch(args.address).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&after)?);
+    } else {
+        print!("{}", render(&before, &after, start.elapsed().as_secs_f64()));
+    }
+    Ok(())
 }
 
 /// Rates between two counter readings `secs` apart: read IOPS, write IOPS, read and write
@@ -195,13 +141,13 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
         "{:<36} {:<20} {:>9} {:<8} {:<10} caps (tier)",
         "VOLUME", "NAME", "SIZE", "CLASS", "TIER"
     );
-    let earlier: BTreeMap<(&str, &str), Option<Counters>> = before
+    let earlier: BTreeMap<(&str, &Path), Option<Counters>> = before
         .volumes
         .iter()
         .flat_map(|v| {
             v.publications
                 .iter()
-                .map(move |p| ((v.id.as_str(), p.target.as_str()), p.stats))
+                .map(move |p| ((v.id.as_str(), p.target.as_path()), p.stats))
         })
         .collect();
     for v in &after.volumes {
@@ -227,7 +173,7 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
         }
         for p in &v.publications {
             let before = earlier
-                .get(&(v.id.as_str(), p.target.as_str()))
+                .get(&(v.id.as_str(), p.target.as_path()))
                 .copied()
                 .flatten();
             let live = match rates(before, p.stats, secs) {
@@ -244,9 +190,11 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
                 p.pod_uid,
                 p.device,
                 p.outcome,
-                p.io_max.as_deref().unwrap_or("(cgroup not found)")
+                p.io_max
+                    .as_ref()
+                    .map_or_else(|| "(cgroup not found)".to_owned(), ToString::to_string)
             );
-            let _ = writeln!(out, "        {live}  at {}", p.target);
+            let _ = writeln!(out, "        {live}  at {}", p.target.display());
         }
     }
     if after.volumes.is_empty() {
@@ -255,99 +203,19 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
     out
 }
 
-/// Pool gauges on `/metrics`, labelled `device_class` and `location`, refreshed by the
-/// node's reconcile loop: `iolane_pool_data_percent`, `iolane_pool_metadata_percent`
-/// (lvm only), `iolane_pool_size_bytes`, `iolane_pool_provisioned_bytes`.
-#[derive(Debug, Default, Clone)]
-pub struct PoolGauges {
-    data: PoolFamily,
-    metadata: PoolFamily,
-    size: PoolFamily,
-    provisioned: PoolFamily,
-}
-
-type PoolFamily = prometheus_client::metrics::family::Family<
-    Vec<(String, String)>,
-    prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
->;
-
-impl PoolGauges {
-    /// Registers the four gauges.
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register(
-            "iolane_pool_data_percent",
-            "Thin pool data usage (loop backend: the state directory's filesystem), percent",
-            self.data.clone(),
-        );
-        registry.register(
-            "iolane_pool_metadata_percent",
-            "Thin pool metadata usage, percent",
-            self.metadata.clone(),
-        );
-        registry.register(
-            "iolane_pool_size_bytes",
-            "Size of the pool's data (loop backend: of the filesystem)",
-            self.size.clone(),
-        );
-        registry.register(
-            "iolane_pool_provisioned_bytes",
-            "Sum of the virtual sizes of the pool's volumes",
-            self.provisioned.clone(),
-        );
-    }
-
-    /// Sets every gauge from `pools`, dropping series of pools no longer reported.
-    #[allow(clippy::cast_precision_loss)]
-    pub fn update(&self, pools: &[PoolStatus]) {
-        for f in [&self.data, &self.metadata, &self.size, &self.provisioned] {
-            f.clear();
-        }
-        for p in pools {
-            let labels = vec![
-                ("device_class".to_owned(), p.name.clone()),
-                ("location".to_owned(), p.location.clone()),
-            ];
-            self.data.get_or_create(&labels).set(p.data_percent);
-            if let Some(m) = p.metadata_percent {
-                self.metadata.get_or_create(&labels).set(m);
-            }
-            self.size.get_or_create(&labels).set(p.size_bytes as f64);
-            self.provisioned
-                .get_or_create(&labels)
-                .set(p.provisioned_bytes as f64);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn pool_gauges_follow_the_pools() {
-        let gauges = PoolGauges::default();
-        let mut registry = prometheus_client::registry::Registry::default();
-        gauges.register(&mut registry);
-        let pool = |name: &str, data| PoolStatus {
-            name: name.to_owned(),
-            location: format!("vg/{name}"),
-            size_bytes: 1 << 30,
-            data_percent: data,
-            metadata_percent: Some(1.5),
-            provisioned_bytes: 2 << 30,
-            problem: None,
-        };
-        gauges.update(&[pool("a", 12.5), pool("b", 50.0)]);
-        gauges.update(&[pool("a", 13.0)]);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains(r#"iolane_pool_data_percent{device_class="a",location="vg/a"} 13.0"#),
-            "{text}"
-        );
-        assert!(!text.contains(r#"device_class="b""#), "{text}");
-        assert!(text.contains("iolane_pool_provisioned_bytes"), "{text}");
-    }
-
     use super::*;
+    use crate::status::{PoolStatus, PublicationSnapshot, VolumeStatus};
+    use iops_controller::{DeviceNumber, Limit, Limits, Outcome, PodUid};
+
+    fn capped() -> Limits {
+        Limits {
+            read_iops: Limit::per_sec(200),
+            write_iops: Limit::per_sec(200),
+            ..Limits::UNLIMITED
+        }
+    }
 
     fn counters(rios: u64, wios: u64) -> Counters {
         Counters {
@@ -369,13 +237,16 @@ mod tests {
 
     #[test]
     fn render_shows_pools_tiers_caps_and_live_iops() {
-        let publication = |stats| PublicationStatus {
-            target: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pv/mount".to_owned(),
-            pod_uid: "0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b".to_owned(),
-            device: "254:3".to_owned(),
-            cgroup: Some("/sys/fs/cgroup/kubepods/pod0b6e7f9a".to_owned()),
-            io_max: Some("rbps=max wbps=max riops=200 wiops=200".to_owned()),
-            outcome: "InSync".to_owned(),
+        let publication = |stats| PublicationSnapshot {
+            target: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pv/mount".into(),
+            pod_uid: PodUid::parse("0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b").unwrap(),
+            device: DeviceNumber {
+                major: 254,
+                minor: 3,
+            },
+            cgroup: Some("/sys/fs/cgroup/kubepods/pod0b6e7f9a".into()),
+            io_max: Some(capped()),
+            outcome: Outcome::InSync,
             stats,
         };
         let snapshot = |stats| NodeStatus {
@@ -396,7 +267,7 @@ mod tests {
                 capacity_bytes: 1 << 30,
                 device_class: Some("nvme".to_owned()),
                 tier: "batch".to_owned(),
-                caps: "rbps=max wbps=max riops=200 wiops=200".to_owned(),
+                caps: capped(),
                 condition: None,
                 publications: vec![publication(stats)],
             }],

@@ -1,0 +1,33 @@
+//! `iolane bench`: its flags turned into a [`BenchSpec`], the run, and the report printed
+//! (and written as JSON when asked).
+
+use crate::config::BenchArgs;
+
+use super::{BenchSpec, Pattern, run};
+
+/// Runs `iolane bench`. The report is the command's output, so it goes to stdout.
+#[allow(clippy::print_stdout)]
+pub fn run_bench(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let pattern: Pattern = args
+        .pattern
+        .parse()
+        .map_err(|e| format!("--pattern: {e}"))?;
+    let mut spec = BenchSpec::new(
+        &args.target,
+        pattern,
+        std::time::Duration::from_secs(args.duration),
+    );
+    spec.block_size = args.block_size;
+    spec.queue_depth = args.queue_depth;
+    spec.size_limit = args.size_limit;
+    spec.cgroup.clone_from(&args.cgroup);
+    spec.direct = !args.buffered;
+    spec.validate()?;
+    let report = run(&spec)?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The driver's io.max glue: recording a publication with the enforcement controller
+//! (`iops_controller::enforcement`) and lifting it, feeding the controller what the mount
+//! table says before each pass (forgetting unmounted and adopting unknown publications),
+//! pool usage and the `iolane status` snapshot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::Driver;
+use crate::enforce::pod_uid_from_target;
+use crate::error::Result;
+use crate::volume::Volume;
+use iops_controller::reconcile::{Outcome as ReconcileOutcome, Publication};
+use iops_controller::{DeviceNumber, PodUid};
+
+impl Driver {
+    /// Records the publication and writes its caps if its pod's cgroup is there; never
+    /// fails the publish (see [`crate::enforce`]).
+    pub(super) fn enforce(
+        &self,
+        volume: &Volume,
+        target: &Path,
+        device: DeviceNumber,
+        pod: Option<PodUid>,
+    ) {
+        let Some(pod) = pod.or_else(|| pod_uid_from_target(target)) else {
+            tracing::debug!(volume.id = %volume.id, "no pod UID in volume_context or target path: published without IO caps");
+            return;
+        };
+        let (tier, limits) = self.tiering.limits_of(volume);
+        let publication = Publication {
+            volume_id: volume.id.clone(),
+            target_path: target.to_owned(),
+            pod_uid: pod,
+            device,
+            tier,
+            limits,
+        };
+        let (outcome, reason) = self.enforcement.publish(publication.clone());
+        log_outcome(&publication, outcome, reason.as_deref());
+    }
+
+    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish.
+    pub(super) fn lift_caps(&self, id: &str, target: &Path) {
+        match self.enforcement.unpublish(target) {
+            Ok(Some(true)) => {
+                tracing::info!(volume.id = %id, target = %target.display(), "lifted the io.max caps");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps");
+            }
+        }
+    }
+
+    /// Brings the enforcement controller's publications up to date with the mount table,
+    /// before each of its passes: forgets publications whose mounts are gone and adopts
+    /// kubelet publications it does not know yet (after a restart). Returns how many it
+    /// adopted.
+    pub async fn adopt_mounts(&self) -> Result<usize> {
+        let mounts = self.os.mounts()?;
+        let mounted: std::collections::HashSet<&Path> =
+            mounts.iter().map(|m| m.mount_point.as_path()).collect();
+        let enforcer = &self.enforcement;
+        for p in enforcer.retain(|t| mounted.contains(t)) {
+            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten");
+        }
+        let unknown: Vec<(PathBuf, PodUid)> = mounts
+            .iter()
+            .filter(|m| !enforcer.knows(&m.mount_point))
+            .filter_map(|m| pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(0);
+        }
+        self.adopt(unknown).await
+    }
+
+    /// Usage of every pool (metrics, `iolane status`).
+    pub async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+        self.backend.pools().await
+    }
+
+    /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
+    /// publication's cgroup, caps in place and IO counters (read now).
+    pub async fn status(&self) -> Result<crate::status::NodeStatus> {
+        use crate::status::VolumeStatus;
+        let mut volumes = self.backend.list().await?;
+        volumes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut publications = self.enforcement.snapshot();
+        let pools = self.backend.pools().await?;
+        // A volume created without `iolane.dev/device-class` lives in the first class.
+        let default_class = (self.backend.kind() == "lvm")
+            .then(|| pools.first().map(|p| p.name.clone()))
+            .flatten();
+        // One read of the backend for every volume's condition, not one per volume.
+        let conditions = self.backend.conditions().await;
+        let mut out = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            let (tier, limits) = self.tiering.limits_of(&v);
+            let condition = match &conditions {
+                Ok(all) => all.get(&v.id).cloned(),
+                Err(e) => Some(format!("condition unknown: {e}")),
+            };
+            out.push(VolumeStatus {
+                publications: publications.remove(&v.id).unwrap_or_default(),
+                id: v.id,
+                name: v.name,
+                capacity_bytes: v.capacity_bytes,
+                device_class: v
+                    .parameters
+                    .device_class
+                    .clone()
+                    .or_else(|| default_class.clone()),
+                tier,
+                caps: limits,
+                condition,
+            });
+        }
+        Ok(crate::status::NodeStatus {
+            node_id: self.settings.node_id.clone(),
+            backend: self.backend.kind().to_owned(),
+            pools,
+            volumes: out,
+        })
+    }
+
+    /// Records the kubelet publications (`target`, pod) that are mounts of this driver's
+    /// volumes; returns how many. Mounts of other drivers are ignored.
+    async fn adopt(&self, unknown: Vec<(PathBuf, PodUid)>) -> Result<usize> {
+        let mut by_device: BTreeMap<DeviceNumber, Volume> = BTreeMap::new();
+        for v in self.backend.list().await? {
+            for dev in self.backend.devices(&v.id).await? {
+                by_device.insert(self.os.device_number(&dev)?, v.clone());
+            }
+        }
+        let mut adopted = 0;
+        for (target, pod) in unknown {
+            let Ok(n) = self.mounted_device(&target) else {
+                continue;
+            };
+            let Some(volume) = by_device.get(&n) else {
+                self.enforcement.mark_foreign(&target);
+                continue;
+            };
+            let Ok(_guard) = self.inflight.claim(&volume.id) else {
+                continue;
+            };
+            // The volume's own device carries the caps, also for a read-only raw publication
+            // that exposes a loop device of its own.
+            let device = match self.backend.attached(&volume.id).await? {
+                Some(dev) => self.os.device_number(&dev)?,
+                None => n,
+            };
+            tracing::info!(volume.id = %volume.id, pod = %pod, target = %target.display(), "adopted a publication from the mount table");
+            self.enforce(volume, &target, device, Some(pod));
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+}
+
+fn log_outcome(p: &Publication, outcome: ReconcileOutcome, reason: Option<&str>) {
+    match outcome {
+        ReconcileOutcome::Applied | ReconcileOutcome::InSync => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, device = %p.device,
+            "the tier's io.max caps are in place"
+        ),
+        ReconcileOutcome::Pending(why) => tracing::info!(
+            volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, reason = ?why,
+            "io.max caps pending: the reconciler applies them when it can"
+        ),
+        ReconcileOutcome::Repaired | ReconcileOutcome::Gone | ReconcileOutcome::Failed => {
+            tracing::warn!(
+                volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, ?outcome,
+                reason = reason.unwrap_or(""),
+                "io.max caps not in place; the reconciler retries"
+            );
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The driver's behaviour, in domain terms: what each CSI call does once its request has
+//! been validated and converted. The gRPC adapters in `grpc/` call only this.
+//!
+//! This module holds the [`Driver`] itself, its settings and the helpers both sides share;
+//! the calls live in `controller` (CreateVolume .. ControllerExpandVolume), `node`
+//! (NodeStage .. NodeExpandVolume) and `enforcement` (io.max glue: reconcile, status).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::inflight::InFlight;
+use crate::os::{self, MountEntry, Os};
+use crate::tiering::Tiering;
+use crate::validate;
+use crate::volume::{TOPOLOGY_KEY, Volume};
+use iops_controller::{DeviceNumber, Enforcement, keys};
+
+mod controller;
+mod enforcement;
+mod node;
+
+pub use controller::CreateRequest;
+pub use node::{Usage, VolumeStats};
+
+/// Static settings of a driver instance.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    /// When set, staging and target paths must lie below it (the kubelet root).
+    pub path_root: Option<PathBuf>,
+    /// Reported in NodeGetInfo; 0 means no limit.
+    pub max_volumes_per_node: i64,
+}
+
+/// The driver: one backend, the OS, the tiers, io.max enforcement, and the in-flight guard.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    backend: Arc<dyn Backend>,
+    os: Os,
+    settings: Arc<Settings>,
+    inflight: InFlight,
+    tiering: Arc<Tiering>,
+    enforcement: Arc<Enforcement>,
+}
+
+impl Driver {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        os: Os,
+        settings: Settings,
+        tiering: Tiering,
+        enforcement: Arc<Enforcement>,
+    ) -> Self {
+        Driver {
+            backend,
+            os,
+            settings: Arc::new(settings),
+            inflight: InFlight::default(),
+            tiering: Arc::new(tiering),
+            enforcement,
+        }
+    }
+
+    /// The tiers and PVC look-up of this driver.
+    pub fn tiering(&self) -> &Tiering {
+        &self.tiering
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The topology segment of this node.
+    pub fn topology(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(TOPOLOGY_KEY.to_owned(), self.settings.node_id.clone())])
+    }
+
+    /// Whether the backend can serve requests.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.backend.ready().await
+    }
+
+    /// What CreateVolume returns in `volume_context`: the backend and the resolved tier.
+    pub fn volume_context(&self, volume: &Volume) -> BTreeMap<String, String> {
+        let mut context = volume.tier.clone();
+        context.insert(keys::BACKEND.to_owned(), self.backend.kind().to_owned());
+        context
+    }
+
+    pub(super) fn path(&self, field: &str, path: &str) -> Result<PathBuf> {
+        validate::abs_path(field, path, self.settings.path_root.as_deref())
+    }
+
+    pub(super) async fn volume(&self, id: &str) -> Result<Volume> {
+        self.backend
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+    }
+
+    /// Unmounts every layer mounted at `path`.
+    pub(super) async fn unmount_all(&self, path: &Path) -> Result<()> {
+        for _ in 0..8 {
+            if self.os.mount_at(path)?.is_none() {
+                return Ok(());
+            }
+            self.os.unmount(path).await?;
+        }
+        if self.os.mount_at(path)?.is_none() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "{} is still mounted after 8 unmounts",
+            path.display()
+        )))
+    }
+
+    /// The device a mounted path exposes: the node's own number for a bind-mounted device
+    /// node, the filesystem's device otherwise.
+    pub(super) fn mounted_device(&self, path: &Path) -> Result<DeviceNumber> {
+        let md = std::fs::metadata(path).map_err(|e| os::Error::io("stat", path, e))?;
+        Ok(DeviceNumber::from_rdev(
+            if md.file_type().is_block_device() {
+                md.rdev()
+            } else {
+                md.dev()
+            },
+        ))
+    }
+
+    pub(super) fn numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
+        devices
+            .iter()
+            .map(|d| self.os.device_number(d).map_err(Error::from))
+            .collect()
+    }
+
+    /// Mounts that use any of `devices`: filesystems on them and binds of their nodes.
+    pub(super) fn users<'m>(
+        &self,
+        mounts: &'m [MountEntry],
+        devices: &[PathBuf],
+    ) -> Result<Vec<&'m MountEntry>> {
+        let numbers = self.numbers(devices)?;
+        let node_roots: Vec<PathBuf> = devices
+            .iter()
+            .map(|d| Path::new("/").join(d.file_name().unwrap_or_default()))
+            .collect();
+        Ok(mounts
+            .iter()
+            .filter(|m| {
+                numbers.contains(&DeviceNumber {
+                    major: m.major,
+                    minor: m.minor,
+                }) || (m.fs_type == "devtmpfs" && node_roots.contains(&m.root))
+            })
+            .collect())
+    }
+}
+
+pub(super) fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => Err(Error::invalid(
+            field,
+            format!("{} is a symbolic link", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a directory unless it exists; returns whether it created it.
+pub(super) fn ensure_dir(path: &Path) -> Result<bool> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
+        Err(e) => Err(os::Error::io("create directory", path, e).into()),
+    }
+}
+
+/// Creates an empty file unless one exists; returns whether it created it.
+pub(super) fn ensure_file(path: &Path) -> Result<bool> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(false),
+        Err(e) => Err(os::Error::io("create file", path, e).into()),
+    }
+}
+
+/// Removes what NodePublish created at `path` (an empty directory or a file), if anything.
+pub(super) fn remove_path(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => {
+            std::fs::remove_dir(path).map_err(|e| os::Error::io("remove directory", path, e).into())
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(os::Error::io("stat", path, e).into()),
+    }
+}

@@ -1,0 +1,174 @@
+//! The node's HTTP endpoint on `--metrics-address`: `GET /metrics` (every part's metrics,
+//! in the OpenMetrics text format), `GET /healthz` (ready while the backend is) and
+//! `GET /status` (the JSON snapshot `iolane status` reads).
+//!
+//! The binary owns the [`Registry`]: [`registry`] starts it with `iolane_build_info`, then
+//! each part registers its own metrics (enforcement's, the CSI RPCs', the pool gauges).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::driver::Driver;
+
+/// The `Content-Type` of `/metrics`: the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How often [`readiness`] asks the backend.
+const READINESS_PERIOD: Duration = Duration::from_secs(5);
+
+/// Whether the process is ready: `Err` carries the reason `/healthz` reports.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A registry holding `iolane_build_info{version}` (always 1), for the parts to add theirs.
+pub fn registry(version: &str) -> Registry {
+    let mut registry = Registry::default();
+    let build_info = Family::<Vec<(String, String)>, Gauge>::default();
+    build_info
+        .get_or_create(&vec![("version".to_owned(), version.to_owned())])
+        .set(1);
+    registry.register(
+        "iolane_build_info",
+        "iolane's version; always 1",
+        build_info,
+    );
+    registry
+}
+
+/// Everything in `registry`, in the OpenMetrics text format (ending with `# EOF`).
+pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// What the endpoint serves.
+#[derive(Clone)]
+pub struct Routes {
+    pub registry: Arc<Registry>,
+    pub ready: Readiness,
+    /// The driver `/status` reports on; without one `/status` is not served.
+    pub status: Option<Driver>,
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routes")
+            .field("ready", &(self.ready)())
+            .field("status", &self.status.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bound endpoint, not serving yet.
+#[derive(Debug)]
+pub struct HttpServer {
+    listener: TcpListener,
+}
+
+impl HttpServer {
+    /// Binds `addr` (port 0 picks a free port; see [`HttpServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr) -> io::Result<HttpServer> {
+        Ok(HttpServer {
+            listener: TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `routes` until `shutdown` completes, then stops accepting and lets requests
+    /// in flight finish.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let status = routes.status.clone();
+        let mut app = axum::Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(healthz_handler))
+            .with_state(routes);
+        if let Some(driver) = status {
+            app = app.merge(
+                axum::Router::new()
+                    .route("/status", get(status_handler))
+                    .with_state(driver),
+            );
+        }
+        tracing::info!(addr = %self.listener.local_addr()?, "serving /metrics and /healthz");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn metrics_handler(State(routes): State<Routes>) -> Response {
+    match render(&routes.registry) {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(fmt::Error) => {
+            tracing::warn!("metrics could not be encoded");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics could not be encoded\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn healthz_handler(State(routes): State<Routes>) -> Response {
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match (routes.ready)() {
+        Ok(()) => (StatusCode::OK, text_plain, "ok\n").into_response(),
+        Err(reason) => {
+            let mut body = reason;
+            if !body.ends_with('\n') {
+                body.push('\n');
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, text_plain, body).into_response()
+        }
+    }
+}
+
+/// `GET /status`: the snapshot `iolane status` prints, as JSON.
+async fn status_handler(State(driver): State<Driver>) -> Response {
+    match driver.status().await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("status: {e}\n")).into_response(),
+    }
+}
+
+/// `/healthz`'s answer: ready while the backend is, asked in the background every few
+/// seconds (the check is async and the endpoint's is not).
+pub fn readiness(driver: &Driver) -> Readiness {
+    let state = Arc::new(Mutex::new(Err::<(), String>("not checked yet".to_owned())));
+    let writer = Arc::clone(&state);
+    let driver = driver.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(READINESS_PERIOD);
+        loop {
+            tick.tick().await;
+            let now = driver.probe().await;
+            *writer.lock().unwrap_or_else(PoisonError::into_inner) = now;
+        }
+    });
+    Arc::new(move || state.lock().unwrap_or_else(PoisonError::into_inner).clone())
+}
+
+#[cfg(test)]
+mod tests;

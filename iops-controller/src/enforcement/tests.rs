@@ -1,0 +1,115 @@
+//! The enforcement controller's own tests: publish, pass, unpublish and forgetting on a
+//! fake cgroupfs over a temp cgroup tree.
+
+use super::*;
+use crate::reconcile::Pending;
+use crate::{DeviceNumber, FakeCgroupFs, Limit, Limits, PodUid};
+
+const UID: &str = "0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b";
+const DEV: DeviceNumber = DeviceNumber {
+    major: 254,
+    minor: 3,
+};
+
+fn publication(target: &str, limits: Limits) -> Publication {
+    Publication {
+        volume_id: "iol-1".to_owned(),
+        target_path: PathBuf::from(target),
+        pod_uid: PodUid::parse(UID).unwrap(),
+        device: DEV,
+        tier: "batch".to_owned(),
+        limits,
+    }
+}
+
+fn capped() -> Limits {
+    Limits {
+        read_iops: Limit::per_sec(200),
+        ..Limits::UNLIMITED
+    }
+}
+
+fn setup() -> (Arc<FakeCgroupFs>, Enforcement, PathBuf, tempfile::TempDir) {
+    let fs = Arc::new(FakeCgroupFs::new());
+    let root = tempfile::tempdir().unwrap();
+    let cgroup = root
+        .path()
+        .join("kubepods.slice/kubepods-burstable.slice")
+        .join(format!(
+            "kubepods-burstable-pod{}.slice",
+            UID.replace('-', "_")
+        ));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let e = Enforcement::new(root.path().to_owned(), fs.clone());
+    (fs, e, cgroup, root)
+}
+
+fn current(fs: &FakeCgroupFs, cgroup: &Path) -> Limits {
+    crate::apply::current(fs, cgroup, DEV).unwrap()
+}
+
+#[test]
+fn publish_applies_a_pass_repairs_unpublish_resets() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    assert_eq!(e.publish(publication("/t/a", capped())).0, Outcome::Applied);
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+    assert_eq!(e.pass().in_sync, 1);
+    crate::apply::reset(fs.as_ref(), &cgroup, DEV).unwrap();
+    assert_eq!(e.pass().repaired, 1);
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+    assert_eq!(e.unpublish(Path::new("/t/a")).unwrap(), Some(true));
+    assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
+    assert_eq!(e.unpublish(Path::new("/t/a")).unwrap(), None);
+    assert!(e.publications().is_empty());
+}
+
+#[test]
+fn a_cgroup_that_appears_later_is_applied_by_a_pass() {
+    let (fs, e, cgroup, _root) = setup();
+    std::fs::remove_dir(&cgroup).unwrap();
+    assert_eq!(
+        e.publish(publication("/t/a", capped())).0,
+        Outcome::Pending(Pending::NoCgroup)
+    );
+    std::fs::create_dir_all(&cgroup).unwrap();
+    fs.add_cgroup(&cgroup);
+    assert_eq!(e.pass().applied, 1);
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+}
+
+#[test]
+fn retain_forgets_without_writing() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    e.publish(publication("/t/a", capped()));
+    let before = fs.writes().len();
+    e.mark_foreign(Path::new("/t/c"));
+    assert!(e.knows(Path::new("/t/c")));
+    let gone = e.retain(|t| t == Path::new("/t/b"));
+    assert_eq!(gone.len(), 1);
+    assert!(!e.knows(Path::new("/t/c")));
+    assert!(!e.knows(Path::new("/t/a")));
+    assert_eq!(e.pass().forgotten, 1);
+    assert_eq!(fs.writes().len(), before);
+}
+
+#[test]
+fn a_snapshot_reads_the_line_and_keeps_the_status_json_shape() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    e.publish(publication("/t/a", capped()));
+    let snapshot = e.snapshot();
+    let p = &snapshot["iol-1"][0];
+    assert_eq!(p.outcome, Outcome::Applied);
+    assert_eq!(p.io_max, Some(capped().canonical()));
+    let json = serde_json::to_value(p).unwrap();
+    assert_eq!(json["outcome"], "Applied");
+    assert_eq!(json["device"], "254:3");
+    assert_eq!(json["pod_uid"], UID);
+    assert_eq!(json["io_max"], capped().canonical().to_string());
+    let back: PublicationSnapshot = serde_json::from_value(json).unwrap();
+    assert_eq!(&back, p);
+    let pending: Outcome = "Pending(NoIoController)".parse().unwrap();
+    assert_eq!(pending.to_string(), "Pending(NoIoController)");
+}
