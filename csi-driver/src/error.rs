@@ -60,5 +60,17 @@ impl Error {
     }
 }
 
+/// A tier resolution error is INVALID_ARGUMENT naming its key.
+impl From<iops_controller::ResolveError> for Error {
+    fn from(e: iops_controller::ResolveError) -> Self {
+        let field = e.field().to_owned();
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(&format!("{field}: "))
+            .map_or_else(|| text.clone(), str::to_owned);
+        Error::InvalidArgument { field, reason }
+    }
+}
+
 /// Result with the domain error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

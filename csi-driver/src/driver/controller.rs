@@ -59,11 +59,7 @@ impl Driver {
         let size = req.range.pick(self.backend.granularity(), min)?;
         let tier = self
             .tiering
-            .resolve(
-                &parameters,
-                &req.parameters,
-                req.mutable_parameters.as_ref(),
-            )
+            .resolve(&parameters, req.mutable_parameters.as_ref())
             .await?;
         let id = volume_id_for(&req.name);
         let _guard = self.inflight.claim(&id)?;
@@ -74,13 +70,13 @@ impl Driver {
             size,
             fs_type,
             parameters,
-            tier: tier.to_map(),
+            tier: Some(tier),
         };
         // The backend looks the ID up itself (before admission), so a repeat costs one
         // lookup, not two.
         match self.backend.create(&spec).await? {
             Created::New(volume) => {
-                tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = %tier.name, "created volume");
+                tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = volume.tier.as_ref().map_or("", |t| t.name.as_str()), "created volume");
                 Ok(volume)
             }
             Created::Existing(existing) => {

@@ -17,7 +17,7 @@ use crate::os::{self, MountEntry, Os};
 use crate::tiering::Tiering;
 use crate::validate;
 use crate::volume::{TOPOLOGY_KEY, Volume};
-use iops_controller::{DeviceNumber, keys};
+use iops_controller::{DeviceNumber, ResolvedTier, keys};
 
 mod controller;
 mod enforcement;
@@ -78,7 +78,11 @@ impl Driver {
 
     /// What CreateVolume returns in `volume_context`: the backend and the resolved tier.
     pub fn volume_context(&self, volume: &Volume) -> BTreeMap<String, String> {
-        let mut context = volume.tier.clone();
+        let mut context = volume
+            .tier
+            .as_ref()
+            .map(ResolvedTier::to_map)
+            .unwrap_or_default();
         context.insert(keys::BACKEND.to_owned(), self.backend.kind().to_owned());
         context
     }
