@@ -1,6 +1,6 @@
 //! The domain error: every failure a CSI call can end in, independent of gRPC.
 //!
-//! `grpc::status` maps each variant to one CSI status code; nothing else decides codes.
+//! `grpc::error_codes` maps each variant to one CSI status code; nothing else decides codes.
 
 use crate::os;
 

@@ -95,7 +95,7 @@ impl Driver {
         let devices = self.backend.devices(id).await?;
         if !devices.is_empty() {
             let mounts = self.os.mounts()?;
-            if let Some(m) = self.users(&mounts, &devices)?.first() {
+            if let Some(m) = self.mounts_using(&mounts, &devices)?.first() {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is still staged or published at {}",
                     m.mount_point.display()

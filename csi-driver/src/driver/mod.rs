@@ -6,7 +6,6 @@
 //! (NodeStage .. NodeExpandVolume) and `enforcement` (io.max glue: reconcile, status).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -118,17 +117,11 @@ impl Driver {
     /// The device a mounted path exposes: the node's own number for a bind-mounted device
     /// node, the filesystem's device otherwise.
     pub(super) fn mounted_device(&self, path: &Path) -> Result<DeviceNumber> {
-        let md = std::fs::metadata(path).map_err(|e| os::Error::io("stat", path, e))?;
-        Ok(DeviceNumber::from_rdev(
-            if md.file_type().is_block_device() {
-                md.rdev()
-            } else {
-                md.dev()
-            },
-        ))
+        Ok(os::files::exposed_device(path)?)
     }
 
-    pub(super) fn numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
+    /// The device number of each of `devices` (block device nodes).
+    pub(super) fn device_numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
         devices
             .iter()
             .map(|d| self.os.device_number(d).map_err(Error::from))
@@ -136,12 +129,12 @@ impl Driver {
     }
 
     /// Mounts that use any of `devices`: filesystems on them and binds of their nodes.
-    pub(super) fn users<'m>(
+    pub(super) fn mounts_using<'m>(
         &self,
         mounts: &'m [MountEntry],
         devices: &[PathBuf],
     ) -> Result<Vec<&'m MountEntry>> {
-        let numbers = self.numbers(devices)?;
+        let numbers = self.device_numbers(devices)?;
         let node_roots: Vec<PathBuf> = devices
             .iter()
             .map(|d| Path::new("/").join(d.file_name().unwrap_or_default()))
@@ -158,46 +151,13 @@ impl Driver {
     }
 }
 
+/// INVALID_ARGUMENT if `path` is a symbolic link (a kubelet path never is).
 pub(super) fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => Err(Error::invalid(
+    if os::files::is_symlink(path) {
+        return Err(Error::invalid(
             field,
             format!("{} is a symbolic link", path.display()),
-        )),
-        _ => Ok(()),
+        ));
     }
-}
-
-/// Creates a directory unless it exists; returns whether it created it.
-pub(super) fn ensure_dir(path: &Path) -> Result<bool> {
-    match std::fs::create_dir(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
-        Err(e) => Err(os::Error::io("create directory", path, e).into()),
-    }
-}
-
-/// Creates an empty file unless one exists; returns whether it created it.
-pub(super) fn ensure_file(path: &Path) -> Result<bool> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(false),
-        Err(e) => Err(os::Error::io("create file", path, e).into()),
-    }
-}
-
-/// Removes what NodePublish created at `path` (an empty directory or a file), if anything.
-pub(super) fn remove_path(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {
-            std::fs::remove_dir(path).map_err(|e| os::Error::io("remove directory", path, e).into())
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(os::Error::io("stat", path, e).into()),
-    }
+    Ok(())
 }

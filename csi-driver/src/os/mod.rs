@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod dm;
+pub mod files;
 pub mod host;
 pub mod lvm;
 pub mod mountinfo;
