@@ -94,7 +94,7 @@ impl Driver {
         // the volume itself and says whether there was one.
         let devices = self.backend.devices(id).await?;
         if !devices.is_empty() {
-            let mounts = self.os.mounts()?;
+            let mounts = self.mounter.mounts()?;
             if let Some(m) = self.mounts_using(&mounts, &devices)?.first() {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is still staged or published at {}",

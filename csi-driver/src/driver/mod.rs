@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
-use crate::os::{self, MountEntry, Os};
+use crate::os::{self, MountEntry, Mounter, Os};
 use crate::tiering::Tiering;
 use crate::validate;
 use crate::volume::{TOPOLOGY_KEY, Volume};
@@ -21,6 +21,8 @@ use iops_controller::{DeviceNumber, ResolvedTier, keys};
 mod controller;
 mod enforcement;
 mod node;
+#[cfg(test)]
+mod node_tests;
 
 pub use controller::CreateRequest;
 pub use node::{Usage, VolumeStats};
@@ -40,6 +42,8 @@ pub struct Settings {
 pub struct Driver {
     backend: Arc<dyn Backend>,
     os: Os,
+    /// Mounts and device numbers of the node calls (`os` itself, or a fake in tests).
+    mounter: Arc<dyn Mounter>,
     settings: Arc<Settings>,
     inflight: InFlight,
     tiering: Arc<Tiering>,
@@ -49,11 +53,18 @@ impl Driver {
     pub fn new(backend: Arc<dyn Backend>, os: Os, settings: Settings, tiering: Tiering) -> Self {
         Driver {
             backend,
+            mounter: Arc::new(os.clone()),
             os,
             settings: Arc::new(settings),
             inflight: InFlight::default(),
             tiering: Arc::new(tiering),
         }
+    }
+
+    /// The same driver mounting through `mounter` (the node side's unit tests).
+    pub fn with_mounter(mut self, mounter: Arc<dyn Mounter>) -> Self {
+        self.mounter = mounter;
+        self
     }
 
     /// The tiers, PVC look-up and io.max enforcement of this driver.
@@ -100,12 +111,12 @@ impl Driver {
     /// Unmounts every layer mounted at `path`.
     pub(super) async fn unmount_all(&self, path: &Path) -> Result<()> {
         for _ in 0..8 {
-            if self.os.mount_at(path)?.is_none() {
+            if self.mounter.mount_at(path)?.is_none() {
                 return Ok(());
             }
-            self.os.unmount(path).await?;
+            self.mounter.unmount(path).await?;
         }
-        if self.os.mount_at(path)?.is_none() {
+        if self.mounter.mount_at(path)?.is_none() {
             return Ok(());
         }
         Err(Error::FailedPrecondition(format!(
@@ -117,14 +128,14 @@ impl Driver {
     /// The device a mounted path exposes: the node's own number for a bind-mounted device
     /// node, the filesystem's device otherwise.
     pub(super) fn mounted_device(&self, path: &Path) -> Result<DeviceNumber> {
-        Ok(os::files::exposed_device(path)?)
+        Ok(self.mounter.exposed_device(path)?)
     }
 
     /// The device number of each of `devices` (block device nodes).
     pub(super) fn device_numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
         devices
             .iter()
-            .map(|d| self.os.device_number(d).map_err(Error::from))
+            .map(|d| self.mounter.device_number(d).map_err(Error::from))
             .collect()
     }
 

@@ -33,10 +33,10 @@ impl Driver {
         let volume = self.volume(id).await?;
         ensure_dir(&staging)?;
         let dev = self.backend.attach(id).await?;
-        let n = self.os.device_number(&dev)?;
+        let n = self.mounter.device_number(&dev)?;
         let block_file = staging.join(id);
-        let fs_mount = self.os.mount_at(&staging)?;
-        let block_mount = self.os.mount_at(&block_file)?;
+        let fs_mount = self.mounter.mount_at(&staging)?;
+        let block_mount = self.mounter.mount_at(&block_file)?;
         if let Some(m) = &fs_mount
             && (m.major, m.minor) != (n.major, n.minor)
         {
@@ -63,7 +63,7 @@ impl Driver {
             }
             (AccessType::Block, None, None) => {
                 let created = ensure_file(&block_file)?;
-                if let Err(e) = self.os.bind_mount(&dev, &block_file, false).await {
+                if let Err(e) = self.mounter.bind_mount(&dev, &block_file, false).await {
                     if created {
                         let _ = remove_path(&block_file);
                     }
@@ -104,7 +104,7 @@ impl Driver {
                 if cap.mode.read_only() {
                     options.push("ro".to_owned());
                 }
-                self.os.mount_fs(&dev, &staging, fs, &options).await?;
+                self.mounter.mount_fs(&dev, &staging, fs, &options).await?;
                 tracing::info!(volume.id = %id, path = %staging.display(), fs = fs.as_str(), "staged volume");
                 Ok(())
             }
@@ -149,7 +149,7 @@ impl Driver {
         };
         let numbers = self.device_numbers(&devices)?;
         let block_file = staging.join(id);
-        let mounts = self.os.mounts()?;
+        let mounts = self.mounter.mounts()?;
         let mut ours: Vec<PathBuf> = Vec::new();
         for p in [&staging, &block_file] {
             if let Some(m) = mounts.iter().rev().find(|m| &m.mount_point == p) {
@@ -209,15 +209,15 @@ impl Driver {
         };
         refuse_symlink("target_path", &target)?;
         let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
-        let n = self.os.device_number(&dev)?;
+        let n = self.mounter.device_number(&dev)?;
         let (source, staged_at) = match cap.access {
             AccessType::Mount { .. } => (staging.clone(), staging.clone()),
             AccessType::Block => (dev.clone(), staging.join(id)),
         };
-        if self.os.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
+        if self.mounter.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
             return Err(not_staged());
         }
-        if let Some(m) = self.os.mount_at(&target)? {
+        if let Some(m) = self.mounter.mount_at(&target)? {
             let here = self.mounted_device(&target)?;
             let devices = self.backend.devices(id).await?;
             if !self.device_numbers(&devices)?.contains(&here) {
@@ -250,13 +250,13 @@ impl Driver {
             // raw publication gets a device of its own that the kernel itself keeps read-only.
             AccessType::Block if read_only => {
                 let ro = self.backend.attach_read_only(id).await?;
-                let r = self.os.bind_mount(&ro, &target, true).await;
+                let r = self.mounter.bind_mount(&ro, &target, true).await;
                 if r.is_err() {
                     let _ = self.backend.release_read_only(id, &ro).await;
                 }
                 r
             }
-            _ => self.os.bind_mount(&source, &target, read_only).await,
+            _ => self.mounter.bind_mount(&source, &target, read_only).await,
         };
         if let Err(e) = result {
             if created {
@@ -275,14 +275,14 @@ impl Driver {
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
         self.lift_caps(id, &target);
-        if self.os.mount_at(&target)?.is_some() {
+        if self.mounter.mount_at(&target)?.is_some() {
             device = os::files::block_device_at(&target)?;
             self.unmount_all(&target).await?;
         }
         remove_path(&target)?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {
-                if self.os.device_number(&dev)? == num {
+                if self.mounter.device_number(&dev)? == num {
                     self.backend.release_read_only(id, &dev).await?;
                 }
             }
@@ -316,7 +316,7 @@ impl Driver {
             });
         }
         let m = self
-            .os
+            .mounter
             .mount_at(&path)?
             .ok_or_else(|| self.not_staged_or_published(id, &path))?;
         let stats = self.os.fs_stats(&path)?;
@@ -352,7 +352,7 @@ impl Driver {
             .ok_or_else(|| Error::FailedPrecondition(format!("volume {id} is not staged")))?;
         if os::files::block_device_at(&path)?.is_none() {
             let m = self
-                .os
+                .mounter
                 .mount_at(&path)?
                 .ok_or_else(|| self.not_staged_or_published(id, &path))?;
             let fs = FsType::parse(&m.fs_type).ok_or_else(|| {

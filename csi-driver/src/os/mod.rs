@@ -7,7 +7,8 @@
 //! This file holds the error type, the roots, [`Os`] and its shared types; its calls live
 //! along their seams: `mounts` (mount table, mount, bind, unmount), `loops` (loop
 //! devices), `devices` (device numbers and sizes, blank check, `blkid`, `mkfs`, growing a
-//! filesystem, `statvfs`) and [`files`] (plain directories and files the node calls mount
+//! filesystem, `statvfs`), [`mounter`] (the [`Mounter`] seam the node calls mount
+//! through) and [`files`] (plain directories and files the node calls mount
 //! on). [`lvm`] and [`dm`] are the LVM and device-mapper command lines, [`host`] the
 //! node's own facts, [`mountinfo`] the mount-table parser.
 
@@ -18,6 +19,7 @@ pub mod files;
 pub mod host;
 mod loops;
 pub mod lvm;
+pub mod mounter;
 pub mod mountinfo;
 mod mounts;
 
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 pub use command::{Cmd, CommandRunner, Output, SystemRunner};
 pub use devices::{BLANK_CHECK_BYTES, zero_at_both_ends};
+pub use mounter::Mounter;
 pub use mountinfo::MountEntry;
 
 /// Failures of OS effects. Each carries the command or path it is about.
