@@ -15,6 +15,15 @@ use crate::volume::{
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
 
+/// One ListVolumes page.
+#[derive(Debug, Clone)]
+pub struct VolumePage {
+    /// The volumes, in ID order.
+    pub volumes: Vec<Volume>,
+    /// The token that continues after the last of them; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -117,11 +126,7 @@ impl Driver {
     }
 
     /// One page of volumes in ID order, and the token for the next page.
-    pub async fn list_volumes(
-        &self,
-        max_entries: i32,
-        starting_token: &str,
-    ) -> Result<(Vec<Volume>, Option<String>)> {
+    pub async fn list_volumes(&self, max_entries: i32, starting_token: &str) -> Result<VolumePage> {
         let max = usize::try_from(max_entries)
             .map_err(|_| Error::invalid("max_entries", "must not be negative"))?;
         let after = if starting_token.is_empty() {
@@ -146,7 +151,10 @@ impl Driver {
             page.truncate(max);
             next = page.last().map(|v| format!("{TOKEN_PREFIX}{}", v.id));
         }
-        Ok((page, next))
+        Ok(VolumePage {
+            volumes: page,
+            next_token: next,
+        })
     }
 
     /// Provisionable bytes; zero for a topology that does not include this node.

@@ -24,7 +24,7 @@ mod node;
 #[cfg(test)]
 mod node_tests;
 
-pub use controller::CreateRequest;
+pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};
 
 /// Static settings of a driver instance.
