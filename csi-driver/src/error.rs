@@ -1,6 +1,6 @@
 //! The domain error: every failure a CSI call can end in, independent of gRPC.
 //!
-//! `grpc::status` maps each variant to one CSI status code; nothing else decides codes.
+//! `grpc::error_codes` maps each variant to one CSI status code; nothing else decides codes.
 
 use crate::os;
 
@@ -57,6 +57,18 @@ impl Error {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// A tier resolution error is INVALID_ARGUMENT naming its key.
+impl From<iops_controller::ResolveError> for Error {
+    fn from(e: iops_controller::ResolveError) -> Self {
+        let field = e.field().to_owned();
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(&format!("{field}: "))
+            .map_or_else(|| text.clone(), str::to_owned);
+        Error::InvalidArgument { field, reason }
     }
 }
 

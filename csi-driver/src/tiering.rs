@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use iops_controller::{Layers, Limits, ResolveError, ResolvedTier, TierSet, keys};
+use iops_controller::{Layers, Limits, ResolvedTier, TierSet, keys};
 
 use crate::error::{Error, Result};
 use crate::k8s::{LookupError, PvcAnnotations};
@@ -30,36 +30,24 @@ impl Tiering {
         &self.tiers
     }
 
-    /// The tier of a new volume from its StorageClass parameters (`raw`, as sent), the
-    /// PVC annotation (when csi-provisioner passed the PVC's name and an API is
-    /// configured) and the VolumeAttributesClass parameters.
+    /// The tier of a new volume from its StorageClass parameters, the PVC annotation
+    /// (when csi-provisioner passed the PVC's name and an API is configured) and the
+    /// VolumeAttributesClass parameters. Resolution runs once; the parameters are checked
+    /// before the PVC is looked up, so a bad StorageClass is reported without an API
+    /// round trip.
     pub async fn resolve(
         &self,
         parameters: &Parameters,
-        raw: &BTreeMap<String, String>,
         mutable: Option<&BTreeMap<String, String>>,
     ) -> Result<ResolvedTier> {
-        // Checked first, so a bad StorageClass is reported without an API round trip.
-        let layers = Layers {
-            class_parameters: raw,
-            pvc_tier: None,
-            mutable_parameters: mutable,
-        };
-        let without_pvc = iops_controller::resolve(&self.tiers, &layers).map_err(invalid)?;
+        let checked = iops_controller::resolve::check(&self.tiers, &parameters.tier, mutable)?;
         let pvc_tier = match (&self.pvc, &parameters.pvc_namespace, &parameters.pvc_name) {
             (Some(api), Some(namespace), Some(name)) => {
                 api.tier(namespace, name).await.map_err(lookup_error)?
             }
             _ => None,
         };
-        let Some(pvc_tier) = pvc_tier else {
-            return Ok(without_pvc);
-        };
-        let layers = Layers {
-            pvc_tier: Some(&pvc_tier),
-            ..layers
-        };
-        iops_controller::resolve(&self.tiers, &layers).map_err(invalid)
+        Ok(checked.with_pvc(&self.tiers, pvc_tier.as_deref())?)
     }
 
     /// The caps of `volume` now: its stored tier as this node defines it, scaled to its
@@ -67,17 +55,16 @@ impl Tiering {
     /// tier its stored parameters resolve to; a stored tier the node config no longer
     /// defines falls back to the default tier, with a warning.
     pub fn limits_of(&self, volume: &Volume) -> (String, Limits) {
-        let stored = match ResolvedTier::from_map(&volume.tier) {
-            Ok(Some(t)) => Ok(t),
-            Ok(None) => iops_controller::resolve(
+        let stored = match &volume.tier {
+            Some(t) => Ok(t.clone()),
+            None => iops_controller::resolve(
                 &self.tiers,
                 &Layers {
-                    class_parameters: &volume.parameters.to_map(),
+                    class: &volume.parameters.tier,
                     pvc_tier: None,
                     mutable_parameters: None,
                 },
             ),
-            Err(e) => Err(e),
         };
         let limits = stored.and_then(|t| {
             let limits = t.limits_for(&self.tiers, volume.capacity_bytes)?;
@@ -123,16 +110,6 @@ fn lookup_error(e: LookupError) -> Error {
     }
 }
 
-/// A resolution error as INVALID_ARGUMENT naming its key.
-fn invalid(e: ResolveError) -> Error {
-    let field = e.field().to_owned();
-    let text = e.to_string();
-    let reason = text
-        .strip_prefix(&format!("{field}: "))
-        .map_or_else(|| text.clone(), str::to_owned);
-    Error::InvalidArgument { field, reason }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,13 +136,16 @@ mod tests {
             .collect()
     }
 
+    fn stored(pairs: &[(&str, &str)]) -> Option<ResolvedTier> {
+        ResolvedTier::from_map(&map(pairs)).unwrap()
+    }
+
     async fn resolve_with(
         pvc: Option<&'static str>,
         class: &[(&str, &str)],
     ) -> Result<ResolvedTier> {
         let t = Tiering::new(TierSet::builtin(), Some(Arc::new(Annotated(pvc))));
-        let raw = map(class);
-        t.resolve(&Parameters::parse(&raw)?, &raw, None).await
+        t.resolve(&Parameters::parse(&map(class))?, None).await
     }
 
     #[tokio::test]
@@ -217,10 +197,10 @@ mod tests {
             capacity_bytes: 1 << 30,
             fs_type: None,
             parameters: Parameters::default(),
-            tier: map(&[(keys::TIER, "streaming"), (keys::PRIORITY, "streaming")]),
+            tier: stored(&[(keys::TIER, "streaming"), (keys::PRIORITY, "streaming")]),
         };
         assert_eq!(t.limits_of(&v), ("streaming".to_owned(), Limits::UNLIMITED));
-        v.tier = map(&[
+        v.tier = stored(&[
             (keys::TIER, "batch"),
             (keys::PRIORITY, "batch"),
             (keys::READ_IOPS, "150"),
@@ -228,11 +208,11 @@ mod tests {
         let (name, limits) = t.limits_of(&v);
         assert_eq!(name, "batch");
         assert_eq!(limits.read_iops.get(), Some(150));
-        v.tier = map(&[(keys::TIER, "gone"), (keys::PRIORITY, "batch")]);
+        v.tier = stored(&[(keys::TIER, "gone"), (keys::PRIORITY, "batch")]);
         let (name, limits) = t.limits_of(&v);
         assert_eq!(name, keys::DEFAULT_TIER);
         assert!(!limits.is_unlimited());
-        v.tier.clear();
+        v.tier = None;
         assert_eq!(t.limits_of(&v).0, keys::DEFAULT_TIER);
     }
 }

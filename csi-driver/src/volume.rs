@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use iops_controller::{ClassTier, ResolvedTier, keys};
+
 use crate::error::{Error, Result};
 use crate::os::FsType;
 
@@ -106,87 +108,85 @@ impl CapacityRange {
     }
 }
 
-/// CreateVolume parameters iolane understands. Anything else is refused by name.
+/// CreateVolume parameters iolane understands, deserialised once from the CSI map
+/// ([`Parameters::parse`]); anything else is refused by name. Stored (LV tags, loop
+/// metadata) and serialised as that same flat map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Parameters {
     /// Added by csi-provisioner's `--extra-create-metadata`.
-    #[serde(
-        rename = "csi.storage.k8s.io/pvc/name",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub pvc_name: Option<String>,
-    #[serde(
-        rename = "csi.storage.k8s.io/pvc/namespace",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub pvc_namespace: Option<String>,
-    #[serde(
-        rename = "csi.storage.k8s.io/pv/name",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub pv_name: Option<String>,
     /// The lvm device class (StorageClass parameter); `None` picks the node's first class.
-    #[serde(
-        rename = "iolane.dev/device-class",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub device_class: Option<String>,
-    /// The StorageClass's tier and explicit caps (checked by tier resolution,
-    /// `iops_controller::resolve`, which also reads them at CreateVolume).
-    #[serde(
-        rename = "iolane.dev/tier",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub tier: Option<String>,
-    #[serde(
-        rename = "iolane.dev/allowed-tiers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub allowed_tiers: Option<String>,
-    #[serde(
-        rename = "iolane.dev/read-iops",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub read_iops: Option<String>,
-    #[serde(
-        rename = "iolane.dev/write-iops",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub write_iops: Option<String>,
-    #[serde(
-        rename = "iolane.dev/read-bps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub read_bps: Option<String>,
-    #[serde(
-        rename = "iolane.dev/write-bps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub write_bps: Option<String>,
+    /// The StorageClass's tier and explicit caps, as tier resolution reads them (it checks
+    /// the values, naming the key).
+    pub tier: ClassTier,
 }
 
 /// The parameter key that selects a device class.
-pub const DEVICE_CLASS_KEY: &str = "iolane.dev/device-class";
+pub const DEVICE_CLASS_KEY: &str = keys::DEVICE_CLASS;
+
+/// The parameters that are not tier keys, as the map deserialises them; the tier keys go
+/// to [`ClassTier`], the rest to `unknown`.
+#[derive(Deserialize)]
+struct Fields {
+    #[serde(
+        rename = "csi.storage.k8s.io/pvc/name",
+        default,
+        deserialize_with = "given"
+    )]
+    pvc_name: Option<String>,
+    #[serde(
+        rename = "csi.storage.k8s.io/pvc/namespace",
+        default,
+        deserialize_with = "given"
+    )]
+    pvc_namespace: Option<String>,
+    #[serde(
+        rename = "csi.storage.k8s.io/pv/name",
+        default,
+        deserialize_with = "given"
+    )]
+    pv_name: Option<String>,
+    #[serde(
+        rename = "iolane.dev/device-class",
+        default,
+        deserialize_with = "given"
+    )]
+    device_class: Option<String>,
+    #[serde(flatten)]
+    tier: ClassTier,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, String>,
+}
+
+/// The keys csi-provisioner adds; with [`keys::STORAGE_CLASS_KEYS`], every key iolane reads.
+const PROVISIONER_KEYS: [&str; 3] = [keys::PVC_NAME, keys::PVC_NAMESPACE, keys::PV_NAME];
+
+/// A parameter that is present (a CSI map value is a plain string, never null).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
 
 impl Parameters {
     /// The parameters as the CSI key/value map they were parsed from.
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        // Every field is an optional string, so this cannot fail; an empty map is the
-        // honest answer if it ever did.
-        serde_json::to_value(self)
-            .and_then(serde_json::from_value)
-            .unwrap_or_default()
+        let own = [
+            (keys::PVC_NAME, &self.pvc_name),
+            (keys::PVC_NAMESPACE, &self.pvc_namespace),
+            (keys::PV_NAME, &self.pv_name),
+            (DEVICE_CLASS_KEY, &self.device_class),
+        ];
+        own.into_iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+            .chain(self.tier.entries())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     /// The error for a device class this node does not have.
@@ -204,7 +204,9 @@ impl Parameters {
         Error::invalid(format!("parameters[{DEVICE_CLASS_KEY:?}]"), reason)
     }
 
-    /// Parses a CSI parameter map, naming the first unknown or malformed key.
+    /// Parses a CSI parameter map, naming the first unknown or malformed key: an unknown
+    /// `iolane.dev/` key with tier resolution's message (it lists the StorageClass keys),
+    /// any other with the keys iolane reads.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
         for (k, v) in map {
             if k.len() > 316 || v.len() > 4096 || v.chars().any(char::is_control) {
@@ -214,9 +216,46 @@ impl Parameters {
                 ));
             }
         }
-        let value =
-            serde_json::to_value(map).map_err(|e| Error::invalid("parameters", e.to_string()))?;
-        serde_json::from_value(value).map_err(|e| Error::invalid("parameters", e.to_string()))
+        let pairs = map.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let fields = Fields::deserialize(serde::de::value::MapDeserializer::<
+            _,
+            serde::de::value::Error,
+        >::new(pairs))
+        .map_err(|e| Error::invalid("parameters", e.to_string()))?;
+        if let Some(key) = fields.unknown.keys().next() {
+            if key.starts_with(keys::PREFIX) {
+                return Err(ClassTier::unknown_key(key).into());
+            }
+            let known: Vec<&str> = PROVISIONER_KEYS
+                .into_iter()
+                .chain(keys::STORAGE_CLASS_KEYS)
+                .collect();
+            return Err(Error::invalid(
+                format!("parameters[{key:?}]"),
+                format!("unknown key; known keys: {}", known.join(", ")),
+            ));
+        }
+        Ok(Parameters {
+            pvc_name: fields.pvc_name,
+            pvc_namespace: fields.pvc_namespace,
+            pv_name: fields.pv_name,
+            device_class: fields.device_class,
+            tier: fields.tier,
+        })
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for Parameters {
+    type Error = Error;
+
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self> {
+        Parameters::parse(&map)
+    }
+}
+
+impl From<Parameters> for BTreeMap<String, String> {
+    fn from(p: Parameters) -> Self {
+        p.to_map()
     }
 }
 
@@ -243,10 +282,10 @@ pub struct Volume {
     pub fs_type: Option<FsType>,
     #[serde(default)]
     pub parameters: Parameters,
-    /// The resolved tier in its stored form (`iops_controller::ResolvedTier::to_map`);
-    /// empty for a volume created before tiers were stored.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tier: BTreeMap<String, String>,
+    /// The resolved tier; `None` for a volume created before tiers were stored. Stored
+    /// (loop metadata) as [`ResolvedTier::to_map`]'s flat map.
+    #[serde(default, with = "stored_tier", skip_serializing_if = "Option::is_none")]
+    pub tier: Option<ResolvedTier>,
 }
 
 /// What CreateVolume asks of a backend, after validation and sizing.
@@ -258,8 +297,30 @@ pub struct CreateSpec {
     pub size: u64,
     pub fs_type: Option<FsType>,
     pub parameters: Parameters,
-    /// The resolved tier, stored with the volume.
-    pub tier: BTreeMap<String, String>,
+    /// The resolved tier, stored with the volume (`None` only where a caller has none to
+    /// give, e.g. a backend's own tests).
+    pub tier: Option<ResolvedTier>,
+}
+
+/// A stored tier in its flat string form (the loop backend's metadata file).
+mod stored_tier {
+    use std::collections::BTreeMap;
+
+    use iops_controller::ResolvedTier;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[allow(clippy::ref_option)] // the signature serde's `with` asks for
+    pub fn serialize<S: Serializer>(tier: &Option<ResolvedTier>, s: S) -> Result<S::Ok, S::Error> {
+        tier.as_ref()
+            .map(ResolvedTier::to_map)
+            .unwrap_or_default()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ResolvedTier>, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        ResolvedTier::from_map(&map).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Capacity figures of a backend.

@@ -54,6 +54,9 @@ pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
 /// namespace.
 pub const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
 
+/// CreateVolume parameter csi-provisioner's `--extra-create-metadata` fills with the PV name.
+pub const PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+
 /// The built-in uncapped tier.
 pub const STREAMING: &str = "streaming";
 /// The built-in capped tier.

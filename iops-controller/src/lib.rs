@@ -8,7 +8,8 @@
 //!   [`TierSet::from_config`] with errors naming the field.
 //! - [`resolve`](mod@resolve): a volume's tier from, weakest first, the built-in default (`batch`), the
 //!   StorageClass parameters, the PVC annotation (only tiers the class allows) and the
-//!   VolumeAttributesClass parameters; stored with the volume as a flat string map.
+//!   VolumeAttributesClass parameters; stored with the volume as a flat string map
+//!   ([`ResolvedTier::to_map`]).
 //! - [`keys`]: every parameter, annotation and tag key, and the built-in tier names.
 //! - [`iomax`] and [`iostat`]: the cgroup v2 `io.max` and `io.stat` formats
 //!   (`MAJ:MIN key=value ...`).
@@ -51,5 +52,5 @@ pub use metrics::EnforcementMetrics;
 pub use reconcile::{
     Outcome, PassError, PassReport, Pending, Publication, PublicationState, Reconciler,
 };
-pub use resolve::{Layers, Overrides, ResolveError, ResolvedTier, resolve};
+pub use resolve::{Checked, ClassTier, Layers, Overrides, ResolveError, ResolvedTier, resolve};
 pub use tier::{Limit, Limits, Priority, Rate, Scaling, Tier, TierConfig, TierError, TierSet};

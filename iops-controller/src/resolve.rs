@@ -67,8 +67,9 @@ impl Overrides {
     }
 }
 
-/// A volume's tier after resolution: what is stored with the volume (LV tags, loop
-/// metadata) and returned in `volume_context`.
+/// A volume's tier after resolution: carried typed from CreateVolume to the backend, and
+/// turned into strings ([`ResolvedTier::to_map`]) only where it is stored (LV tags, loop
+/// metadata) and returned (`volume_context`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedTier {
     pub name: String,
@@ -77,13 +78,67 @@ pub struct ResolvedTier {
     pub overrides: Overrides,
 }
 
-/// What resolution reads. Every map is passed whole: resolution checks the keys it owns.
+/// The StorageClass parameters tier resolution reads, deserialised once from the CSI
+/// parameter map (the driver's `Parameters` flattens this in). Values stay as given:
+/// resolution checks them and names the key when one is wrong.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ClassTier {
+    /// [`keys::ALLOWED_TIERS`].
+    #[serde(
+        rename = "iolane.dev/allowed-tiers",
+        default,
+        deserialize_with = "given"
+    )]
+    pub allowed_tiers: Option<String>,
+    /// [`keys::READ_BPS`].
+    #[serde(rename = "iolane.dev/read-bps", default, deserialize_with = "given")]
+    pub read_bps: Option<String>,
+    /// [`keys::READ_IOPS`].
+    #[serde(rename = "iolane.dev/read-iops", default, deserialize_with = "given")]
+    pub read_iops: Option<String>,
+    /// [`keys::TIER`].
+    #[serde(rename = "iolane.dev/tier", default, deserialize_with = "given")]
+    pub tier: Option<String>,
+    /// [`keys::WRITE_BPS`].
+    #[serde(rename = "iolane.dev/write-bps", default, deserialize_with = "given")]
+    pub write_bps: Option<String>,
+    /// [`keys::WRITE_IOPS`].
+    #[serde(rename = "iolane.dev/write-iops", default, deserialize_with = "given")]
+    pub write_iops: Option<String>,
+}
+
+impl ClassTier {
+    /// Key and value of each parameter set, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (keys::ALLOWED_TIERS, &self.allowed_tiers),
+            (keys::READ_BPS, &self.read_bps),
+            (keys::READ_IOPS, &self.read_iops),
+            (keys::TIER, &self.tier),
+            (keys::WRITE_BPS, &self.write_bps),
+            (keys::WRITE_IOPS, &self.write_iops),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+
+    /// The error for a StorageClass parameter under [`keys::PREFIX`] that is not one of
+    /// [`keys::STORAGE_CLASS_KEYS`].
+    pub fn unknown_key(key: &str) -> ResolveError {
+        unknown_key(Layer::StorageClass, key, &keys::STORAGE_CLASS_KEYS)
+    }
+}
+
+/// A parameter that is present (a CSI map value is a plain string, never null).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// What resolution reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Layers<'a> {
-    /// CreateVolume `parameters` (the StorageClass parameters, plus what csi-provisioner
-    /// adds). `iolane.dev/` keys other than [`keys::STORAGE_CLASS_KEYS`] are refused;
-    /// other keys are ignored.
-    pub class_parameters: &'a BTreeMap<String, String>,
+    /// The tier keys of the CreateVolume `parameters` (the StorageClass parameters).
+    pub class: &'a ClassTier,
     /// The PVC's `iolane.dev/tier` annotation; `None` when absent or not looked up.
     pub pvc_tier: Option<&'a str>,
     /// CSI `mutable_parameters` (the VolumeAttributesClass parameters); every key must be
@@ -144,70 +199,137 @@ impl Layer {
 
 /// Resolves a volume's tier from its layers against the tiers this node knows.
 pub fn resolve(tiers: &TierSet, layers: &Layers<'_>) -> Result<ResolvedTier, ResolveError> {
-    let mut name = keys::DEFAULT_TIER.to_owned();
-    let mut overrides = Overrides::default();
+    check(tiers, layers.class, layers.mutable_parameters)?.with_pvc(tiers, layers.pvc_tier)
+}
 
+/// The StorageClass and VolumeAttributesClass layers, read and checked: all that is left
+/// is the PVC annotation, which the driver looks up only once these are known to be good.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The tier after layers 1 and 2.
+    class_tier: String,
+    /// The StorageClass's `allowed-tiers`, when it sets it.
+    allowed: Option<Vec<String>>,
+    /// The StorageClass's explicit caps.
+    class_overrides: Overrides,
+    /// The VolumeAttributesClass's tier, when it names one.
+    vac_tier: Option<String>,
+    /// The VolumeAttributesClass's explicit caps (each replaces the class's).
+    vac_overrides: Overrides,
+}
+
+/// Reads and checks layers 2 and 4 (see the module doc).
+pub fn check(
+    tiers: &TierSet,
+    class: &ClassTier,
+    mutable: Option<&BTreeMap<String, String>>,
+) -> Result<Checked, ResolveError> {
     // 2. StorageClass.
-    let class = Layer::StorageClass;
-    let mut allowed: Option<Vec<&str>> = None;
-    for (key, value) in layers.class_parameters {
-        if !key.starts_with(keys::PREFIX) || key == keys::DEVICE_CLASS {
-            continue;
-        }
+    let layer = Layer::StorageClass;
+    let mut class_tier = keys::DEFAULT_TIER.to_owned();
+    let mut class_overrides = Overrides::default();
+    let mut allowed = None;
+    for (key, value) in class.entries() {
         if key == keys::ALLOWED_TIERS {
-            allowed = Some(allowed_tiers(tiers, value)?);
-        } else if !apply_key(tiers, class, key, value, &mut name, &mut overrides)? {
-            return Err(unknown_key(class, key, &keys::STORAGE_CLASS_KEYS));
-        }
-    }
-
-    // 3. PVC annotation.
-    if let Some(wanted) = layers.pvc_tier
-        && wanted != name
-    {
-        let field = Layer::Pvc.field(keys::TIER);
-        let allowed_field = class.field(keys::ALLOWED_TIERS);
-        match &allowed {
-            Some(list) if list.contains(&wanted) => name = wanted.to_owned(),
-            Some(list) => {
-                return Err(ResolveError::NotAllowed {
-                    field,
-                    reason: format!(
-                        "tier {wanted:?} is not allowed by the StorageClass, whose \
-                         {allowed_field} lists only {}",
-                        list.join(", ")
-                    ),
-                });
-            }
-            None => {
-                return Err(ResolveError::NotAllowed {
-                    field,
-                    reason: format!(
-                        "tier {wanted:?} is not allowed: the StorageClass sets no \
-                         {allowed_field}, so a PVC may not choose its tier"
-                    ),
-                });
-            }
+            allowed = Some(
+                allowed_tiers(tiers, value)?
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        } else if !apply_key(
+            tiers,
+            layer,
+            key,
+            value,
+            &mut class_tier,
+            &mut class_overrides,
+        )? {
+            return Err(unknown_key(layer, key, &keys::STORAGE_CLASS_KEYS));
         }
     }
 
     // 4. VolumeAttributesClass.
     let vac = Layer::VolumeAttributesClass;
-    for (key, value) in layers.mutable_parameters.into_iter().flatten() {
-        if !apply_key(tiers, vac, key, value, &mut name, &mut overrides)? {
+    let mut vac_tier = None;
+    let mut vac_overrides = Overrides::default();
+    for (key, value) in mutable.into_iter().flatten() {
+        let mut name = String::new();
+        if !apply_key(tiers, vac, key, value, &mut name, &mut vac_overrides)? {
             return Err(unknown_key(vac, key, &keys::MUTABLE_KEYS));
         }
+        if key == keys::TIER {
+            vac_tier = Some(name);
+        }
     }
-
-    let priority = tiers
-        .get(&name)
-        .map(|t| t.priority)
-        .ok_or_else(|| ResolveError::TierGone(name.clone()))?;
-    Ok(ResolvedTier {
-        name,
-        priority,
-        overrides,
+    Ok(Checked {
+        class_tier,
+        allowed,
+        class_overrides,
+        vac_tier,
+        vac_overrides,
     })
+}
+
+impl Checked {
+    /// Adds layer 3, the PVC annotation (only a tier the class allows), and finishes.
+    pub fn with_pvc(
+        self,
+        tiers: &TierSet,
+        pvc_tier: Option<&str>,
+    ) -> Result<ResolvedTier, ResolveError> {
+        let mut name = self.class_tier;
+        // 3. PVC annotation.
+        if let Some(wanted) = pvc_tier
+            && wanted != name
+        {
+            let field = Layer::Pvc.field(keys::TIER);
+            let allowed_field = Layer::StorageClass.field(keys::ALLOWED_TIERS);
+            match &self.allowed {
+                Some(list) if list.iter().any(|t| t == wanted) => name = wanted.to_owned(),
+                Some(list) => {
+                    return Err(ResolveError::NotAllowed {
+                        field,
+                        reason: format!(
+                            "tier {wanted:?} is not allowed by the StorageClass, whose \
+                             {allowed_field} lists only {}",
+                            list.join(", ")
+                        ),
+                    });
+                }
+                None => {
+                    return Err(ResolveError::NotAllowed {
+                        field,
+                        reason: format!(
+                            "tier {wanted:?} is not allowed: the StorageClass sets no \
+                             {allowed_field}, so a PVC may not choose its tier"
+                        ),
+                    });
+                }
+            }
+        }
+        // 4. VolumeAttributesClass, key by key.
+        if let Some(vac) = self.vac_tier {
+            name = vac;
+        }
+        let v = self.vac_overrides;
+        let c = self.class_overrides;
+        let overrides = Overrides {
+            read_bps: v.read_bps.or(c.read_bps),
+            write_bps: v.write_bps.or(c.write_bps),
+            read_iops: v.read_iops.or(c.read_iops),
+            write_iops: v.write_iops.or(c.write_iops),
+        };
+        let priority = tiers
+            .get(&name)
+            .map(|t| t.priority)
+            .ok_or_else(|| ResolveError::TierGone(name.clone()))?;
+        Ok(ResolvedTier {
+            name,
+            priority,
+            overrides,
+        })
+    }
 }
 
 /// Applies `key` if it is the tier or an override; `Ok(false)` if it is neither.
@@ -391,17 +513,40 @@ mod tests {
         want: Result<ResolvedTier, &'static str>,
     }
 
+    /// The StorageClass parameters as the driver reads them: the tier keys deserialised,
+    /// an unknown `iolane.dev/` key refused with [`ClassTier::unknown_key`], the rest not
+    /// resolution's business.
+    fn class_of(map: &BTreeMap<String, String>) -> Result<ClassTier, ResolveError> {
+        if let Some(k) = map.keys().find(|k| {
+            k.starts_with(keys::PREFIX) && !keys::STORAGE_CLASS_KEYS.contains(&k.as_str())
+        }) {
+            return Err(ClassTier::unknown_key(k));
+        }
+        let pairs = map.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        use serde::Deserialize;
+        Ok(ClassTier::deserialize(serde::de::value::MapDeserializer::<
+            _,
+            serde::de::value::Error,
+        >::new(pairs))
+        .unwrap())
+    }
+
     fn run(cases: Vec<Case>) {
         let tiers = tiers();
         for c in cases {
-            let class = map(c.class);
             let vac = c.vac.map(map);
-            let layers = Layers {
-                class_parameters: &class,
-                pvc_tier: c.pvc,
-                mutable_parameters: vac.as_ref(),
-            };
-            let got = resolve(&tiers, &layers).map_err(|e| e.to_string());
+            let got = class_of(&map(c.class))
+                .and_then(|class| {
+                    resolve(
+                        &tiers,
+                        &Layers {
+                            class: &class,
+                            pvc_tier: c.pvc,
+                            mutable_parameters: vac.as_ref(),
+                        },
+                    )
+                })
+                .map_err(|e| e.to_string());
             assert_eq!(got, c.want.map_err(str::to_owned), "case: {}", c.what);
         }
     }
@@ -700,9 +845,9 @@ mod tests {
 
     #[test]
     fn errors_expose_their_field() {
-        let class = map(&[("iolane.dev/read-iops", "x")]);
+        let class = class_of(&map(&[("iolane.dev/read-iops", "x")])).unwrap();
         let layers = Layers {
-            class_parameters: &class,
+            class: &class,
             pvc_tier: None,
             mutable_parameters: None,
         };
@@ -832,14 +977,15 @@ mod tests {
             assert_eq!(ResolvedTier::from_map(&context), Ok(Some(r)));
         }
         // What `resolve` returns stores and reads back too.
-        let class = map(&[
+        let class = class_of(&map(&[
             ("iolane.dev/tier", "bronze"),
             ("iolane.dev/write-iops", "max"),
-        ]);
+        ]))
+        .unwrap();
         let r = resolve(
             &tiers(),
             &Layers {
-                class_parameters: &class,
+                class: &class,
                 pvc_tier: None,
                 mutable_parameters: None,
             },

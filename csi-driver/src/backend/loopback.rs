@@ -458,7 +458,7 @@ mod tests {
             size,
             fs_type: None,
             parameters: Parameters::default(),
-            tier: std::collections::BTreeMap::new(),
+            tier: None,
         }
     }
 

@@ -15,6 +15,15 @@ use crate::volume::{
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
 const TOKEN_PREFIX: &str = "after:";
 
+/// One ListVolumes page.
+#[derive(Debug, Clone)]
+pub struct VolumePage {
+    /// The volumes, in ID order.
+    pub volumes: Vec<Volume>,
+    /// The token that continues after the last of them; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -59,11 +68,7 @@ impl Driver {
         let size = req.range.pick(self.backend.granularity(), min)?;
         let tier = self
             .tiering
-            .resolve(
-                &parameters,
-                &req.parameters,
-                req.mutable_parameters.as_ref(),
-            )
+            .resolve(&parameters, req.mutable_parameters.as_ref())
             .await?;
         let id = volume_id_for(&req.name);
         let _guard = self.inflight.claim(&id)?;
@@ -74,13 +79,13 @@ impl Driver {
             size,
             fs_type,
             parameters,
-            tier: tier.to_map(),
+            tier: Some(tier),
         };
         // The backend looks the ID up itself (before admission), so a repeat costs one
         // lookup, not two.
         match self.backend.create(&spec).await? {
             Created::New(volume) => {
-                tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = %tier.name, "created volume");
+                tracing::info!(volume.id = %volume.id, size = volume.capacity_bytes, tier = volume.tier.as_ref().map_or("", |t| t.name.as_str()), "created volume");
                 Ok(volume)
             }
             Created::Existing(existing) => {
@@ -98,8 +103,8 @@ impl Driver {
         // the volume itself and says whether there was one.
         let devices = self.backend.devices(id).await?;
         if !devices.is_empty() {
-            let mounts = self.os.mounts()?;
-            if let Some(m) = self.users(&mounts, &devices)?.first() {
+            let mounts = self.mounter.mounts()?;
+            if let Some(m) = self.mounts_using(&mounts, &devices)?.first() {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is still staged or published at {}",
                     m.mount_point.display()
@@ -121,11 +126,7 @@ impl Driver {
     }
 
     /// One page of volumes in ID order, and the token for the next page.
-    pub async fn list_volumes(
-        &self,
-        max_entries: i32,
-        starting_token: &str,
-    ) -> Result<(Vec<Volume>, Option<String>)> {
+    pub async fn list_volumes(&self, max_entries: i32, starting_token: &str) -> Result<VolumePage> {
         let max = usize::try_from(max_entries)
             .map_err(|_| Error::invalid("max_entries", "must not be negative"))?;
         let after = if starting_token.is_empty() {
@@ -150,7 +151,10 @@ impl Driver {
             page.truncate(max);
             next = page.last().map(|v| format!("{TOKEN_PREFIX}{}", v.id));
         }
-        Ok((page, next))
+        Ok(VolumePage {
+            volumes: page,
+            next_token: next,
+        })
     }
 
     /// Provisionable bytes; zero for a topology that does not include this node.

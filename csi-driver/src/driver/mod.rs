@@ -6,24 +6,25 @@
 //! (NodeStage .. NodeExpandVolume) and `enforcement` (io.max glue: reconcile, status).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
-use crate::os::{self, MountEntry, Os};
+use crate::os::{self, MountEntry, Mounter, Os};
 use crate::tiering::Tiering;
 use crate::validate;
 use crate::volume::{TOPOLOGY_KEY, Volume};
-use iops_controller::{DeviceNumber, Enforcement, keys};
+use iops_controller::{DeviceNumber, Enforcement, ResolvedTier, keys};
 
 mod controller;
 mod enforcement;
 mod node;
+#[cfg(test)]
+mod node_tests;
 
-pub use controller::CreateRequest;
+pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};
 
 /// Static settings of a driver instance.
@@ -41,6 +42,8 @@ pub struct Settings {
 pub struct Driver {
     backend: Arc<dyn Backend>,
     os: Os,
+    /// Mounts and device numbers of the node calls (`os` itself, or a fake in tests).
+    mounter: Arc<dyn Mounter>,
     settings: Arc<Settings>,
     inflight: InFlight,
     tiering: Arc<Tiering>,
@@ -57,12 +60,19 @@ impl Driver {
     ) -> Self {
         Driver {
             backend,
+            mounter: Arc::new(os.clone()),
             os,
             settings: Arc::new(settings),
             inflight: InFlight::default(),
             tiering: Arc::new(tiering),
             enforcement,
         }
+    }
+
+    /// The same driver mounting through `mounter` (the node side's unit tests).
+    pub fn with_mounter(mut self, mounter: Arc<dyn Mounter>) -> Self {
+        self.mounter = mounter;
+        self
     }
 
     /// The tiers and PVC look-up of this driver.
@@ -86,7 +96,11 @@ impl Driver {
 
     /// What CreateVolume returns in `volume_context`: the backend and the resolved tier.
     pub fn volume_context(&self, volume: &Volume) -> BTreeMap<String, String> {
-        let mut context = volume.tier.clone();
+        let mut context = volume
+            .tier
+            .as_ref()
+            .map(ResolvedTier::to_map)
+            .unwrap_or_default();
         context.insert(keys::BACKEND.to_owned(), self.backend.kind().to_owned());
         context
     }
@@ -105,12 +119,12 @@ impl Driver {
     /// Unmounts every layer mounted at `path`.
     pub(super) async fn unmount_all(&self, path: &Path) -> Result<()> {
         for _ in 0..8 {
-            if self.os.mount_at(path)?.is_none() {
+            if self.mounter.mount_at(path)?.is_none() {
                 return Ok(());
             }
-            self.os.unmount(path).await?;
+            self.mounter.unmount(path).await?;
         }
-        if self.os.mount_at(path)?.is_none() {
+        if self.mounter.mount_at(path)?.is_none() {
             return Ok(());
         }
         Err(Error::FailedPrecondition(format!(
@@ -122,30 +136,24 @@ impl Driver {
     /// The device a mounted path exposes: the node's own number for a bind-mounted device
     /// node, the filesystem's device otherwise.
     pub(super) fn mounted_device(&self, path: &Path) -> Result<DeviceNumber> {
-        let md = std::fs::metadata(path).map_err(|e| os::Error::io("stat", path, e))?;
-        Ok(DeviceNumber::from_rdev(
-            if md.file_type().is_block_device() {
-                md.rdev()
-            } else {
-                md.dev()
-            },
-        ))
+        Ok(self.mounter.exposed_device(path)?)
     }
 
-    pub(super) fn numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
+    /// The device number of each of `devices` (block device nodes).
+    pub(super) fn device_numbers(&self, devices: &[PathBuf]) -> Result<Vec<DeviceNumber>> {
         devices
             .iter()
-            .map(|d| self.os.device_number(d).map_err(Error::from))
+            .map(|d| self.mounter.device_number(d).map_err(Error::from))
             .collect()
     }
 
     /// Mounts that use any of `devices`: filesystems on them and binds of their nodes.
-    pub(super) fn users<'m>(
+    pub(super) fn mounts_using<'m>(
         &self,
         mounts: &'m [MountEntry],
         devices: &[PathBuf],
     ) -> Result<Vec<&'m MountEntry>> {
-        let numbers = self.numbers(devices)?;
+        let numbers = self.device_numbers(devices)?;
         let node_roots: Vec<PathBuf> = devices
             .iter()
             .map(|d| Path::new("/").join(d.file_name().unwrap_or_default()))
@@ -162,46 +170,13 @@ impl Driver {
     }
 }
 
+/// INVALID_ARGUMENT if `path` is a symbolic link (a kubelet path never is).
 pub(super) fn refuse_symlink(field: &str, path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => Err(Error::invalid(
+    if os::files::is_symlink(path) {
+        return Err(Error::invalid(
             field,
             format!("{} is a symbolic link", path.display()),
-        )),
-        _ => Ok(()),
+        ));
     }
-}
-
-/// Creates a directory unless it exists; returns whether it created it.
-pub(super) fn ensure_dir(path: &Path) -> Result<bool> {
-    match std::fs::create_dir(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
-        Err(e) => Err(os::Error::io("create directory", path, e).into()),
-    }
-}
-
-/// Creates an empty file unless one exists; returns whether it created it.
-pub(super) fn ensure_file(path: &Path) -> Result<bool> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_file() => Ok(false),
-        Err(e) => Err(os::Error::io("create file", path, e).into()),
-    }
-}
-
-/// Removes what NodePublish created at `path` (an empty directory or a file), if anything.
-pub(super) fn remove_path(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {
-            std::fs::remove_dir(path).map_err(|e| os::Error::io("remove directory", path, e).into())
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| os::Error::io("remove", path, e).into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(os::Error::io("stat", path, e).into()),
-    }
+    Ok(())
 }

@@ -1,11 +1,11 @@
 //! The node side of the driver: NodeStageVolume, NodeUnstageVolume, NodePublishVolume,
 //! NodeUnpublishVolume, NodeGetVolumeStats and NodeExpandVolume.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{Driver, ensure_dir, ensure_file, refuse_symlink, remove_path};
+use super::{Driver, refuse_symlink};
 use crate::error::{Error, Result};
+use crate::os::files::{ensure_dir, ensure_file, remove_path};
 use crate::os::{self, FsStats, FsType, Signature};
 use crate::volume::{AccessType, Capability, CapacityRange, Volume};
 use iops_controller::PodUid;
@@ -33,10 +33,10 @@ impl Driver {
         let volume = self.volume(id).await?;
         ensure_dir(&staging)?;
         let dev = self.backend.attach(id).await?;
-        let n = self.os.device_number(&dev)?;
+        let n = self.mounter.device_number(&dev)?;
         let block_file = staging.join(id);
-        let fs_mount = self.os.mount_at(&staging)?;
-        let block_mount = self.os.mount_at(&block_file)?;
+        let fs_mount = self.mounter.mount_at(&staging)?;
+        let block_mount = self.mounter.mount_at(&block_file)?;
         if let Some(m) = &fs_mount
             && (m.major, m.minor) != (n.major, n.minor)
         {
@@ -63,9 +63,9 @@ impl Driver {
             }
             (AccessType::Block, None, None) => {
                 let created = ensure_file(&block_file)?;
-                if let Err(e) = self.os.bind_mount(&dev, &block_file, false).await {
+                if let Err(e) = self.mounter.bind_mount(&dev, &block_file, false).await {
                     if created {
-                        let _ = std::fs::remove_file(&block_file);
+                        let _ = remove_path(&block_file);
                     }
                     return Err(e.into());
                 }
@@ -104,7 +104,7 @@ impl Driver {
                 if cap.mode.read_only() {
                     options.push("ro".to_owned());
                 }
-                self.os.mount_fs(&dev, &staging, fs, &options).await?;
+                self.mounter.mount_fs(&dev, &staging, fs, &options).await?;
                 tracing::info!(volume.id = %id, path = %staging.display(), fs = fs.as_str(), "staged volume");
                 Ok(())
             }
@@ -147,9 +147,9 @@ impl Driver {
             Some(_) => self.backend.devices(id).await?,
             None => Vec::new(),
         };
-        let numbers = self.numbers(&devices)?;
+        let numbers = self.device_numbers(&devices)?;
         let block_file = staging.join(id);
-        let mounts = self.os.mounts()?;
+        let mounts = self.mounter.mounts()?;
         let mut ours: Vec<PathBuf> = Vec::new();
         for p in [&staging, &block_file] {
             if let Some(m) = mounts.iter().rev().find(|m| &m.mount_point == p) {
@@ -164,7 +164,7 @@ impl Driver {
             }
         }
         if let Some(user) = self
-            .users(&mounts, &devices)?
+            .mounts_using(&mounts, &devices)?
             .into_iter()
             .find(|u| !ours.contains(&u.mount_point))
         {
@@ -176,10 +176,7 @@ impl Driver {
         for p in &ours {
             self.unmount_all(p).await?;
         }
-        if std::fs::symlink_metadata(&block_file).is_ok_and(|m| m.is_file()) {
-            std::fs::remove_file(&block_file)
-                .map_err(|e| os::Error::io("remove", &block_file, e))?;
-        }
+        os::files::remove_regular_file(&block_file)?;
         if !devices.is_empty() {
             self.backend.detach(id).await?;
         }
@@ -212,18 +209,18 @@ impl Driver {
         };
         refuse_symlink("target_path", &target)?;
         let dev = self.backend.attached(id).await?.ok_or_else(not_staged)?;
-        let n = self.os.device_number(&dev)?;
+        let n = self.mounter.device_number(&dev)?;
         let (source, staged_at) = match cap.access {
             AccessType::Mount { .. } => (staging.clone(), staging.clone()),
             AccessType::Block => (dev.clone(), staging.join(id)),
         };
-        if self.os.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
+        if self.mounter.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
             return Err(not_staged());
         }
-        if let Some(m) = self.os.mount_at(&target)? {
+        if let Some(m) = self.mounter.mount_at(&target)? {
             let here = self.mounted_device(&target)?;
             let devices = self.backend.devices(id).await?;
-            if !self.numbers(&devices)?.contains(&here) {
+            if !self.device_numbers(&devices)?.contains(&here) {
                 return Err(Error::AlreadyExists(format!(
                     "target_path {} already has {} mounted",
                     target.display(),
@@ -253,13 +250,13 @@ impl Driver {
             // raw publication gets a device of its own that the kernel itself keeps read-only.
             AccessType::Block if read_only => {
                 let ro = self.backend.attach_read_only(id).await?;
-                let r = self.os.bind_mount(&ro, &target, true).await;
+                let r = self.mounter.bind_mount(&ro, &target, true).await;
                 if r.is_err() {
                     let _ = self.backend.release_read_only(id, &ro).await;
                 }
                 r
             }
-            _ => self.os.bind_mount(&source, &target, read_only).await,
+            _ => self.mounter.bind_mount(&source, &target, read_only).await,
         };
         if let Err(e) = result {
             if created {
@@ -278,17 +275,14 @@ impl Driver {
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
         self.lift_caps(id, &target);
-        if self.os.mount_at(&target)?.is_some() {
-            let md = std::fs::metadata(&target).map_err(|e| os::Error::io("stat", &target, e))?;
-            if md.file_type().is_block_device() {
-                device = Some(iops_controller::DeviceNumber::from_rdev(md.rdev()));
-            }
+        if self.mounter.mount_at(&target)?.is_some() {
+            device = os::files::block_device_at(&target)?;
             self.unmount_all(&target).await?;
         }
         remove_path(&target)?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {
-                if self.os.device_number(&dev)? == num {
+                if self.mounter.device_number(&dev)? == num {
                     self.backend.release_read_only(id, &dev).await?;
                 }
             }
@@ -305,15 +299,15 @@ impl Driver {
         let here = self.mounted_device(&path)?;
         let Some(dev) = devices
             .iter()
-            .zip(self.numbers(&devices)?)
+            .zip(self.device_numbers(&devices)?)
             .find_map(|(d, n)| (n == here).then_some(d))
         else {
-            return Err(self.not_here(id, &path));
+            return Err(self.not_staged_or_published(id, &path));
         };
-        let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
+        let is_block = os::files::block_device_at(&path)?.is_some();
         // What the backend knows (e.g. a full thin pool) comes first.
         let storage = self.backend.condition(id).await?;
-        if md.file_type().is_block_device() {
+        if is_block {
             return Ok(VolumeStats {
                 usage: Usage::Block {
                     total_bytes: self.os.device_size(dev)?,
@@ -322,9 +316,9 @@ impl Driver {
             });
         }
         let m = self
-            .os
+            .mounter
             .mount_at(&path)?
-            .ok_or_else(|| self.not_here(id, &path))?;
+            .ok_or_else(|| self.not_staged_or_published(id, &path))?;
         let stats = self.os.fs_stats(&path)?;
         let abnormal = storage.or_else(|| {
             (m.super_options.split(',').any(|o| o == "ro") && !m.read_only())
@@ -356,12 +350,11 @@ impl Driver {
             .attached(id)
             .await?
             .ok_or_else(|| Error::FailedPrecondition(format!("volume {id} is not staged")))?;
-        let md = std::fs::metadata(&path).map_err(|e| os::Error::io("stat", &path, e))?;
-        if !md.file_type().is_block_device() {
+        if os::files::block_device_at(&path)?.is_none() {
             let m = self
-                .os
+                .mounter
                 .mount_at(&path)?
-                .ok_or_else(|| self.not_here(id, &path))?;
+                .ok_or_else(|| self.not_staged_or_published(id, &path))?;
             let fs = FsType::parse(&m.fs_type).ok_or_else(|| {
                 Error::FailedPrecondition(format!("cannot grow a {} filesystem", m.fs_type))
             })?;
@@ -378,7 +371,7 @@ impl Driver {
             return Err(Error::invalid("volume_path", "must not be empty"));
         }
         if !path.starts_with('/') {
-            return Err(self.not_here(id, Path::new(path)));
+            return Err(self.not_staged_or_published(id, Path::new(path)));
         }
         let p = self.path("volume_path", path)?;
         if !p.exists() {
@@ -390,7 +383,8 @@ impl Driver {
         Ok(p)
     }
 
-    fn not_here(&self, id: &str, path: &Path) -> Error {
+    /// NOT_FOUND for a `volume_path` where the volume is neither staged nor published.
+    fn not_staged_or_published(&self, id: &str, path: &Path) -> Error {
         Error::PathNotFound {
             field: "volume_path",
             path: format!(

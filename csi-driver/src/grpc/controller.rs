@@ -148,20 +148,21 @@ impl csi::controller_server::Controller for ControllerService {
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let r = req.into_inner();
         rpc("ListVolumes", async {
-            let (page, next) = self
+            let page = self
                 .driver
                 .list_volumes(r.max_entries, &r.starting_token)
                 .await?;
             let topology = self.driver.topology();
             Ok(csi::ListVolumesResponse {
                 entries: page
+                    .volumes
                     .iter()
                     .map(|v| csi::list_volumes_response::Entry {
                         volume: Some(convert::volume(v, self.driver.volume_context(v), &topology)),
                         status: None,
                     })
                     .collect(),
-                next_token: next.unwrap_or_default(),
+                next_token: page.next_token.unwrap_or_default(),
             })
         })
         .await

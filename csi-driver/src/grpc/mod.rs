@@ -2,15 +2,15 @@
 //!
 //! **Architecture Invariant:** each handler takes the request, converts it to domain
 //! types (validating as it goes), calls [`crate::driver::Driver`], and converts the result;
-//! every error becomes a status in [`status`], and is logged once, here.
+//! every error becomes a status in [`error_codes`], and is logged once, here.
 
 mod central;
 pub mod client;
 mod controller;
 mod convert;
+pub mod error_codes;
 mod identity;
 mod node;
-pub mod status;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -135,7 +135,7 @@ where
     if let Some(m) = RPC_METRICS.get() {
         let code = match &out {
             Ok(_) => Code::Ok,
-            Err(e) => status::code_of(e),
+            Err(e) => error_codes::code_of(e),
         };
         m.record(name, code, elapsed);
     }
@@ -146,7 +146,7 @@ where
         }
         Err(e) => {
             let status = Status::from(e);
-            if status::is_caller_error(status.code()) {
+            if error_codes::is_caller_error(status.code()) {
                 tracing::info!(rpc = name, ms, code = ?status.code(), error = %status.message(), "refused");
             } else {
                 tracing::warn!(rpc = name, ms, code = ?status.code(), error = %status.message(), "failed");

@@ -9,7 +9,8 @@
 //! iolane.dev/fs=ext4|xfs               only for volumes created for a filesystem
 //! iolane.dev/p/<escaped key>=<escaped value>   one per CreateVolume parameter
 //! iolane.dev/t/<escaped key>=<escaped value>   the resolved tier, one per entry of
-//!                                      `ResolvedTier::to_map` (tier, priority, overrides)
+//!                                      `ResolvedTier::to_map` (tier, priority, overrides);
+//!                                      read back typed (`ResolvedTier::from_map`)
 //! ```
 //!
 //! LVM tags may only hold `[A-Za-z0-9_+.-/=!:&#]` and at most 1024 bytes. Values are
@@ -17,6 +18,8 @@
 //! tags`), every other byte becomes `:` and two lowercase hex digits.
 
 use std::collections::BTreeMap;
+
+use iops_controller::ResolvedTier;
 
 use crate::error::{Error, Result};
 use crate::os::FsType;
@@ -36,8 +39,8 @@ pub struct Tagged {
     pub required: u64,
     pub fs_type: Option<FsType>,
     pub parameters: Parameters,
-    /// The resolved tier's stored form; empty when the LV carries none.
-    pub tier: BTreeMap<String, String>,
+    /// The resolved tier; `None` when the LV carries none.
+    pub tier: Option<ResolvedTier>,
 }
 
 fn safe(b: u8) -> bool {
@@ -118,11 +121,11 @@ pub fn encode(spec: &CreateSpec) -> Result<Vec<String>> {
             &escape(&v),
         )?);
     }
-    for (k, v) in &spec.tier {
+    for (k, v) in spec.tier.iter().flat_map(ResolvedTier::to_map) {
         tags.push(tag(
             format!("tier[{k:?}]"),
-            &format!("t/{}", escape(k)),
-            &escape(v),
+            &format!("t/{}", escape(&k)),
+            &escape(&v),
         )?);
     }
     Ok(tags)
@@ -176,6 +179,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
         None => return Err(format!("no {PREFIX}v tag")),
     }
     let parameters = Parameters::parse(&params).map_err(|e| format!("parameter tags: {e}"))?;
+    let tier = ResolvedTier::from_map(&tier).map_err(|e| format!("tier tags: {e}"))?;
     Ok(Tagged {
         name: name.ok_or_else(|| format!("no {PREFIX}name tag"))?,
         required: required.ok_or_else(|| format!("no {PREFIX}required tag"))?,
@@ -205,11 +209,12 @@ mod tests {
             size: 8 << 20,
             fs_type: Some(FsType::Xfs),
             parameters: Parameters::parse(&map).unwrap(),
-            tier: BTreeMap::from([
+            tier: ResolvedTier::from_map(&BTreeMap::from([
                 ("iolane.dev/tier".to_owned(), "batch".to_owned()),
                 ("iolane.dev/priority".to_owned(), "batch".to_owned()),
                 ("iolane.dev/read-iops".to_owned(), "200".to_owned()),
-            ]),
+            ]))
+            .unwrap(),
         }
     }
 

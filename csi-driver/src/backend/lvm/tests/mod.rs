@@ -135,7 +135,7 @@ fn spec(name: &str, size: u64) -> CreateSpec {
         size,
         fs_type: Some(FsType::Ext4),
         parameters: Parameters::default(),
-        tier: std::collections::BTreeMap::new(),
+        tier: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The one place where domain errors become CSI status codes.
+//! The one place where domain errors become CSI status codes: the single
+//! `From<Error> for tonic::Status`, one code per variant, no wildcard arm.
 
 use std::error::Error as _;
 
@@ -16,25 +17,23 @@ impl From<Error> for Status {
 
 /// The one CSI status code of each domain error.
 pub fn code_of(e: &Error) -> Code {
-    {
-        match e {
-            Error::InvalidArgument { .. } | Error::Unsupported(_) => Code::InvalidArgument,
-            Error::VolumeNotFound(_) | Error::PathNotFound { .. } => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::InFlight(_) | Error::BadToken(_) => Code::Aborted,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::OutOfRange(_) => Code::OutOfRange,
-            Error::NotReady(_) => Code::Unavailable,
-            Error::Os(os) => match os {
-                os::Error::Timeout { .. } => Code::DeadlineExceeded,
-                os::Error::CommandFailed { .. }
-                | os::Error::Spawn { .. }
-                | os::Error::Io { .. }
-                | os::Error::Parse { .. } => Code::Internal,
-            },
-            Error::Metadata { .. } => Code::Internal,
-        }
+    match e {
+        Error::InvalidArgument { .. } | Error::Unsupported(_) => Code::InvalidArgument,
+        Error::VolumeNotFound(_) | Error::PathNotFound { .. } => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::InFlight(_) | Error::BadToken(_) => Code::Aborted,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::OutOfRange(_) => Code::OutOfRange,
+        Error::NotReady(_) => Code::Unavailable,
+        Error::Os(os) => match os {
+            os::Error::Timeout { .. } => Code::DeadlineExceeded,
+            os::Error::CommandFailed { .. }
+            | os::Error::Spawn { .. }
+            | os::Error::Io { .. }
+            | os::Error::Parse { .. } => Code::Internal,
+        },
+        Error::Metadata { .. } => Code::Internal,
     }
 }
 
