@@ -34,6 +34,7 @@ pub mod iostat;
 pub mod keys;
 pub mod loadgen;
 pub mod metrics;
+pub mod priority;
 pub mod reconcile;
 pub mod resolve;
 pub mod tier;
