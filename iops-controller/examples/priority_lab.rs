@@ -126,6 +126,7 @@ fn run() -> Result<(), String> {
                     wbytes: s[3] * 512,
                 },
                 in_flight: Some(s[4]),
+                queue_ms: Some(s[5]),
                 ceiling: Limits::UNLIMITED,
             });
         }
@@ -144,13 +145,14 @@ fn run() -> Result<(), String> {
         let r = decision.report;
         let _ = write!(
             line,
-            "{:.3} scale={:.2} stream={:.2} batch={:.2} budget={:.2} active={} sat={}",
+            "{:.3} scale={:.2} stream={:.2} batch={:.2} budget={:.2} active={} backlog={} sat={}",
             now.as_secs_f64(),
             r.capacity_scale,
             r.streaming_use,
             r.batch_use,
             r.batch_budget,
             r.streaming_active,
+            r.streaming_backlogged,
             r.saturated
         );
         for (key, limits) in &decision.limits {

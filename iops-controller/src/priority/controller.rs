@@ -65,6 +65,10 @@ pub struct Params {
     pub min_direction: f64,
     /// The device counts as saturated at or above this average queue depth.
     pub saturation_depth: f64,
+    /// A streaming publication whose average queue depth over a pass is at least this
+    /// is backlogged (a closed-loop reader always has IO in flight): batch is held at
+    /// its floor. `f64::INFINITY` turns the test off.
+    pub backlog_depth: f64,
     /// Time constant (seconds) of the smoothing of each publication's use; 0: none.
     pub smoothing: f64,
     /// A pass sooner than this (seconds) after the last one measures nothing.
@@ -86,6 +90,7 @@ impl Default for Params {
             dead_band: 0.02,
             min_direction: 0.10,
             saturation_depth: 8.0,
+            backlog_depth: 1.0,
             smoothing: 0.15,
             min_window: 0.05,
             correction: Correction::default(),
@@ -139,6 +144,12 @@ impl Params {
         positive("demand_margin", self.demand_margin, 1.0)?;
         positive("saturation_depth", self.saturation_depth, 0.0)?;
         positive("smoothing", self.smoothing, 0.0)?;
+        if self.backlog_depth.is_nan() || self.backlog_depth <= 0.0 {
+            return Err(ParamsError {
+                field: "backlog_depth",
+                reason: format!("must be above 0 (inf: off), got {}", self.backlog_depth),
+            });
+        }
         positive("min_window", self.min_window, 0.0)?;
         positive("correction.window", self.correction.window, 0.0)?;
         positive("correction.max_ratio", self.correction.max_ratio, 1.0)?;
@@ -185,6 +196,10 @@ pub struct PublicationSample<K> {
     pub counters: Counters,
     /// IOs in flight on the volume's device, when known (`/sys/block/dm-N/stat`).
     pub in_flight: Option<u64>,
+    /// Cumulative milliseconds its IOs spent in flight (weighted: field 11 of the
+    /// volume's `/sys/block/dm-N/stat`), when known: the difference over a period is the
+    /// publication's average queue depth.
+    pub queue_ms: Option<u64>,
     /// The tier's hard caps (`Limits::UNLIMITED` when it has none).
     pub ceiling: Limits,
 }
@@ -207,6 +222,8 @@ pub struct DeviceReport {
     pub streaming_use: f64,
     pub batch_use: f64,
     pub streaming_active: bool,
+    /// An active streaming publication had a standing queue.
+    pub streaming_backlogged: bool,
     /// The batch class budget in force for the next period.
     pub batch_budget: f64,
     /// The device showed a standing queue.
@@ -223,6 +240,7 @@ pub struct Decision<K> {
 #[derive(Debug, Clone)]
 struct PublicationState {
     counters: Counters,
+    queue_ms: Option<u64>,
     /// Use as a fraction of the device, smoothed over `smoothing` seconds.
     smooth_use: Option<f64>,
     share: Option<f64>,
@@ -322,6 +340,7 @@ impl<K: Ord + Clone> DeviceController<K> {
         // 1. What each publication did since the last pass.
         let mut seen: BTreeMap<K, PublicationState> = BTreeMap::new();
         let mut usage: Vec<Usage> = Vec::with_capacity(publications.len());
+        let mut depths: Vec<f64> = Vec::with_capacity(publications.len());
         for s in publications {
             let prev = self.publications.remove(&s.key);
             let u = match (&prev, dt) {
@@ -329,13 +348,22 @@ impl<K: Ord + Clone> DeviceController<K> {
                 _ => Usage::default(),
             };
             usage.push(u);
+            let queued = match (prev.as_ref().and_then(|p| p.queue_ms), s.queue_ms, dt) {
+                (Some(before), Some(after), Some(dt)) => {
+                    after.saturating_sub(before) as f64 / (dt * 1000.0)
+                }
+                _ => 0.0,
+            };
+            depths.push(queued);
             let state = match prev {
                 Some(prev) => PublicationState {
                     counters: s.counters,
+                    queue_ms: s.queue_ms,
                     ..prev
                 },
                 None => PublicationState {
                     counters: s.counters,
+                    queue_ms: s.queue_ms,
                     smooth_use: None,
                     share: None,
                     read_fraction: 0.5,
@@ -392,13 +420,22 @@ impl<K: Ord + Clone> DeviceController<K> {
             .collect();
         let streaming_use: f64 = streaming.iter().map(|i| uses[*i]).sum();
         let streaming_active = streaming.iter().any(|i| active[*i]);
+        // A streaming publication with a standing queue would take more than it gets:
+        // its use says nothing about its demand, so batch gets no more than its floor.
+        let streaming_backlogged = streaming
+            .iter()
+            .any(|i| active[*i] && depths[*i] >= p.backlog_depth);
         let top = 1.0 + p.probe;
         if streaming_active {
             if self.streaming_idle >= p.hold_periods {
                 self.budget = p.floor;
                 self.settled = 0;
             } else {
-                let target = 1.0 - streaming_use - p.headroom;
+                let target = if streaming_backlogged {
+                    p.floor
+                } else {
+                    1.0 - streaming_use - p.headroom
+                };
                 let mut next = target.clamp(p.floor, top);
                 if next > self.budget {
                     // Grow only once settled since the last cut, and by `growth` at most.
@@ -481,6 +518,7 @@ impl<K: Ord + Clone> DeviceController<K> {
             streaming_use,
             batch_use,
             streaming_active,
+            streaming_backlogged,
             batch_budget: self.budget,
             saturated,
         };
@@ -496,6 +534,7 @@ impl<K: Ord + Clone> DeviceController<K> {
             streaming_use: 0.0,
             batch_use: 0.0,
             streaming_active: false,
+            streaming_backlogged: false,
             batch_budget: self.budget,
             saturated: false,
         });

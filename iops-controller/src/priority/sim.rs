@@ -28,6 +28,7 @@ pub struct Job {
     pub limits: Limits,
     counters: Counters,
     carry: (f64, f64),
+    queue_ms: f64,
 }
 
 #[derive(Debug)]
@@ -39,6 +40,10 @@ pub struct Sim {
     /// Report in-flight IO per job (as `/sys/block/dm-N/stat` would), or counters only.
     pub in_flight: bool,
     pub now: Duration,
+    /// When set, each period the device serves `true_iops` times a factor in
+    /// [0.6, 1.4) drawn from this xorshift state (a device, or a VM, that stalls and
+    /// bursts).
+    pub noise: Option<u64>,
     device: DeviceSample,
     pub last: Option<Decision<usize>>,
 }
@@ -51,6 +56,7 @@ impl Sim {
             ctl: DeviceController::new(DeviceModel::uniform_iops(model_iops), params)
                 .expect("valid params"),
             in_flight: true,
+            noise: None,
             now: Duration::from_secs(1),
             device: DeviceSample::default(),
             last: None,
@@ -77,6 +83,7 @@ impl Sim {
             limits: ceiling,
             counters: Counters::default(),
             carry: (0.0, 0.0),
+            queue_ms: 0.0,
         });
         self.jobs.len() - 1
     }
@@ -107,8 +114,17 @@ impl Sim {
             })
             .collect();
         let totals: Vec<f64> = wanted.iter().map(|(r, w)| r + w).collect();
-        let served = water_fill(self.true_iops, &totals);
-        let saturated = totals.iter().sum::<f64>() > self.true_iops * 0.999;
+        let capacity = match &mut self.noise {
+            Some(x) => {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                self.true_iops * (0.6 + 0.8 * (*x % 1000) as f64 / 1000.0)
+            }
+            None => self.true_iops,
+        };
+        let served = water_fill(capacity, &totals);
+        let saturated = totals.iter().sum::<f64>() > capacity * 0.999;
         let mut ios = 0.0;
         for ((job, (r, w)), s) in self.jobs.iter_mut().zip(&wanted).zip(&served) {
             let total = r + w;
@@ -117,6 +133,16 @@ impl Sim {
             } else {
                 (0.0, 0.0)
             };
+            // A closed-loop job (fio at queue depth 8) always has 8 IOs in flight; a paced
+            // one that gets what it wants has a short queue, one held back a long one.
+            let depth = if job.demand.is_infinite() || *s < total * 0.99 {
+                8.0
+            } else if total > 0.0 {
+                0.2
+            } else {
+                0.0
+            };
+            job.queue_ms += depth * dt * 1000.0;
             job.carry.0 += s * rf * dt;
             job.carry.1 += s * wf * dt;
             let (rn, wn) = (job.carry.0.floor(), job.carry.1.floor());
@@ -131,7 +157,7 @@ impl Sim {
         let depth = if saturated {
             16.0
         } else {
-            served.iter().sum::<f64>() / self.true_iops
+            served.iter().sum::<f64>() / capacity
         };
         self.device.ios += ios as u64;
         self.device.weighted_ms += (depth * dt * 1000.0) as u64;
@@ -146,6 +172,7 @@ impl Sim {
                 class: j.class,
                 counters: j.counters,
                 in_flight: in_flight.then_some(if j.demand > 0.0 { 8 } else { 0 }),
+                queue_ms: in_flight.then_some(j.queue_ms as u64),
                 ceiling: j.ceiling,
             })
             .collect();
