@@ -2,25 +2,29 @@
 //! and class, the `io.max` limits of every publication for the next period.
 //!
 //! One [`DeviceController`] per physical device (the NVMe under a thin pool, the disk under
-//! the loop backend's state directory). Each pass (every `period`, 100 ms by default):
+//! the loop backend's state directory). Each pass (every 100 ms in the lab; a pass sooner
+//! than `min_window` after the last repeats the last limits):
 //!
 //! 1. Per publication: the IO done since the last pass (counter differences; a counter
 //!    that went backwards, a recreated cgroup, restarts from there), its cost under the
-//!    device model as a fraction of the device, and whether it is active (did IO, or has
-//!    IO in flight).
+//!    device model as a fraction of the device (smoothed over `smoothing` seconds),
+//!    whether it is active (did IO, or has IO in flight) and its average queue depth
+//!    (from its volume's weighted in-flight milliseconds, when known).
 //! 2. Capacity: the device's utilisation (the sum of the costs) and saturation (the
-//!    device's average queue depth from its `/sys/block/<dev>/stat`) correct the model's
-//!    scale ([`Capacity::correct`]).
+//!    device's average queue depth from its `/sys/block/<dev>/stat`), averaged over
+//!    1 s windows, correct the model's scale ([`Capacity::observe`]).
 //! 3. The batch class budget, a fraction of the device:
 //!    - no streaming publication active for `hold_periods`: `1 + probe` (work
 //!      conserving; the probe above 1.0 lets the device show more than the model);
 //!    - streaming becomes active after such an idle spell: `floor` at once (protection
 //!      within one period);
-//!    - streaming active: `1 - streaming use - headroom`, falling at once, rising at most
-//!      `growth` per pass, never below `floor`; changes smaller than `dead_band` are not
-//!      made (no churn on steady load). A streaming job that the batch class squeezes
-//!      uses what batch leaves, so the target falls by `headroom` each pass until
-//!      streaming has what it wants or batch is at its floor.
+//!    - an active streaming publication is backlogged (queue depth at least
+//!      `backlog_depth`: it would take more than it gets): `floor`;
+//!    - streaming active otherwise: `1 - streaming use - headroom`.
+//!
+//!    The budget falls to its target at once and rises at most `growth` per pass, only
+//!    `hold_periods` passes after the last fall, never below `floor`; changes smaller
+//!    than `dead_band` are not made (no churn on steady load).
 //! 4. The budget is split max-min fairly between active batch publications
 //!    ([`water_fill`]): one pushing against its last share wants without bound, one
 //!    below it wants `demand_margin` times its use; a want never exceeds the hard ceiling.

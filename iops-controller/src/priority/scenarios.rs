@@ -294,19 +294,21 @@ fn a_noisy_device_does_not_hand_streaming_budget_to_batch() {
     let s = mean(&steady, 0);
     let batch = mean_sum(&steady, &BATCH);
     assert!(s / (s + batch) >= 0.93, "streaming {s}, batch {batch}");
+    // Batch holds its floor (within 20 %), no more: without the backlog test the
+    // swings read as room for batch (measured: 66 instead of 47 here).
     let floor = Params::default().floor * C;
     assert!(
-        batch >= 0.8 * floor * 0.6,
-        "batch {batch} below its floor {floor}"
+        (batch - floor).abs() <= 0.2 * floor,
+        "batch {batch}, floor {floor}"
     );
-    // A paced streaming job on the same noisy device: the rest goes to batch, and the
-    // periods where the device serves 0.6x cost streaming some (the headroom, 0.1, is
-    // smaller than the swings, 0.4) until its queue stands and batch is cut again.
+    // A paced streaming job on the same noisy device: the rest goes to batch; when the
+    // device serves 0.6x, streaming's queue stands and batch is cut again (without the
+    // backlog test streaming got 0.85 of its demand here).
     let mut sim = five(300.0);
     sim.noise = Some(0x2545_f491_4f6c_dd1d);
     sim.run(20);
     let steady = sim.run(100);
-    assert!(mean(&steady, 0) >= 0.8 * 300.0, "{}", mean(&steady, 0));
+    assert!(mean(&steady, 0) >= 0.9 * 300.0, "{}", mean(&steady, 0));
     // Batch gets well above its floor, if not all that streaming leaves (~0.55).
     assert!(
         mean_sum(&steady, &BATCH) >= 0.2 * C,
