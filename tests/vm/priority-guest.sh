@@ -120,25 +120,29 @@ phase staticprop s0 b1 b2 b3 b4
 phase staticprop-batchalone b1 b2 b3 b4
 for i in 1 2 3 4; do set_max "b$i" max; done
 
-# (c) iocost on the NVMe (the device dm-thin submits to), a linear model at 95 % of the
-# measured capacity so iocost, not the device queue, is the bottleneck; fixed vrate.
-model=$((cap * 95 / 100))
-echo "$nvme_dev enable=1 ctrl=user rpct=0 rlat=0 wpct=0 wlat=0 min=100.00 max=100.00" >/sys/fs/cgroup/io.cost.qos
-echo "$nvme_dev ctrl=user model=linear rbps=1000000000 rseqiops=$model rrandiops=$model wbps=1000000000 wseqiops=$model wrandiops=$model" >/sys/fs/cgroup/io.cost.model
-cat /sys/fs/cgroup/io.cost.qos /sys/fs/cgroup/io.cost.model >"$out/iocost-config.txt"
+# (c) iocost on the NVMe (the device dm-thin submits to), a linear model at PCT % of the
+# measured capacity (IOLANE_LAB_IOCOST_PCTS, default "95 75": the lower, the more iocost
+# rather than the device queue arbitrates), fixed vrate. Pod weights: streaming 1000,
+# batch 25 each.
 echo "default 1000" >"${cg[s0]}/io.weight"
 echo "default 1000" >"${cg[s0same]}/io.weight"
 for i in 1 2 3 4; do echo "default 25" >"${cg[b$i]}/io.weight"; done
-phase iocost-cross s0 b1 b2 b3 b4
-phase iocost-same s0same b1 b2 b3 b4
-phase iocost-batchalone b1 b2 b3 b4
-# What it takes across slices: weight the QoS slices themselves (kubelet-owned).
-echo "default 900" >"$bu/io.weight"
-echo "default 100" >"$be/io.weight"
-phase iocost-slices s0 b1 b2 b3 b4
-echo "default 100" >"$bu/io.weight"
-echo "default 100" >"$be/io.weight"
-echo "$nvme_dev enable=0" >/sys/fs/cgroup/io.cost.qos
+for pct in ${IOLANE_LAB_IOCOST_PCTS:-95 75}; do
+    model=$((cap * pct / 100))
+    echo "$nvme_dev enable=1 ctrl=user rpct=0 rlat=0 wpct=0 wlat=0 min=100.00 max=100.00" >/sys/fs/cgroup/io.cost.qos
+    echo "$nvme_dev ctrl=user model=linear rbps=1000000000 rseqiops=$model rrandiops=$model wbps=1000000000 wseqiops=$model wrandiops=$model" >/sys/fs/cgroup/io.cost.model
+    cat /sys/fs/cgroup/io.cost.qos /sys/fs/cgroup/io.cost.model >"$out/iocost$pct-config.txt"
+    phase "iocost$pct-cross" s0 b1 b2 b3 b4
+    phase "iocost$pct-same" s0same b1 b2 b3 b4
+    phase "iocost$pct-batchalone" b1 b2 b3 b4
+    # What it takes across slices: weight the QoS slices themselves (kubelet-owned).
+    echo "default 900" >"$bu/io.weight"
+    echo "default 100" >"$be/io.weight"
+    phase "iocost$pct-slices" s0 b1 b2 b3 b4
+    echo "default 100" >"$bu/io.weight"
+    echo "default 100" >"$be/io.weight"
+    echo "$nvme_dev enable=0" >/sys/fs/cgroup/io.cost.qos
+done
 
 # (d) the adaptive io.max loop on each LV's own dm device: iops_controller::priority's law,
 # driven by the priority_lab example (host-built, copied here).

@@ -59,8 +59,12 @@ def main():
     print(f"{'phase':24} {'stream IOPS':>11} {'share':>6} {'p99 ms':>7} {'p99 x':>6} "
           f"{'batch IOPS':>10} {'batch/dev':>9} {'cpu idle':>8}")
     phases = ["solo", "batchalone", "nocap", "static2000", "staticprop",
-              "staticprop-batchalone", "iocost-cross", "iocost-same", "iocost-slices",
-              "iocost-batchalone", "adaptive", "adaptive-batchalone", "solo-end"]
+              "staticprop-batchalone"]
+    for pct in sorted({f.split("-")[0][6:] for f in os.listdir(d) if f.startswith("iocost")},
+                      key=lambda v: -int(v) if v.isdigit() else 0):
+        if pct.isdigit():
+            phases += [f"iocost{pct}-{v}" for v in ("cross", "same", "slices", "batchalone")]
+    phases += ["adaptive", "adaptive-batchalone", "solo-end"]
     for p in phases:
         s = job(d, f"{p}.s0") or job(d, f"{p}.s0same")
         batch = [job(d, f"{p}.b{i}") for i in range(1, 5)]
