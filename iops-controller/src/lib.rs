@@ -38,6 +38,7 @@ pub mod iomax;
 pub mod iostat;
 pub mod keys;
 pub mod metrics;
+pub mod priority;
 pub mod reconcile;
 pub mod resolve;
 pub mod tier;
