@@ -8,8 +8,14 @@
 #     driver's flags against csi-driver/src/config.rs, ...);
 #   - checks the metrics the code registers against the Grafana dashboard's queries and
 #     the docs;
-#   - runs a self-test proving each invariant check can fail.
-# Prints `N passed, M failed` last; exits non-zero on any failure.
+#   - runs a self-test proving each invariant check can fail;
+#   - lints and renders the Helm chart charts/iolane with Helm v4 (built once from its Go
+#     module by deploy/tools/helm.sh, into a versioned cache), validates its output the same
+#     way and diffs it against the kustomize overlay (deploy/tests/check_chart.py);
+#   - checks that the docs name only commands, flags, programs, alerts and headings that
+#     exist (deploy/tests/check_docs.py).
+# Prints `N passed, M failed` last (the sum of the three checkers); exits non-zero on any
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +37,55 @@ if [ "$have" != "$want" ]; then
     python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$want"
 fi
 
+# The packages of the iolane image (Dockerfile), so check_docs.py can list their programs
+# with dpkg. Installed only if missing.
+packages=$(sed -n '/apt-get install -y --no-install-recommends/,/&&/p' Dockerfile | grep -v 'apt-get\|&&' | tr -d '\\')
+missing=()
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Helm v4, built from its Go module the first time (minutes), reused afterwards.
+start=$(date +%s)
+HELM=$(bash deploy/tools/helm.sh)
+export HELM
+echo "== helm: $("$HELM" version --short) ($(( $(date +%s) - start )) s to find or build)"
+
+status=0
+total_passed=0
+total_failed=0
+run() {
+    local out rc
+    set +e
+    out=$("$@" 2>&1 | tee /dev/stderr)
+    rc=${PIPESTATUS[0]}
+    set -e
+    local last
+    last=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+    if [ -z "$last" ]; then
+        echo "deploy/validate.sh: $* printed no result line" >&2
+        total_failed=$((total_failed + 1))
+        status=1
+        return
+    fi
+    total_passed=$((total_passed + ${last%% passed*}))
+    local f=${last#*, }
+    total_failed=$((total_failed + ${f%% failed*}))
+    [ "$rc" = 0 ] || status=1
+}
+
 echo "== manifests: render, schema (Kubernetes 1.34 and 1.36, strict), invariants, self-test"
-python3 deploy/tests/check_manifests.py
+run python3 deploy/tests/check_manifests.py
+echo "== chart: helm lint, helm template, schema, diff against the overlay, self-test"
+run python3 deploy/tests/check_chart.py
+echo "== docs: commands, flags, programs, alerts, links, self-test"
+run python3 deploy/tests/check_docs.py
+echo "== deploy/validate.sh"
+echo "$total_passed passed, $total_failed failed"
+exit $status

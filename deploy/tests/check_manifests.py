@@ -61,7 +61,7 @@ KUBELET_DIRS = (f"{KUBELET_ROOT}/pods", f"{KUBELET_ROOT}/plugins/kubernetes.io/c
 PLUGIN_DIR = f"{KUBELET_ROOT}/plugins/{DRIVER_NAME}"
 
 # Kinds defined by CRDs, skipped by schema validation (and only these).
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 # csi-provisioner in distributed mode: every one of these, exactly as written.
 PROVISIONER_FLAGS = (
@@ -788,7 +788,8 @@ GRPC_CODES = {
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
 }
 # Files that document the metrics; every name in them must be real.
-METRIC_DOCS = ("docs/operations.md", "README.md", "deploy/README.md", "ARCHITECTURE.md")
+METRIC_DOCS = ("docs/operations.md", "docs/runbooks.md", "docs/compatibility.md", "CHANGELOG.md",
+               "README.md", "deploy/README.md", "ARCHITECTURE.md")
 # The one that is the reference: it must name every metric.
 METRIC_REFERENCE = "docs/operations.md"
 
