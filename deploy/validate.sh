@@ -60,14 +60,17 @@ echo "== helm: $("$HELM" version --short) ($(( $(date +%s) - start )) s to find 
 status=0
 total_passed=0
 total_failed=0
+# Runs one checker, shows its output and adds its closing `N passed, M failed` to the totals.
 run() {
-    local out rc
+    local out rc last
+    out=$(mktemp)
     set +e
-    out=$("$@" 2>&1 | tee /dev/stderr)
-    rc=${PIPESTATUS[0]}
+    "$@" > "$out" 2>&1
+    rc=$?
     set -e
-    local last
-    last=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+    cat "$out"
+    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -1)
+    rm -f "$out"
     if [ -z "$last" ]; then
         echo "deploy/validate.sh: $* printed no result line" >&2
         total_failed=$((total_failed + 1))

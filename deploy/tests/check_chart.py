@@ -66,16 +66,23 @@ nodeConfig:
     overprovision_ratio: 10.0
   deviceClasses: []
 """
-# Values the schema must refuse: (what, helm arguments).
+# Values the schema must refuse: (what, a values file that differs from the defaults in
+# that one point). Device classes are given whole, since a values file replaces a list.
+GOOD_CLASS = """\
+    - name: nvme
+      devices: ["/dev/nvme1n1"]
+"""
 BAD_VALUES = [
-    ("a CPU limit on the node driver", ["--set", "node.resources.driver.limits.cpu=1"]),
-    ("an image tagged latest", ["--set", "images.csiProvisioner.tag=latest"]),
-    ("a digest that is not sha256", ["--set", "images.csiResizer.digest=md5:abc"]),
-    ("an unknown device-class key", ["--set", "nodeConfig.deviceClasses[0].overprovision=2"]),
-    ("a watermark above 100", ["--set", "nodeConfig.deviceClasses[0].data_high_watermark=120"]),
-    ("a tier cap of 1", ["--set", "nodeConfig.tiers.batch.read_iops=1"]),
-    ("a relative kubelet directory", ["--set", "kubeletDir=var/lib/kubelet"]),
-    ("an unknown top-level value", ["--set", "nodeSelector.a=b"]),
+    ("a CPU limit on the node driver", "node:\n  resources:\n    driver:\n      limits: {cpu: 1}\n"),
+    ("an image tagged latest", "images:\n  csiProvisioner: {tag: latest}\n"),
+    ("a digest that is not sha256", "images:\n  csiResizer: {digest: 'md5:abc'}\n"),
+    ("an unknown device-class key", "nodeConfig:\n  deviceClasses:\n" + GOOD_CLASS + "      overprovision: 2.0\n"),
+    ("a watermark above 100", "nodeConfig:\n  deviceClasses:\n" + GOOD_CLASS + "      data_high_watermark: 120\n"),
+    ("a device outside /dev", "nodeConfig:\n  deviceClasses:\n    - {name: nvme, devices: [nvme1n1]}\n"),
+    ("a tier cap of 1", "nodeConfig:\n  tiers:\n    batch: {read_iops: 1}\n"),
+    ("a tier name with a capital", "nodeConfig:\n  tiers:\n    Gold: {read_iops: max}\n"),
+    ("a relative kubelet directory", "kubeletDir: var/lib/kubelet\n"),
+    ("an unknown top-level value", "nodeSelector: {a: b}\n"),
 ]
 
 
@@ -234,9 +241,18 @@ def main() -> int:
     tally.record("chart every option = overlay default + every component",
                  diff_objects(components, renders["every option"]))
 
-    for what, args in BAD_VALUES:
-        r = helm("template", RELEASE, str(CHART), *args, check=False)
-        tally.record(f"values schema refuses {what}", [] if r.returncode != 0 else ["helm template accepted it"])
+    bad = cm.DEPLOY / ".bad-values.yaml"
+    try:
+        # The good class alone must pass, so each refusal below is the bad key's doing.
+        bad.write_text("nodeConfig:\n  deviceClasses:\n" + GOOD_CLASS)
+        r = helm("template", RELEASE, str(CHART), "-f", str(bad), check=False)
+        tally.record("values schema accepts a minimal device class", [] if r.returncode == 0 else [r.stderr.strip()])
+        for what, values in BAD_VALUES:
+            bad.write_text(values)
+            r = helm("template", RELEASE, str(CHART), "-f", str(bad), check=False)
+            tally.record(f"values schema refuses {what}", [] if r.returncode != 0 else ["helm template accepted it"])
+    finally:
+        bad.unlink(missing_ok=True)
 
     failures = []
     if diff_objects(default, renders["defaults"]):
