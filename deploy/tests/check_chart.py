@@ -14,7 +14,8 @@ Needs a Helm v4 binary in $HELM (deploy/validate.sh builds one with deploy/tools
      (its labels, the config checksum annotation) and kustomize's ConfigMap name hash; the
      node config must parse to the same TOML document. The same for the loop values
      against deploy/overlays/loop, and the options against their components;
-  4. values.schema.json refuses bad values (helm template must fail on them);
+  4. values.schema.json refuses bad values (helm template must fail on them), and
+     `kubeletDir` moves every kubelet path;
   5. a self-test: a changed argument, image or RBAC rule in the chart's output must make
      the diff fail.
 
@@ -240,6 +241,19 @@ def main() -> int:
             components = [csidriver if o.get("kind") == "CSIDriver" else o for o in components]
     tally.record("chart every option = overlay default + every component",
                  diff_objects(components, renders["every option"]))
+
+    # Another kubelet directory: every kubelet path of the node pod follows it.
+    moved = template("--set", "kubeletDir=/data/kubelet")
+    text = yaml.safe_dump_all(moved)
+    ds = next(o for o in moved if key(o)[0] == "DaemonSet")
+    driver = cm.container(ds, cm.DRIVER_CONTAINER)
+    problems = [f"{cm.KUBELET_ROOT} still appears in the output"] if cm.KUBELET_ROOT in text else []
+    if cm.flag_value(driver["args"], "--path-root") != "/data/kubelet":
+        problems.append("driver --path-root does not follow kubeletDir")
+    bidi = {m["mountPath"] for m in driver["volumeMounts"] if m.get("mountPropagation") == "Bidirectional"}
+    if bidi != {"/data/kubelet/pods", "/data/kubelet/plugins/kubernetes.io/csi"}:
+        problems.append(f"Bidirectional mounts are {sorted(bidi)}")
+    tally.record("chart kubeletDir moves every kubelet path", problems)
 
     bad = cm.DEPLOY / ".bad-values.yaml"
     try:

@@ -35,7 +35,7 @@ REPO = cm.REPO
 # The docs an operator follows; each is checked for commands, flags, alerts and links.
 DOCS = (
     "docs/operations.md", "docs/runbooks.md", "docs/compatibility.md", "CHANGELOG.md",
-    "deploy/README.md", "README.md", "charts/iolane/templates/NOTES.txt",
+    "deploy/README.md", "README.md", "charts/iolane/README.md", "charts/iolane/templates/NOTES.txt",
 )
 RUNBOOKS = "docs/runbooks.md"
 RULE = "deploy/components/prometheusrule/prometheusrule.yaml"
