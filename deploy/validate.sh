@@ -28,14 +28,20 @@ if ! "$kubectl" version --client >/dev/null 2>&1; then
 fi
 
 # kubernetes-validate carries the Kubernetes OpenAPI schemas. 1.37.0 has those of 1.34
-# (the oldest Kubernetes iolane supports) through 1.37, so 1.36 too. Installed only if
-# missing.
+# (the oldest Kubernetes iolane supports) through 1.37, so 1.36 too. It is installed once
+# into its own directory, keyed by version, and put on PYTHONPATH: a different version
+# in the machine's site-packages (another checkout's validate.sh) does not matter.
 want=1.37.0
-have=$(python3 -c 'import kubernetes_validate.version as v; print(v.__version__)' 2>/dev/null || true)
+pylib=${IOLANE_K8S_BIN:-/var/cache/iolane/k8s-bin}/python/kubernetes-validate-$want
+have=$(PYTHONPATH=$pylib python3 -c 'import kubernetes_validate.version as v; print(v.__version__)' 2>/dev/null || true)
 if [ "$have" != "$want" ]; then
-    echo "== installing kubernetes-validate==$want"
-    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$want"
+    echo "== installing kubernetes-validate==$want into $pylib"
+    rm -rf "$pylib.tmp"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$pylib.tmp" "kubernetes-validate==$want"
+    rm -rf "$pylib"
+    mv "$pylib.tmp" "$pylib"
 fi
+export PYTHONPATH=$pylib${PYTHONPATH:+:$PYTHONPATH}
 
 # The packages of the iolane image (Dockerfile), so check_docs.py can list their programs
 # with dpkg. Installed only if missing.
