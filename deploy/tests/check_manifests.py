@@ -3,7 +3,7 @@
 
 For every overlay under deploy/overlays:
   1. render it with `kubectl kustomize`;
-  2. validate every object against the Kubernetes 1.34 OpenAPI schemas, strictly (unknown
+  2. validate every object against the Kubernetes 1.34 and 1.36 OpenAPI schemas, strictly (unknown
      fields are errors). Only the kinds in CRD_KINDS are skipped, by name: they come from
      CRDs (the Prometheus Operator's PodMonitor) that the core schemas do not describe;
   3. check the invariants below, which a schema cannot express (flags and IOLANE_*
@@ -41,7 +41,9 @@ try:
 except ImportError:  # validate.sh installs it; say so rather than print a traceback
     sys.exit("check_manifests: the Python package kubernetes-validate is missing; run deploy/validate.sh")
 
-KUBERNETES_VERSION = "1.34.0"
+# The oldest Kubernetes iolane supports and the newest it is checked against; every object
+# must validate against both (a field removed or renamed in between fails one of them).
+KUBERNETES_VERSIONS = ("1.34.0", "1.36.0")
 DEPLOY = Path(__file__).resolve().parent.parent
 REPO = DEPLOY.parent
 KUBECTL = "/usr/bin/kubectl"
@@ -52,11 +54,14 @@ NODE_DAEMONSET = "iolane-node"
 CONTROLLER_DEPLOYMENT = "iolane-controller"
 DRIVER_CONTAINER = "iolane"
 KUBELET_ROOT = "/var/lib/kubelet"
-KUBELET_DIRS = (f"{KUBELET_ROOT}/pods", f"{KUBELET_ROOT}/plugins")
+# The only two host directories the driver mounts Bidirectional: kubelet's pod volume
+# directories (filesystem target paths) and its CSI staging directory (staging paths and
+# block-volume publish paths). Never all of {KUBELET_ROOT}/plugins.
+KUBELET_DIRS = (f"{KUBELET_ROOT}/pods", f"{KUBELET_ROOT}/plugins/kubernetes.io/csi")
 PLUGIN_DIR = f"{KUBELET_ROOT}/plugins/{DRIVER_NAME}"
 
 # Kinds defined by CRDs, skipped by schema validation (and only these).
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 # csi-provisioner in distributed mode: every one of these, exactly as written.
 PROVISIONER_FLAGS = (
@@ -66,6 +71,10 @@ PROVISIONER_FLAGS = (
     "--extra-create-metadata",
     "--strict-topology",
     "--immediate-topology=false",
+    # An Immediate class must not land on a random node (docs/operations.md).
+    "--node-deployment-immediate-binding=false",
+    # No snapshots: the VolumeSnapshot finalizer sweeper stays off.
+    "--snapshot-orphan-sweep-interval=0",
 )
 # ... and the downward-API variables it needs, with their fields.
 PROVISIONER_ENV = {
@@ -151,6 +160,19 @@ def render(overlay: Path) -> list[dict[str, Any]]:
         [KUBECTL, "kustomize", str(overlay)], check=True, capture_output=True, text=True
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+def render_component(component: Path) -> list[dict[str, Any]]:
+    """The default overlay with one component added, as an overlay would include it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".component-", dir=DEPLOY) as tmp:
+        rel = Path("..") / component.relative_to(DEPLOY)
+        (Path(tmp) / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n  - ../overlays/default\ncomponents:\n  - {rel}\n"
+        )
+        return render(Path(tmp))
 
 
 def name_of(obj: dict[str, Any]) -> str:
@@ -265,7 +287,8 @@ def provisioner_flags(objs: list[dict[str, Any]]) -> list[str]:
         return [f"DaemonSet {NODE_DAEMONSET} has no csi-provisioner container"]
     args = c.get("args") or []
     problems = [f"csi-provisioner lacks {f}" for f in PROVISIONER_FLAGS if f not in args]
-    for f in ("--capacity-ownerref-level", "--immediate-topology"):
+    for f in ("--capacity-ownerref-level", "--immediate-topology",
+              "--node-deployment-immediate-binding", "--snapshot-orphan-sweep-interval"):
         values = [a for a in args if a.split("=", 1)[0] == f]
         if len(values) > 1:
             problems.append(f"csi-provisioner sets {f} {len(values)} times")
@@ -292,15 +315,39 @@ def images_pinned(objs: list[dict[str, Any]]) -> list[str]:
 
 @check
 def resources_everywhere(objs: list[dict[str, Any]]) -> list[str]:
+    """Requests and limits on every container, except the node driver's CPU limit, which
+    must be absent: mkfs and the LVM tools run as its children, and a CFS quota throttles
+    them during a burst of stages."""
     problems = []
     for o in objs:
         for c in containers(o):
             res = c.get("resources") or {}
+            node_driver = (
+                o.get("kind") == "DaemonSet"
+                and o["metadata"].get("name") == NODE_DAEMONSET
+                and c.get("name") == DRIVER_CONTAINER
+            )
             for section in ("requests", "limits"):
                 for r in ("cpu", "memory"):
+                    if node_driver and (section, r) == ("limits", "cpu"):
+                        if (res.get("limits") or {}).get("cpu"):
+                            problems.append(f"{name_of(o)} container {c.get('name')}: has a CPU limit")
+                        continue
                     if not (res.get(section) or {}).get(r):
                         problems.append(f"{name_of(o)} container {c.get('name')}: no {section}.{r}")
     return problems
+
+
+@check
+def tolerates_every_taint(objs: list[dict[str, Any]]) -> list[str]:
+    """The node DaemonSet tolerates every taint (one `operator: Exists` without a key or
+    effect): its nodeSelector picks the nodes, and no taint may keep it off one."""
+    spec = pod_spec(find(objs, "DaemonSet", NODE_DAEMONSET) or {}) or {}
+    everything = [
+        t for t in spec.get("tolerations") or []
+        if t.get("operator") == "Exists" and not t.get("key") and not t.get("effect")
+    ]
+    return [] if everything else [f"DaemonSet {NODE_DAEMONSET} does not tolerate every taint"]
 
 
 @check
@@ -354,6 +401,9 @@ def kubelet_mounts_bidirectional(objs: list[dict[str, Any]]) -> list[str]:
         host = (volumes.get(m.get("name"), {}).get("hostPath") or {}).get("path")
         if host != path:
             problems.append(f"driver mount {path} is not the host's {path} (hostPath {host!r})")
+    for path, m in mounts.items():
+        if m.get("mountPropagation") == "Bidirectional" and path not in KUBELET_DIRS:
+            problems.append(f"driver mounts {path} Bidirectional; only {', '.join(KUBELET_DIRS)} may be")
     # Bidirectional elsewhere is only for the driver (the API refuses it on unprivileged
     # containers anyway; a sidecar has no business propagating mounts).
     for o in objs:
@@ -545,19 +595,25 @@ def storage_classes(objs: list[dict[str, Any]]) -> list[str]:
 # Schema validation
 
 def schema_problems(objs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
+    """Strict validation against every version of KUBERNETES_VERSIONS; `valid` counts the
+    objects that passed all of them."""
     problems, valid, skipped = [], 0, 0
     for o in objs:
         if (o.get("apiVersion"), o.get("kind")) in CRD_KINDS:
             skipped += 1
             continue
-        try:
-            kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
-            valid += 1
-        except kubernetes_validate.SchemaNotFoundError as e:
-            problems.append(f"{name_of(o)}: {e.message}")
-        except kubernetes_validate.ValidationError as e:
-            path = ".".join(str(p) for p in e.path)
-            problems.append(f"{name_of(o)}: {path}: {e.message}")
+        ok = True
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(o, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError as e:
+                problems.append(f"{name_of(o)} (Kubernetes {version}): {e.message}")
+                ok = False
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                problems.append(f"{name_of(o)} (Kubernetes {version}): {path}: {e.message}")
+                ok = False
+        valid += ok
     return problems, valid, skipped
 
 
@@ -614,9 +670,17 @@ BREAKAGES: list[tuple[str, str, Callable[[list[dict[str, Any]]], None]]] = [
      lambda o: pod_spec(_ds(o)).update(hostNetwork=True)),
     ("kubelet_mounts_bidirectional", "pods dir HostToContainer",
      lambda o: _mount(o, f"{KUBELET_ROOT}/pods").update(mountPropagation="HostToContainer")),
-    ("kubelet_mounts_bidirectional", "plugins dir not mounted",
+    ("kubelet_mounts_bidirectional", "staging dir not mounted",
      lambda o: _c(o, DRIVER_CONTAINER).update(volumeMounts=[
-         m for m in _c(o, DRIVER_CONTAINER)["volumeMounts"] if m["mountPath"] != f"{KUBELET_ROOT}/plugins"])),
+         m for m in _c(o, DRIVER_CONTAINER)["volumeMounts"] if m["mountPath"] != KUBELET_DIRS[1]])),
+    ("kubelet_mounts_bidirectional", "all of the plugins dir Bidirectional",
+     lambda o: _mount(o, KUBELET_DIRS[1]).update(mountPath=f"{KUBELET_ROOT}/plugins")),
+    ("tolerates_every_taint", "only the storage-node taint",
+     lambda o: pod_spec(_ds(o)).update(tolerations=[{"key": "iolane.dev/storage-node", "operator": "Exists"}])),
+    ("resources_everywhere", "CPU limit back on the driver",
+     lambda o: _c(o, DRIVER_CONTAINER)["resources"]["limits"].update(cpu="1")),
+    ("provisioner_flags", "immediate binding left on",
+     lambda o: _prov(o)["args"].remove("--node-deployment-immediate-binding=false")),
     ("driver_wiring", "--path-root dropped",
      lambda o: _c(o, DRIVER_CONTAINER).update(args=[a for a in _c(o, DRIVER_CONTAINER)["args"] if not a.startswith("--path-root")])),
     ("driver_wiring", "liveness probe on the wrong port",
@@ -726,7 +790,8 @@ GRPC_CODES = {
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
 }
 # Files that document the metrics; every name in them must be real.
-METRIC_DOCS = ("docs/operations.md", "README.md", "deploy/README.md", "ARCHITECTURE.md")
+METRIC_DOCS = ("docs/operations.md", "docs/runbooks.md", "docs/compatibility.md", "CHANGELOG.md",
+               "README.md", "deploy/README.md", "ARCHITECTURE.md")
 # The one that is the reference: it must name every metric.
 METRIC_REFERENCE = "docs/operations.md"
 
@@ -939,9 +1004,23 @@ def main() -> int:
         problems, valid, skipped = schema_problems(objs)
         tally.record(f"{label}: schema", problems)
         print(f"  {label}: {len(objs)} objects, {valid} valid against Kubernetes "
-              f"{KUBERNETES_VERSION} (strict), {skipped} CRD objects skipped")
+              f"{' and '.join(KUBERNETES_VERSIONS)} (strict), {skipped} CRD objects skipped")
         for name, fn in CHECKS.items():
             tally.record(f"{label}: {name}", fn(objs))
+    # Every component, over the default overlay: it renders, validates strictly and keeps
+    # every invariant.
+    for component in sorted(p.parent for p in (DEPLOY / "components").glob("*/kustomization.yaml")):
+        label = f"default+{component.name}"
+        try:
+            objs = render_component(component)
+        except subprocess.CalledProcessError as e:
+            tally.record(f"{label}: render", [e.stderr.strip()])
+            continue
+        tally.record(f"{label}: render", [])
+        problems, valid, skipped = schema_problems(objs)
+        tally.record(f"{label}: schema", problems)
+        print(f"  {label}: {len(objs)} objects, {valid} valid, {skipped} CRD objects skipped")
+        tally.record(f"{label}: invariants", [p for fn in CHECKS.values() for p in fn(objs)])
     tally.record("metrics table against the code", metrics_problems())
     dash, problems = load_dashboard()
     tally.record("dashboard", problems or dashboard_problems(dash))
