@@ -75,16 +75,16 @@ pub struct LvmBackend {
     /// What the backend knows of its volumes without asking LVM (see `index.rs`).
     index: std::sync::Mutex<Index>,
     /// Where admission reads pool usage in-process.
-    pool_status: Arc<dyn PoolStatus>,
+    pool_status: Arc<dyn ThinPoolReader>,
 }
 
 /// Reads a thin pool's status without a spawn: the kernel's device-mapper status on a
 /// node ([`Os::thin_pool_status`]), a script in tests.
-pub trait PoolStatus: Send + Sync + std::fmt::Debug {
+pub trait ThinPoolReader: Send + Sync + std::fmt::Debug {
     fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus>;
 }
 
-impl PoolStatus for Os {
+impl ThinPoolReader for Os {
     fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus> {
         Os::thin_pool_status(self, vg, pool)
     }

@@ -160,7 +160,7 @@ impl ScriptedStatus {
     }
 }
 
-impl PoolStatus for ScriptedStatus {
+impl ThinPoolReader for ScriptedStatus {
     fn thin_pool_status(&self, vg: &str, pool: &str) -> os::Result<ThinPoolStatus> {
         assert_eq!((vg, pool), ("iolane", "pool"));
         match self.0.lock().unwrap().pop() {
