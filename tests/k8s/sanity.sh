@@ -123,6 +123,8 @@ if [ "$rc" != 0 ]; then
     echo "sanity.sh: csi-sanity exited $rc; the end of its output ($log/csi-sanity.log):"
     grep -nE '^\s*\[FAILED\]|^\s*\[PANICKED\]' "$log/csi-sanity.log" | head -40 | sed 's/^/    /'
     tail -30 "$log/csi-sanity.log" | sed 's/^/    /'
+    echo "sanity.sh: the end of the node's log ($log/node.log):"
+    tail -30 "$log/node.log" | sed 's/^/    /'
 fi
 
 stop_node
