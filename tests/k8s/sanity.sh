@@ -98,7 +98,9 @@ while [ ! -S "$sock" ]; do
     fi
     sleep 0.2
 done
-echo "sanity.sh: iolane node up in $(($(date +%s) - t0)) s ($(basename "$bin"), ${lvm_devices:+lvm on $lvm_devices}${lvm_devices:-loop backend})"
+backend="loop backend"
+[ -z "$lvm_devices" ] || backend="lvm backend on $lvm_devices"
+echo "sanity.sh: iolane node up in $(($(date +%s) - t0)) s ($backend)"
 
 # 64 MiB volumes: big enough for ext4 and for the lvm backend's 4 MiB extents, small
 # enough that every spec's mkfs is quick; expansion asks for twice that.
