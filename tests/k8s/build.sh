@@ -30,7 +30,7 @@ if [ -z "$go" ]; then
     echo "build.sh: no Go toolchain (IOLANE_GO, /usr/local/go/bin/go or go on PATH)" >&2
     exit 1
 fi
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
 
 # Writes the wrapper's go.mod for module $2@$3 and tool package $1 into directory $4.
 write_wrapper() {
