@@ -128,7 +128,9 @@ k8s_start_apiserver() {
     port=$(k8s_free_port)
     K8S_SERVER="https://127.0.0.1:$port"
     # No Service network exists: --endpoint-reconciler-type=none keeps the apiserver from
-    # publishing its loopback address as the `kubernetes` Service's endpoint.
+    # publishing its loopback address as the `kubernetes` Service's endpoint. No
+    # kube-controller-manager runs, so nothing would remove the `kubernetes.io/pvc-protection`
+    # and `pv-protection` finalizers: the admission plugin that adds them is off.
     k8s_start kube-apiserver "$K8S_DIR/apiserver.log" "$K8S_BIN_kube_apiserver" \
         --etcd-servers "$K8S_ETCD_URL" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
@@ -140,6 +142,7 @@ k8s_start_apiserver() {
         --service-account-signing-key-file "$p/sa.key" \
         --service-cluster-ip-range 10.96.0.0/24 \
         --endpoint-reconciler-type none \
+        --disable-admission-plugins StorageObjectInUseProtection \
         --v 1
     cat >"$K8S_DIR/kubeconfig" <<KC
 apiVersion: v1

@@ -10,7 +10,9 @@
 # test does their part, as they would: it sets the PVC's `volume.kubernetes.io/selected-node`
 # (the scheduler) and `volume.kubernetes.io/storage-provisioner` (the PV controller)
 # annotations, and marks the PV `Released` once the PVC is deleted (the PV controller),
-# which is what makes csi-provisioner call DeleteVolume and remove the PV.
+# which is what makes csi-provisioner call DeleteVolume and remove the PV. (The PV is not
+# bound, the PVC stays Pending: binding is the PV controller's; the storage-protection
+# finalizers are off, see lib.sh.)
 #
 # Checks, one `ok NAME` / `FAILED NAME (why)` line each, then `N passed, M failed`:
 #   capacity      CSIStorageCapacity objects for both StorageClasses, topology of the node,
