@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole iolane test suite: formatting, lints, unit tests, the conformance suite
-# against the real `iolane` binary (loop devices, mkfs, mounts: run as root), then the VM
+# against the real `iolane` binary (loop devices, mkfs, mounts: run as root), the real
+# csi-sanity (built with Go from its pinned module: tests/k8s/), then the VM
 # suite (lvm backend, IO tiers, reboots on a real kernel with emulated NVMe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+# The real CSI sanity suite (kubernetes-csi/csi-test, built from its Go module at the
+# version pinned in tests/k8s/versions.sh, cached by version) against `iolane node` on the
+# loop backend, no skip list: prints csi-sanity's `Ran N of M Specs` and counts.
+echo "== csi-sanity, loop backend (tests/k8s/sanity.sh)"
+bash tests/k8s/sanity.sh
 
 # The Kubernetes manifests, offline: every overlay rendered with kustomize, validated
 # against the Kubernetes 1.34 schemas (strict) and checked for the deployment invariants.

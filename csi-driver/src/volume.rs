@@ -243,6 +243,19 @@ impl Parameters {
             tier: fields.tier,
         })
     }
+
+    /// GetCapacity's parameters: a StorageClass's parameters as written. csi-provisioner's
+    /// capacity controller passes them unfiltered, with the keys under the CO's reserved
+    /// prefix `csi.storage.k8s.io/` (`fstype`, the secret names) that it strips before
+    /// CreateVolume; those are skipped here, the rest is checked as in [`Parameters::parse`].
+    pub fn parse_storage_class(map: &BTreeMap<String, String>) -> Result<Self> {
+        let own: BTreeMap<String, String> = map
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self::parse(&own)
+    }
 }
 
 impl TryFrom<BTreeMap<String, String>> for Parameters {
@@ -258,6 +271,9 @@ impl From<Parameters> for BTreeMap<String, String> {
         p.to_map()
     }
 }
+
+/// The prefix of the StorageClass parameters reserved for the CO (csi-provisioner).
+const RESERVED_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// The ID iolane gives the volume named `name`: deterministic, so a retried CreateVolume
 /// after a crash finds the volume it started, and safe as a file name.
@@ -387,5 +403,24 @@ mod tests {
         m.insert("fsTypo".to_owned(), "ext4".to_owned());
         let err = Parameters::parse(&m).unwrap_err().to_string();
         assert!(err.contains("fsTypo"), "{err}");
+    }
+
+    #[test]
+    fn storage_class_parameters_skip_the_reserved_keys() {
+        // deploy/base's `iolane-batch`, as csi-provisioner's capacity controller sends it.
+        let mut m = BTreeMap::new();
+        m.insert("iolane.dev/tier".to_owned(), "batch".to_owned());
+        m.insert("csi.storage.k8s.io/fstype".to_owned(), "ext4".to_owned());
+        m.insert(
+            "csi.storage.k8s.io/provisioner-secret-name".to_owned(),
+            "s".to_owned(),
+        );
+        assert!(Parameters::parse(&m).is_err());
+        let p = Parameters::parse_storage_class(&m).unwrap();
+        assert_eq!(p.tier.tier.as_deref(), Some("batch"));
+        assert_eq!(p.pvc_name, None);
+        m.insert("iolane.dev/teir".to_owned(), "batch".to_owned());
+        let err = Parameters::parse_storage_class(&m).unwrap_err().to_string();
+        assert!(err.contains("iolane.dev/teir"), "{err}");
     }
 }

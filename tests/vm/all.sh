@@ -4,8 +4,9 @@
 #   1. tests/vm/setup.sh (installs what is missing);
 #   2. builds `iolane` and the test binary `suite` on the host, and copies them (debug info
 #      stripped: the guest reads them over 9p) to a work directory;
-#   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the conformance suite on the lvm
-#      backend, then the pool-full, no-stale-data and SIGKILL-during-creates scenarios;
+#   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the real csi-sanity
+#      (tests/k8s/build.sh, sanity.sh), the conformance suite on the lvm backend, then the
+#      pool-full, no-stale-data and SIGKILL-during-creates scenarios;
 #   4. one boot (1 NVMe disk) for tests/vm/tiers.sh: the IO tier tests (io.max on the real
 #      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
 #      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
@@ -15,7 +16,8 @@
 #
 #   bash tests/vm/all.sh            (from anywhere; the repository is this script's ../..)
 #
-# Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh and tiers.sh tests to run; the
+# Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh and tiers.sh tests to run, e.g.
+# `csi-sanity` for csi-sanity alone; the
 # reboot test runs unless IOLANE_VM_SKIP_REBOOT=1), IOLANE_VM_SKIP_TIERS=1 (skip the tiers
 # boot), IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
 set -uo pipefail
@@ -60,6 +62,13 @@ for line in open(sys.argv[1]):
     fi
     objcopy --strip-debug "$exe" "$work/bin/$t"
 done
+# csi-sanity, built from its pinned Go module (cached by version: tests/k8s/build.sh).
+sanity="$(bash "$repo/tests/k8s/build.sh" csi-sanity | awk '$1 == "csi-sanity" {print $2}')"
+if [ -z "$sanity" ] || [ ! -x "$sanity" ]; then
+    echo "all.sh: building csi-sanity failed" >&2
+    exit 1
+fi
+objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
 stamp "boot 1 of 4: tests/vm/lvm-suite.sh"

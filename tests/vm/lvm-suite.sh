@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Runs INSIDE the VM (tests/vm/run.sh --disks 2): the conformance suite on the lvm backend
+# Runs INSIDE the VM (tests/vm/run.sh --disks 2): the real csi-sanity against `iolane node
+# --lvm-devices /dev/nvme0n1` (tests/k8s/sanity.sh), the conformance suite on the lvm backend
 # (/dev/nvme0n1), then the lvm scenarios of tests/tests/suite/lvm/ (pool full on
 # /dev/nvme1n1, no stale data, SIGKILL during creates). The reboot scenario needs two boots: reboot.sh.
 #
 #   tests/vm/lvm-suite.sh BIN_DIR [RESULTS_FILE]
 #
-# BIN_DIR holds the host-built binaries: `iolane`, and the test binary `suite` (tests/vm/all.sh
-# copies them there; nextest is not used in the guest: it wants to build and write under
-# target/, which is read-only here). Its tests under the modules `conformance::` and `lvm::`
-# run, each in its own process (`--exact NAME --test-threads 1`) under a timeout, one at a
-# time, since they share the VGs. One line per test is appended to RESULTS_FILE (default
-# $IOLANE_VM_RESULTS/lvm-suite.results): `ok NAME SECONDS` or `FAILED NAME SECONDS (exit N)`,
-# NAME the test's module path (`conformance::create::create_volume_is_idempotent_by_name`).
+# BIN_DIR holds the host-built binaries: `iolane`, `csi-sanity` (tests/k8s/build.sh), and the
+# test binary `suite` (tests/vm/all.sh copies them there; nextest is not used in the guest: it
+# wants to build and write under target/, which is read-only here). Its tests under the
+# modules `conformance::` and `lvm::` run, each in its own process (`--exact NAME
+# --test-threads 1`) under a timeout, one at a time, since they share the VGs. One line per
+# test is appended to RESULTS_FILE (default $IOLANE_VM_RESULTS/lvm-suite.results): `ok NAME
+# SECONDS` or `FAILED NAME SECONDS (exit N)`, NAME the test's module path
+# (`conformance::create::create_volume_is_idempotent_by_name`); csi-sanity counts as one
+# test, `csi-sanity::lvm`, and prints its own spec counts. csi-sanity runs first: on the
+# fresh disk it leaves VG `iolane` with an empty thin pool, the same VG (device class
+# `default`, default pool) the conformance harness makes there, and checks that no `iol-*`
+# LV is left.
 #
 # Environment: IOLANE_VM_SUITE_FILTER (an extended regex on the module path: run only
 # matching tests),
@@ -27,11 +33,11 @@ per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
 
 # The guest reads host files over 9p, page by page: copied into the guest's /tmp (RAM),
 # the binaries start and run measurably faster.
-for f in iolane suite; do
+for f in iolane csi-sanity suite; do
     [ -x "$bin/$f" ] || { echo "lvm-suite: $bin/$f is missing (build on the host: tests/vm/all.sh)" >&2; exit 1; }
 done
 local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
-cp "$bin/iolane" "$bin/suite" "$local_bin/"
+cp "$bin/iolane" "$bin/csi-sanity" "$bin/suite" "$local_bin/"
 bin="$local_bin"
 
 export IOLANE_BIN="$bin/iolane"
@@ -91,6 +97,25 @@ run_tests() {
     done
     rm -f "$log"
 }
+
+# The real csi-sanity, with no skip list, on the lvm backend (before the conformance suite,
+# on its disk: see above).
+if [ -z "$filter" ] || grep -qE -- "$filter" <<<"csi-sanity::lvm"; then
+    start=$(date +%s)
+    IOLANE_CSI_SANITY="$bin/csi-sanity" timeout -k 10 "$per_test" \
+        bash "$IOLANE_REPO/tests/k8s/sanity.sh" --lvm-devices "${IOLANE_TEST_LVM_DEVICES%%,*}"
+    rc=$?
+    secs=$(($(date +%s) - start))
+    if [ "$rc" = 0 ]; then
+        passed=$((passed + 1))
+        echo "ok csi-sanity::lvm $secs" >>"$results"
+        printf 'lvm-suite: PASS %-70s %6ss\n' "csi-sanity::lvm" "$secs"
+    else
+        failed=$((failed + 1))
+        echo "FAILED csi-sanity::lvm $secs (exit $rc)" >>"$results"
+        printf 'lvm-suite: FAIL %-70s %6ss (exit %s)\n' "csi-sanity::lvm" "$secs" "$rc"
+    fi
+fi
 
 run_tests conformance 0
 run_tests lvm 1

@@ -163,7 +163,7 @@ impl Driver {
         parameters: &BTreeMap<String, String>,
         topology: Option<&BTreeMap<String, String>>,
     ) -> Result<crate::volume::Capacity> {
-        let parameters = Parameters::parse(parameters)?;
+        let parameters = Parameters::parse_storage_class(parameters)?;
         if let Some(seg) = topology {
             let here = self.topology();
             if !seg.iter().all(|(k, v)| here.get(k) == Some(v)) {

@@ -1,0 +1,170 @@
+# shellcheck shell=bash
+# A real Kubernetes control plane on loopback, for the tests in tests/k8s/: etcd and
+# kube-apiserver built from their pinned Go modules (build.sh, versions.sh), certificates
+# made with openssl, client-certificate auth (the admin is in `system:masters`) and
+# `--authorization-mode=AlwaysAllow`. Sourced by a test script, which must set `K8S_DIR`
+# (an empty directory it owns) and call `k8s_stop_all` on exit.
+#
+#   k8s_build NAME...        build/reuse the binaries; sets K8S_BIN_<name> (dashes -> _)
+#   k8s_certs                CA, apiserver serving cert, admin client cert, SA key pair
+#   k8s_start_etcd           etcd on 127.0.0.1 (free ports), data in $K8S_DIR/etcd
+#   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
+#                            $K8S_DIR/kubeconfig and sets KUBECONFIG
+#   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
+#   k8s_wait SECONDS WHAT CMD...  polls CMD (0.5 s) until it succeeds or the deadline
+#   kubectl ...              the built kubectl on that kubeconfig
+K8S_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+K8S_PIDS=()
+K8S_NAMES=()
+
+k8s_log() { echo "$(basename "$0"): [$(($(date +%s) - ${K8S_T0:=$(date +%s)}))s] $*"; }
+
+k8s_build() {
+    local line name path
+    while read -r name path; do
+        [ -x "$path" ] || return 1
+        printf -v "K8S_BIN_${name//-/_}" '%s' "$path"
+    done < <(bash "$K8S_LIB_DIR/build.sh" "$@")
+    for name in "$@"; do
+        line="K8S_BIN_${name//-/_}"
+        [ -n "${!line:-}" ] || { echo "k8s_build: no binary for $name" >&2; return 1; }
+    done
+}
+
+# A TCP port nothing listens on now (the kernel's choice).
+k8s_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+k8s_start() {
+    local name="$1" log="$2"
+    shift 2
+    "$@" >"$log" 2>&1 &
+    K8S_PIDS+=($!)
+    K8S_NAMES+=("$name")
+}
+
+# Stops what k8s_start started, newest first: SIGTERM, then SIGKILL after 20 s.
+k8s_stop_all() {
+    local i pid deadline
+    for ((i = ${#K8S_PIDS[@]} - 1; i >= 0; i--)); do
+        pid="${K8S_PIDS[$i]}"
+        kill -TERM "$pid" 2>/dev/null || continue
+        deadline=$(($(date +%s) + 20))
+        while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    K8S_PIDS=()
+    K8S_NAMES=()
+}
+
+# Fails (and names the process) if one of the started processes has exited.
+k8s_check_alive() {
+    local i
+    for i in "${!K8S_PIDS[@]}"; do
+        if ! kill -0 "${K8S_PIDS[$i]}" 2>/dev/null; then
+            echo "${K8S_NAMES[$i]} exited" >&2
+            return 1
+        fi
+    done
+}
+
+k8s_wait() {
+    local secs="$1" what="$2" deadline
+    shift 2
+    deadline=$(($(date +%s) + secs))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "timed out after ${secs}s waiting for $what" >&2
+            return 1
+        fi
+        k8s_check_alive || { echo "while waiting for $what" >&2; return 1; }
+        sleep 0.5
+    done
+}
+
+k8s_certs() {
+    local d="$K8S_DIR/pki"
+    mkdir -p "$d"
+    (
+        cd "$d" || exit 1
+        openssl ecparam -genkey -name prime256v1 -noout -out ca.key
+        openssl req -x509 -new -key ca.key -out ca.crt -days 2 -subj /CN=iolane-test-ca
+        # sign NAME SUBJECT EXTENSIONS
+        sign() {
+            openssl ecparam -genkey -name prime256v1 -noout -out "$1.key"
+            openssl req -new -key "$1.key" -out "$1.csr" -subj "$2"
+            printf '%s\n' "$3" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -out "$1.crt" -days 2 -extfile "$1.ext"
+        }
+        sign apiserver /CN=kube-apiserver \
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth"
+        sign admin "/O=system:masters/CN=iolane-test-admin" "extendedKeyUsage=clientAuth"
+        openssl ecparam -genkey -name prime256v1 -noout -out sa.key
+        openssl ec -in sa.key -pubout -out sa.pub
+    ) >"$K8S_DIR/pki.log" 2>&1 || { cat "$K8S_DIR/pki.log" >&2; return 1; }
+}
+
+k8s_start_etcd() {
+    local client peer
+    client=$(k8s_free_port)
+    peer=$(k8s_free_port)
+    K8S_ETCD_URL="http://127.0.0.1:$client"
+    k8s_start etcd "$K8S_DIR/etcd.log" "$K8S_BIN_etcd" \
+        --name test --data-dir "$K8S_DIR/etcd" \
+        --listen-client-urls "$K8S_ETCD_URL" --advertise-client-urls "$K8S_ETCD_URL" \
+        --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "test=http://127.0.0.1:$peer" \
+        --unsafe-no-fsync --log-level warn
+    k8s_wait 60 "etcd health" curl -sf "$K8S_ETCD_URL/health"
+}
+
+k8s_start_apiserver() {
+    local port p="$K8S_DIR/pki"
+    port=$(k8s_free_port)
+    K8S_SERVER="https://127.0.0.1:$port"
+    # No Service network exists: --endpoint-reconciler-type=none keeps the apiserver from
+    # publishing its loopback address as the `kubernetes` Service's endpoint. No
+    # kube-controller-manager runs, so nothing would remove the `kubernetes.io/pvc-protection`
+    # and `pv-protection` finalizers: the admission plugin that adds them is off.
+    k8s_start kube-apiserver "$K8S_DIR/apiserver.log" "$K8S_BIN_kube_apiserver" \
+        --etcd-servers "$K8S_ETCD_URL" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+        --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+        --client-ca-file "$p/ca.crt" \
+        --authorization-mode AlwaysAllow \
+        --service-account-issuer https://kubernetes.default.svc \
+        --service-account-key-file "$p/sa.pub" \
+        --service-account-signing-key-file "$p/sa.key" \
+        --service-cluster-ip-range 10.96.0.0/24 \
+        --endpoint-reconciler-type none \
+        --disable-admission-plugins StorageObjectInUseProtection \
+        --v 1
+    cat >"$K8S_DIR/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+  - name: test
+    cluster:
+      server: $K8S_SERVER
+      certificate-authority: $p/ca.crt
+users:
+  - name: admin
+    user:
+      client-certificate: $p/admin.crt
+      client-key: $p/admin.key
+contexts:
+  - name: test
+    context: {cluster: test, user: admin}
+current-context: test
+KC
+    export KUBECONFIG="$K8S_DIR/kubeconfig"
+    k8s_wait 180 "kube-apiserver /readyz" curl -sf --cacert "$p/ca.crt" \
+        --cert "$p/admin.crt" --key "$p/admin.key" "$K8S_SERVER/readyz"
+}
+
+kubectl() { "$K8S_BIN_kubectl" --kubeconfig "$K8S_DIR/kubeconfig" "$@"; }

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# The controller side against the real thing: etcd and kube-apiserver (lib.sh), the real
+# csi-provisioner with the node DaemonSet's flags (deploy/base/node-daemonset.yaml) beside
+# a real `iolane node` on the loop backend, driven with real objects from deploy/base.
+#
+#   bash tests/k8s/provision.sh        (host, root; IOLANE_BIN as in sanity.sh)
+#
+# Nothing schedules or binds here (no kube-scheduler, no kube-controller-manager), so the
+# test does their part, as they would: it sets the PVC's `volume.kubernetes.io/selected-node`
+# (the scheduler) and `volume.kubernetes.io/storage-provisioner` (the PV controller)
+# annotations, and marks the PV `Released` once the PVC is deleted (the PV controller),
+# which is what makes csi-provisioner call DeleteVolume and remove the PV. (The PV is not
+# bound, the PVC stays Pending: binding is the PV controller's; the storage-protection
+# finalizers are off, see lib.sh.)
+#
+# Checks, one `ok NAME` / `FAILED NAME (why)` line each, then `N passed, M failed`:
+#   capacity      CSIStorageCapacity objects for both StorageClasses, topology of the node,
+#                 owned by the node's Pod (--capacity-ownerref-level=0), capacity > 0
+#   provision     a WaitForFirstConsumer PVC of `iolane-batch` gets a PV: driver, size,
+#                 fsType, node affinity on topology.iolane.dev/node, the claimRef, volume
+#                 attributes from iolane; the loop backend has one image
+#   delete        PVC deleted + PV Released: the PV disappears, the backend has no image
+# Environment: IOLANE_K8S_KEEP=DIR (keep logs and state in DIR, for a failed run).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+if [ "$(id -u)" != 0 ]; then
+    echo "provision.sh: run as root (the node makes loop devices)" >&2
+    exit 2
+fi
+K8S_T0=$(date +%s)
+
+bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+if [ ! -x "$bin" ]; then
+    (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
+fi
+k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner"
+k8s_build kube-apiserver kubectl etcd csi-provisioner || exit 1
+
+K8S_DIR="${IOLANE_K8S_KEEP:-$(mktemp -d /tmp/iolane-k8s.XXXXXX)}"
+mkdir -p "$K8S_DIR"
+node=test-node
+sock="$K8S_DIR/csi.sock"
+state="$K8S_DIR/state"
+cleanup() {
+    k8s_stop_all
+    local l
+    for l in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$K8S_DIR/" 'index($2, d) == 1 {print $1}'); do
+        losetup -d "$l"
+    done
+    [ -n "${IOLANE_K8S_KEEP:-}" ] || rm -rf "$K8S_DIR"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+passed=0
+failed=0
+result() { # NAME STATUS [WHY]
+    if [ "$2" = 0 ]; then
+        passed=$((passed + 1))
+        echo "ok k8s::$1"
+    else
+        failed=$((failed + 1))
+        echo "FAILED k8s::$1 (${3:-see above})"
+    fi
+}
+# Prints the logs' ends (for a failure).
+show_logs() {
+    local f
+    for f in "$K8S_DIR"/{iolane,provisioner,apiserver}.log; do
+        echo "--- end of $f"
+        tail -25 "$f" | sed 's/^/    /'
+    done
+}
+
+t=$(date +%s%N)
+k8s_certs || exit 1
+k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
+etcd_ms=$((($(date +%s%N) - t) / 1000000))
+k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
+api_ms=$((($(date +%s%N) - t) / 1000000 - etcd_ms))
+k8s_log "control plane up: certs + etcd ${etcd_ms} ms, kube-apiserver to /readyz ${api_ms} ms ($("$K8S_BIN_kube_apiserver" --version))"
+
+# The objects a cluster would have: deploy/base's namespace, CSIDriver and StorageClasses,
+# and the node Pod that owns the capacity objects (it never runs: no kubelet here).
+kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
+    -f "$repo/deploy/base/storageclasses.yaml" >/dev/null || exit 1
+kubectl -n iolane create serviceaccount default >/dev/null 2>&1
+kubectl -n default create serviceaccount default >/dev/null 2>&1
+kubectl apply -f - >/dev/null <<POD || exit 1
+apiVersion: v1
+kind: Pod
+metadata: {name: iolane-node-test, namespace: iolane}
+spec:
+  nodeName: $node
+  automountServiceAccountToken: false
+  containers: [{name: iolane, image: iolane}]
+POD
+
+k8s_start iolane "$K8S_DIR/iolane.log" "$bin" node --endpoint "unix://$sock" --node-id "$node" \
+    --state-dir "$state" --path-root "$K8S_DIR" --driver-name csi.iolane.dev \
+    --kubernetes auto --kubeconfig "$KUBECONFIG"
+k8s_wait 60 "iolane node socket" test -S "$sock" || { show_logs; exit 1; }
+# The DaemonSet's csi-provisioner arguments and environment.
+k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
+    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
+    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
+    --node-deployment --enable-capacity --capacity-ownerref-level=0 \
+    --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
+    --immediate-topology=false --timeout=60s --v=2
+k8s_log "iolane node and csi-provisioner started"
+
+# capacity: one object per StorageClass, with this node's topology and a capacity.
+capacity_ok() {
+    kubectl -n iolane get csistoragecapacities -o json | python3 -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+want = {"iolane-streaming", "iolane-batch"}
+seen = set()
+for c in items:
+    sel = c.get("nodeTopology", {}).get("matchLabels", {})
+    owners = [o["kind"] + "/" + o["name"] for o in c["metadata"].get("ownerReferences", [])]
+    if sel == {"topology.iolane.dev/node": sys.argv[1]} and owners == ["Pod/iolane-node-test"] \
+            and c.get("capacity") not in (None, "0"):
+        seen.add(c["storageClassName"])
+sys.exit(0 if want <= seen else 1)
+' "$node"
+}
+start=$(date +%s)
+if k8s_wait 90 "CSIStorageCapacity objects" capacity_ok; then
+    k8s_log "CSIStorageCapacity objects after $(($(date +%s) - start)) s:"
+    kubectl -n iolane get csistoragecapacities -o custom-columns=CLASS:.storageClassName,CAPACITY:.capacity,TOPOLOGY:.nodeTopology.matchLabels,OWNER:.metadata.ownerReferences[0].name | sed 's/^/    /'
+    result capacity 0
+else
+    kubectl -n iolane get csistoragecapacities -o yaml | sed 's/^/    /'
+    show_logs
+    result capacity 1 "no CSIStorageCapacity for both classes with the node's topology"
+fi
+
+# provision: the scheduler's and the PV controller's annotations, as they set them.
+kubectl apply -f - >/dev/null <<PVC
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: default
+  annotations:
+    volume.kubernetes.io/selected-node: $node
+    volume.kubernetes.io/storage-provisioner: csi.iolane.dev
+spec:
+  storageClassName: iolane-batch
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+PVC
+uid="$(kubectl -n default get pvc data -o jsonpath='{.metadata.uid}')"
+pv="pvc-$uid"
+start=$(date +%s)
+if k8s_wait 90 "PV $pv" kubectl get pv "$pv"; then
+    k8s_log "PV $pv after $(($(date +%s) - start)) s"
+    why="$(kubectl get pv "$pv" -o json | python3 -c '
+import json, sys
+pv = json.load(sys.stdin)
+node, uid = sys.argv[1:3]
+s = pv["spec"]
+csi = s.get("csi", {})
+attrs = csi.get("volumeAttributes", {})
+terms = s.get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", [])
+exprs = [e for t in terms for e in t.get("matchExpressions", [])]
+problems = []
+if csi.get("driver") != "csi.iolane.dev": problems.append("driver %r" % csi.get("driver"))
+if not csi.get("volumeHandle"): problems.append("no volumeHandle")
+if csi.get("fsType") != "ext4": problems.append("fsType %r" % csi.get("fsType"))
+if s.get("capacity", {}).get("storage") != "64Mi": problems.append("capacity %r" % s.get("capacity"))
+if exprs != [{"key": "topology.iolane.dev/node", "operator": "In", "values": [node]}]:
+    problems.append("node affinity %r" % exprs)
+ref = s.get("claimRef", {})
+if (ref.get("namespace"), ref.get("name"), ref.get("uid")) != ("default", "data", uid):
+    problems.append("claimRef %r" % ref)
+if s.get("storageClassName") != "iolane-batch": problems.append("storageClassName")
+if s.get("persistentVolumeReclaimPolicy") != "Delete": problems.append("reclaim policy")
+if attrs.get("iolane.dev/tier") != "batch" or attrs.get("iolane.dev/backend") != "loop":
+    problems.append("volumeAttributes %r" % attrs)
+print("; ".join(problems))
+print("volumeAttributes: " + json.dumps(attrs, sort_keys=True), file=sys.stderr)
+' "$node" "$uid")"
+    images=$(find "$state" -name '*.img' | wc -l)
+    [ "$images" = 1 ] || why="${why:+$why; }$images backend images (want 1)"
+    if [ -z "$why" ]; then result provision 0; else show_logs; result provision 1 "$why"; fi
+else
+    kubectl -n default get pvc data -o yaml | sed 's/^/    /'
+    show_logs
+    result provision 1 "no PV"
+fi
+
+# delete: the PVC goes; the PV controller would mark the PV Released; csi-provisioner then
+# deletes the volume and the PV.
+kubectl -n default delete pvc data --wait=false >/dev/null
+if kubectl get pv "$pv" >/dev/null 2>&1; then
+    kubectl patch pv "$pv" --subresource=status --type=merge -p '{"status":{"phase":"Released"}}' >/dev/null
+fi
+start=$(date +%s)
+if k8s_wait 90 "PV $pv to be deleted" bash -c "! \"$K8S_BIN_kubectl\" --kubeconfig \"$KUBECONFIG\" get pv \"$pv\""; then
+    left="$(find "$state" -name '*.img'; losetup -n -l -O NAME,BACK-FILE | awk -v d="$K8S_DIR/" 'index($2, d) == 1')"
+    if [ -z "$left" ]; then
+        k8s_log "PV and volume deleted after $(($(date +%s) - start)) s"
+        result delete 0
+    else
+        result delete 1 "left: $left"
+    fi
+else
+    show_logs
+    result delete 1 "PV still there"
+fi
+k8s_check_alive || { show_logs; result processes 1 "a component exited"; }
+
+k8s_log "done"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
