@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2154 # K8S_BIN_* are set by k8s_build (lib.sh)
 # The controller side against the real thing: etcd and kube-apiserver (lib.sh), the real
 # csi-provisioner with the node DaemonSet's flags (deploy/base/node-daemonset.yaml) beside
 # a real `iolane node` on the loop backend, and the real csi-resizer with the central
