@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154 # K8S_BIN_* are set by k8s_build (printf -v)
 # A real Kubernetes control plane on loopback, for the tests in tests/k8s/: etcd and
 # kube-apiserver built from their pinned Go modules (build.sh, versions.sh), certificates
 # made with openssl, client-certificate auth (the admin is in `system:masters`) and

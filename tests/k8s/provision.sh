@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2154 # K8S_BIN_* are set by k8s_build (lib.sh)
 # The controller side against the real thing: etcd and kube-apiserver (lib.sh), the real
 # csi-provisioner with the node DaemonSet's flags (deploy/base/node-daemonset.yaml) beside
-# a real `iolane node` on the loop backend, driven with real objects from deploy/base.
+# a real `iolane node` on the loop backend, and the real csi-resizer with the central
+# Deployment's flags (deploy/base/controller-deployment.yaml; not its metrics endpoint)
+# beside a real `iolane controller`, driven with real objects from deploy/base.
 #
 #   bash tests/k8s/provision.sh        (host, root; IOLANE_BIN as in sanity.sh)
 #
 # Nothing schedules or binds here (no kube-scheduler, no kube-controller-manager), so the
 # test does their part, as they would: it sets the PVC's `volume.kubernetes.io/selected-node`
 # (the scheduler) and `volume.kubernetes.io/storage-provisioner` (the PV controller)
-# annotations, and marks the PV `Released` once the PVC is deleted (the PV controller),
-# which is what makes csi-provisioner call DeleteVolume and remove the PV. (The PV is not
-# bound, the PVC stays Pending: binding is the PV controller's; the storage-protection
-# finalizers are off, see lib.sh.)
+# annotations, binds the PVC and the PV (`spec.volumeName`, both `Bound`), and marks the PV
+# `Released` once the PVC is deleted (the PV controller), which is what makes
+# csi-provisioner call DeleteVolume and remove the PV. (The storage-protection finalizers
+# are off, see lib.sh.)
 #
 # Checks, one `ok NAME` / `FAILED NAME (why)` line each, then `N passed, M failed`:
 #   capacity      CSIStorageCapacity objects for both StorageClasses, topology of the node,
@@ -20,6 +22,9 @@
 #   provision     a WaitForFirstConsumer PVC of `iolane-batch` gets a PV: driver, size,
 #                 fsType, node affinity on topology.iolane.dev/node, the claimRef, volume
 #                 attributes from iolane; the loop backend has one image
+#   expand        the bound PVC asks for 128Mi: csi-resizer calls ControllerExpandVolume on
+#                 `iolane controller`, which answers node_expansion_required: the PV says
+#                 128Mi and the PVC has FileSystemResizePending (no kubelet to finish it)
 #   delete        PVC deleted + PV Released: the PV disappears, the backend has no image
 # Environment: IOLANE_K8S_KEEP=DIR (keep logs and state in DIR, for a failed run).
 set -uo pipefail
@@ -37,8 +42,8 @@ bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
 if [ ! -x "$bin" ]; then
     (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
 fi
-k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner"
-k8s_build kube-apiserver kubectl etcd csi-provisioner || exit 1
+k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner, csi-resizer"
+k8s_build kube-apiserver kubectl etcd csi-provisioner csi-resizer || exit 1
 
 K8S_DIR="${IOLANE_K8S_KEEP:-$(mktemp -d /tmp/iolane-k8s.XXXXXX)}"
 mkdir -p "$K8S_DIR"
@@ -70,7 +75,7 @@ result() { # NAME STATUS [WHY]
 # Prints the logs' ends (for a failure).
 show_logs() {
     local f
-    for f in "$K8S_DIR"/{iolane,provisioner,apiserver}.log; do
+    for f in "$K8S_DIR"/{iolane,provisioner,iolane-controller,resizer,apiserver}.log; do
         echo "--- end of $f"
         tail -25 "$f" | sed 's/^/    /'
     done
@@ -111,7 +116,16 @@ k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
     --node-deployment --enable-capacity --capacity-ownerref-level=0 \
     --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
     --immediate-topology=false --timeout=60s --v=2
-k8s_log "iolane node and csi-provisioner started"
+# The central Deployment: `iolane controller` and csi-resizer with its arguments.
+ctrl_sock="$K8S_DIR/controller.sock"
+k8s_start iolane-controller "$K8S_DIR/iolane-controller.log" "$bin" controller \
+    --endpoint "unix://$ctrl_sock" --driver-name csi.iolane.dev
+k8s_wait 60 "iolane controller socket" test -S "$ctrl_sock" || { show_logs; exit 1; }
+k8s_start csi-resizer "$K8S_DIR/resizer.log" env NAMESPACE=iolane \
+    "$K8S_BIN_csi_resizer" --kubeconfig "$KUBECONFIG" --csi-address "$ctrl_sock" \
+    --leader-election --leader-election-namespace=iolane --handle-volume-inuse-error=false \
+    --timeout=60s --v=2
+k8s_log "iolane node, csi-provisioner, iolane controller and csi-resizer started"
 
 # capacity: one object per StorageClass, with this node's topology and a capacity.
 capacity_ok() {
@@ -193,6 +207,29 @@ else
     kubectl -n default get pvc data -o yaml | sed 's/^/    /'
     show_logs
     result provision 1 "no PV"
+fi
+
+# expand: bind as the PV controller would, then ask for more.
+kubectl -n default patch pvc data --type=merge -p "{\"spec\":{\"volumeName\":\"$pv\"}}" >/dev/null
+kubectl -n default patch pvc data --subresource=status --type=merge \
+    -p '{"status":{"phase":"Bound","accessModes":["ReadWriteOnce"],"capacity":{"storage":"64Mi"}}}' >/dev/null
+kubectl patch pv "$pv" --subresource=status --type=merge -p '{"status":{"phase":"Bound"}}' >/dev/null
+if kubectl -n default patch pvc data --type=merge -p '{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}' >/dev/null; then
+    expanded() {
+        [ "$(kubectl get pv "$pv" -o jsonpath='{.spec.capacity.storage}')" = 128Mi ] &&
+            kubectl -n default get pvc data -o jsonpath='{.status.conditions[*].type}' | grep -qw FileSystemResizePending
+    }
+    start=$(date +%s)
+    if k8s_wait 90 "PV $pv to be expanded" expanded; then
+        k8s_log "PV expanded to 128Mi, PVC FileSystemResizePending after $(($(date +%s) - start)) s"
+        result expand 0
+    else
+        kubectl -n default get pvc data -o yaml | sed 's/^/    /'
+        show_logs
+        result expand 1 "PV capacity $(kubectl get pv "$pv" -o jsonpath='{.spec.capacity.storage}')"
+    fi
+else
+    result expand 1 "the resize request was refused"
 fi
 
 # delete: the PVC goes; the PV controller would mark the PV Released; csi-provisioner then

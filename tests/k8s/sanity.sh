@@ -122,10 +122,10 @@ secs=$(($(date +%s) - t0))
 # Ginkgo's summary: the failed specs, `Ran N of M Specs in S seconds`, and the counts.
 grep -E '^\s*\[FAIL\]|^Ran [0-9]+ of [0-9]+ Specs|[0-9]+ Passed \| [0-9]+ Failed' "$log/csi-sanity.log" | sed 's/^\s*/csi-sanity: /'
 if [ "$rc" != 0 ]; then
-    echo "sanity.sh: csi-sanity exited $rc; the end of its output ($log/csi-sanity.log):"
+    echo "sanity.sh: csi-sanity exited $rc (set IOLANE_SANITY_LOG=DIR to keep its whole output); the end of it:"
     grep -nE '^\s*\[FAILED\]|^\s*\[PANICKED\]' "$log/csi-sanity.log" | head -40 | sed 's/^/    /'
     tail -30 "$log/csi-sanity.log" | sed 's/^/    /'
-    echo "sanity.sh: the end of the node's log ($log/node.log):"
+    echo "sanity.sh: the end of the node's log:"
     tail -30 "$log/node.log" | sed 's/^/    /'
 fi
 
@@ -133,13 +133,13 @@ stop_node
 left="$(leftover_mounts; leftover_loops)"
 if [ -n "$left" ]; then
     echo "sanity.sh: FAILED: left behind after csi-sanity and the node stopped:"
-    printf '    %s\n' $left
+    while read -r l; do echo "    $l"; done <<<"$left"
     rc=1
 fi
 if [ -n "$lvm_devices" ]; then
     lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol-/')"
     if [ -n "$lvs" ]; then
-        echo "sanity.sh: FAILED: volumes left in VG iolane: $(echo $lvs)"
+        echo "sanity.sh: FAILED: volumes left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
         rc=1
     fi
 fi

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # sourced: the variables are the point
 # The pinned versions of every real Kubernetes component the tests build from its Go
 # module (tests/k8s/build.sh), in one place. Sourced; defines variables only.
 #
