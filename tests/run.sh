@@ -46,8 +46,17 @@ fi
 echo "== csi-sanity, loop backend (tests/k8s/sanity.sh)"
 bash tests/k8s/sanity.sh
 
-# The Kubernetes manifests, offline: every overlay rendered with kustomize, validated
-# against the Kubernetes 1.34 schemas (strict) and checked for the deployment invariants.
+# The controller side against the real control plane: etcd, kube-apiserver, csi-provisioner
+# (the node DaemonSet's flags) beside `iolane node`, csi-resizer (the central Deployment's
+# flags) beside `iolane controller`, all built from their pinned Go modules and cached by
+# version (tests/k8s/build.sh). Prints `N passed, M failed`.
+echo "== control plane (tests/k8s/provision.sh)"
+bash tests/k8s/provision.sh
+
+# The Kubernetes manifests and the Helm chart, offline: every overlay and the chart
+# rendered, validated against the Kubernetes 1.34 and 1.36 schemas (strict), diffed against
+# each other and checked for the deployment invariants; the docs' commands, flags and metric
+# names checked against the code.
 echo "== manifests (deploy/validate.sh)"
 bash deploy/validate.sh
 

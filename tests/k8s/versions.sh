@@ -19,9 +19,10 @@ KUBERNETES_VERSION=v1.34.4
 # not supported` and runs its watch cache without it; Kubernetes 1.34 is released against
 # etcd 3.6, so that is what is built (102 s cold).
 ETCD_VERSION=v3.6.16
-# The CSI sidecars. deploy/base/kustomization.yaml names csi-provisioner v6.1.1 and
-# csi-resizer v2.0.0, which the module proxy does not serve; these are the oldest served
-# releases of the same major versions.
+# The CSI sidecars, at the versions deploy/base/kustomization.yaml runs: csi-provisioner
+# v6.3.0 there and here. deploy/ runs csi-resizer v2.2.1, a patch release the module proxy
+# does not serve (it serves v2.2.0 and v2.3.0), so the tests build v2.2.0, the same minor
+# release with the same flags.
 CSI_PROVISIONER_VERSION=v6.3.0
 CSI_RESIZER_VERSION=v2.2.0
 
