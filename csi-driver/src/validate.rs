@@ -128,7 +128,8 @@ pub fn node_id(id: &str) -> Result<&str> {
 }
 
 /// Mount options from a capability: each must look like `word` or `word=value` with a
-/// conservative character set, so nothing can smuggle a second option or an argv flag.
+/// conservative character set, or be kubelet's SELinux label `context="LABEL"`, so nothing
+/// can smuggle a second option or an argv flag.
 pub fn mount_flags(flags: &[String]) -> Result<Vec<String>> {
     if flags.len() > MAX_MOUNT_FLAGS {
         return Err(Error::invalid(
@@ -143,14 +144,11 @@ pub fn mount_flags(flags: &[String]) -> Result<Vec<String>> {
     for flag in flags {
         let ok = !flag.is_empty()
             && flag.len() <= MAX_MOUNT_FLAG_LEN
-            && flag.as_bytes()[0].is_ascii_alphanumeric()
-            && flag.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'.' | b':')
-            });
+            && (plain_flag(flag) || selinux_context_flag(flag));
         if !ok {
             return Err(Error::invalid(
                 "volume_capability.mount.mount_flags",
-                format!("option {flag:?} is not of the form name or name=value"),
+                format!("option {flag:?} is not of the form name, name=value or context=\"label\""),
             ));
         }
         // Options that change what is mounted rather than how are not the CO's to pick.
@@ -167,6 +165,30 @@ pub fn mount_flags(flags: &[String]) -> Result<Vec<String>> {
         out.push(flag.clone());
     }
     Ok(out)
+}
+
+/// `name` or `name=value` of `[A-Za-z0-9_=.:-]`, starting with an alphanumeric.
+fn plain_flag(flag: &str) -> bool {
+    flag.as_bytes()[0].is_ascii_alphanumeric()
+        && flag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'.' | b':'))
+}
+
+/// Kubelet's SELinux mount option (CSIDriver `seLinuxMount`), which it writes with Go's
+/// `%q`: `context="LABEL"`. The quotes are what keep an MCS label's comma
+/// (`s0:c15,c25`) inside the option when mount(8) splits `-o` at commas, so the whole
+/// option must be exactly that: a non-empty label of `[A-Za-z0-9_.:,-]` (no quote, no
+/// backslash) between one pair of quotes, with nothing after the closing one.
+fn selinux_context_flag(flag: &str) -> bool {
+    flag.strip_prefix("context=\"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .is_some_and(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b',')
+                })
+        })
 }
 
 #[cfg(test)]
@@ -226,12 +248,71 @@ mod tests {
         assert!(node_id(&"a".repeat(64)).is_err());
     }
 
+    /// Every mount option shape: whether it is accepted on its own.
+    const FLAG_CASES: &[(&str, bool)] = &[
+        ("noatime", true),
+        ("commit=30", true),
+        ("errors=remount-ro", true),
+        // Kubelet's SELinux label option, as Go's %q writes it.
+        (
+            r#"context="system_u:object_r:container_file_t:s0:c15,c25""#,
+            true,
+        ),
+        (r#"context="system_u:object_r:container_file_t:s0""#, true),
+        ("", false),
+        ("-o", false),
+        ("a,b", false),
+        ("bind", false),
+        ("x y", false),
+        ("rw;rm", false),
+        // A second option smuggled after the closing quote.
+        (r#"context="a",rw"#, false),
+        // No closing quote: mount(8) would read the rest of the line as the label.
+        (r#"context="a"#, false),
+        (r#"context=""#, false),
+        // Unquoted: mount(8) splits at the comma and passes `b` on as an option.
+        ("context=a,b", false),
+        (r#"context="""#, false),
+        // Quotes anywhere but around a context value.
+        (r#"context="a"b""#, false),
+        (r#"noatime""#, false),
+        (r#""noatime""#, false),
+        (r#"commit="30""#, false),
+        (r#"fscontext="a:b""#, false),
+        (r#"context="a"","noatime"#, false),
+        (r#"context='a,b'"#, false),
+        // Backslashes, inside or outside the quotes.
+        (r#"context="a\"b""#, false),
+        (r#"context="a\b""#, false),
+        (r"commit\=30", false),
+        (r#"context="a b""#, false),
+    ];
+
     #[test]
     fn flags() {
-        let ok = vec!["noatime".to_owned(), "commit=30".to_owned()];
-        assert_eq!(mount_flags(&ok).unwrap(), ok);
-        for bad in ["", "-o", "a,b", "bind", "x y", "rw;rm"] {
-            assert!(mount_flags(&[bad.to_owned()]).is_err(), "{bad:?}");
+        for &(flag, accepted) in FLAG_CASES {
+            match mount_flags(&[flag.to_owned()]) {
+                Ok(out) => {
+                    assert!(accepted, "{flag:?} was accepted");
+                    assert_eq!(out, [flag], "{flag:?} was changed");
+                }
+                Err(e) => {
+                    assert!(!accepted, "{flag:?} was refused: {e}");
+                    assert!(
+                        matches!(&e, Error::InvalidArgument { field, .. }
+                            if field == "volume_capability.mount.mount_flags"),
+                        "{flag:?}: {e}"
+                    );
+                }
+            }
         }
+        // Kubelet appends the label to the class's own options.
+        let with_label = [
+            "noatime".to_owned(),
+            r#"context="system_u:object_r:container_file_t:s0:c1,c2""#.to_owned(),
+        ];
+        assert_eq!(mount_flags(&with_label).unwrap(), with_label);
+        let too_long = format!(r#"context="{}""#, "a".repeat(MAX_MOUNT_FLAG_LEN));
+        assert!(mount_flags(&[too_long]).is_err());
     }
 }

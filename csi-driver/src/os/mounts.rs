@@ -127,3 +127,40 @@ fn bind_flags(path: &Path) -> Result<nix::mount::MsFlags> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::os::{Roots, command::RecordingRunner};
+
+    /// Kubelet's SELinux label reaches mount(8) inside the one `-o` argument with its
+    /// quotes intact: mount(8) splits at commas outside quotes only, so the label's MCS
+    /// comma stays in the option.
+    #[tokio::test]
+    async fn selinux_context_reaches_mount_quoted_in_one_argument() {
+        let runner = Arc::new(RecordingRunner::default());
+        let os = Os::new(runner.clone(), Roots::default());
+        let options = crate::validate::mount_flags(&[
+            "noatime".to_owned(),
+            r#"context="system_u:object_r:container_file_t:s0:c15,c25""#.to_owned(),
+            "ro".to_owned(),
+        ])
+        .unwrap();
+        os.mount_fs(
+            Path::new("/dev/loop7"),
+            Path::new("/stage/v1"),
+            FsType::Ext4,
+            &options,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            runner.calls(),
+            [
+                r#"mount -t ext4 -o noatime,context="system_u:object_r:container_file_t:s0:c15,c25",ro -- /dev/loop7 /stage/v1"#
+            ]
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! Mount flags reaching the staging mount, and read-only publishes (filesystem and raw
-//! block) refusing writes.
+//! Mount flags (kubelet's SELinux label among them) reaching the staging mount, and
+//! read-only publishes (filesystem and raw block) refusing writes.
 
 use super::*;
 
@@ -51,6 +51,68 @@ async fn mount_flags_reach_the_staging_mount() {
     unstage(&mut d, &id, &staging).await;
     delete(&mut d, &id).await;
     d.assert_no_leaks("after the mount-flags cycle").await;
+}
+
+/// Kubelet's SELinux label option, as it sends it with CSIDriver `seLinuxMount: true`.
+const SELINUX_CONTEXT: &str = r#"context="system_u:object_r:container_file_t:s0:c15,c25""#;
+
+/// The SELinux label option passes the validator and reaches mount(8) whole. On a host
+/// without SELinux, mount(8) drops it and the volume stages and publishes; a kernel that
+/// refuses it fails NodeStageVolume with the mount's error, never INVALID_ARGUMENT, and
+/// leaves nothing mounted.
+#[tokio::test(flavor = "multi_thread")]
+async fn selinux_context_option_reaches_the_mount() {
+    require_root!();
+    let mut d = Driver::start().await;
+    let cap = capability(
+        AccessType::Mount(MountVolume {
+            fs_type: "ext4".to_owned(),
+            mount_flags: vec!["noatime".to_owned(), SELINUX_CONTEXT.to_owned()],
+            ..Default::default()
+        }),
+        Mode::SingleNodeWriter,
+    );
+    let v = create(&mut d, "selinux", &cap, 64 * MIB).await;
+    let id = v.volume_id.clone();
+    let staging = d.make_staging("selinux");
+    let target = d.target("selinux");
+    let r = d
+        .node
+        .node_stage_volume(stage_request(&id, &staging, &cap))
+        .await;
+    match r {
+        Ok(_) => {
+            // An option after the label would be lost if mount(8) had split the label.
+            let m = mount_at(&staging).expect("staging path is not mounted");
+            assert!(
+                m.options.split(',').any(|o| o == "noatime"),
+                "staging mount options {:?} lack noatime",
+                m.options
+            );
+            publish(&mut d, &id, &staging, &target, &cap, false).await;
+            unpublish(&mut d, &id, &target).await;
+            unstage(&mut d, &id, &staging).await;
+        }
+        Err(s) => {
+            assert_ne!(
+                s.code(),
+                Code::InvalidArgument,
+                "NodeStageVolume refused the SELinux option: {}",
+                s.message()
+            );
+            assert!(
+                mount_at(&staging).is_none(),
+                "a failed NodeStageVolume left {staging} mounted"
+            );
+            note(format!(
+                "this host's mount refused the SELinux option: {:?}: {}",
+                s.code(),
+                s.message()
+            ));
+        }
+    }
+    delete(&mut d, &id).await;
+    d.assert_no_leaks("after the SELinux option cycle").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
