@@ -10,7 +10,9 @@
 #   4. one boot (1 NVMe disk) for tests/vm/tiers.sh: the IO tier tests (io.max on the real
 #      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
 #      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
-#   5. tests/vm/reboot.sh: two boots on the same disk image.
+#   5. tests/vm/reboot.sh: two boots on the same disk image;
+#   6. one boot (1 NVMe disk) for deploy/tests/uninstall-node-vm.sh (IOLANE_VM_SKIP_UNINSTALL=1
+#      skips it).
 # Prints one line per test as it goes and `N passed, M failed` at the end; exits 1 if
 # anything failed (a boot that fails before its tests report counts as a failure).
 #
@@ -71,7 +73,7 @@ fi
 objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
-stamp "boot 1 of 4: tests/vm/lvm-suite.sh"
+stamp "boot 1 of 5: tests/vm/lvm-suite.sh"
 bash "$here/run.sh" --disks 2 --timeout 1500 --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
 suite_rc=$?
@@ -81,7 +83,7 @@ fi
 stamp "lvm-suite.sh exited $suite_rc"
 
 if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
-    stamp "boot 2 of 4: tests/vm/tiers.sh"
+    stamp "boot 2 of 5: tests/vm/tiers.sh"
     mkdir -p "$work/tiers"
     bash "$here/run.sh" --disks 1 --timeout 1200 --rwdir "$work" -- \
         env IOLANE_VM_RESULTS="$work/tiers" bash "$here/tiers.sh" "$work/bin" "$results"
@@ -99,9 +101,27 @@ if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
 fi
 
 if [ "${IOLANE_VM_SKIP_REBOOT:-0}" != 1 ]; then
-    stamp "boots 3 and 4 of 4: tests/vm/reboot.sh"
+    stamp "boots 3 and 4 of 5: tests/vm/reboot.sh"
     bash "$here/reboot.sh" "$work/bin" "$results"
     stamp "reboot.sh exited $?"
+fi
+
+# deploy/uninstall-node.sh on a real VG and thin pool: refuses while volumes remain, leaves
+# the disk blank. One result line, `uninstall::node`.
+if [ "${IOLANE_VM_SKIP_UNINSTALL:-0}" != 1 ] \
+    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"uninstall::node"; }; then
+    stamp "boot 5 of 5: deploy/tests/uninstall-node-vm.sh"
+    u0=$(date +%s)
+    bash "$here/run.sh" --disks 1 --timeout 900 -- bash "$repo/deploy/tests/uninstall-node-vm.sh" /dev/nvme0n1 \
+        >"$work/uninstall.log" 2>&1
+    urc=$?
+    sed 's/^/    /' "$work/uninstall.log"
+    if [ "$urc" = 0 ]; then
+        echo "ok uninstall::node $(($(date +%s) - u0))" >>"$results"
+    else
+        echo "FAILED uninstall::node $(($(date +%s) - u0)) (exit $urc)" >>"$results"
+    fi
+    stamp "uninstall-node-vm.sh exited $urc"
 fi
 
 passed=$(grep -c '^ok ' "$results")
