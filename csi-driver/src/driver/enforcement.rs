@@ -40,7 +40,8 @@ impl Driver {
         log_outcome(&publication, outcome, reason.as_deref());
     }
 
-    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish.
+    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish:
+    /// a reset that fails stays queued in the controller and every pass retries it.
     pub(super) fn lift_caps(&self, id: &str, target: &Path) {
         match self.enforcement.unpublish(target) {
             Ok(Some(true)) => {
@@ -48,7 +49,7 @@ impl Driver {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps");
+                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps; the reconciler retries");
             }
         }
     }
@@ -63,7 +64,7 @@ impl Driver {
             mounts.iter().map(|m| m.mount_point.as_path()).collect();
         let enforcer = &self.enforcement;
         for p in enforcer.retain(|t| mounted.contains(t)) {
-            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten");
+            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten, its caps lifted by the next pass");
         }
         let unknown: Vec<(PathBuf, PodUid)> = mounts
             .iter()
