@@ -9,10 +9,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use iolane_tests::{
-    Driver, GIB, Options, binary, block_cap, create_request, ok, publish_request, require_root,
-    run, stage_request, unpublish_request, unstage_request,
+    Driver, GIB, Options, binary, block_cap, create_request, csi, ok, poll, publish_request,
+    require_root, run, stage_request, unpublish_request, unstage_request,
 };
 use tonic::Code;
 
@@ -334,4 +335,48 @@ async fn pvc_annotation_metrics_status_and_healthz() {
             .await,
         "NodeUnstage",
     );
+}
+
+/// A backend that stops being ready (its state directory gone) leaves CSI Probe ready, so
+/// the livenessprobe sidecar does not get the node restarted; `/healthz`, which the
+/// DaemonSet's readinessProbe reads, answers 503 with the reason, and 200 again once the
+/// backend is back.
+#[tokio::test]
+async fn a_backend_not_ready_keeps_probe_ready_and_healthz_says_why() {
+    require_root!();
+    let metrics = free_addr();
+    let mut d = Driver::start_with(Options {
+        args: vec!["--metrics-address".into(), metrics.to_string()],
+        ..Options::default()
+    })
+    .await;
+    let healthz = || get(metrics, "/healthz");
+    assert!(
+        poll(Duration::from_secs(30), || healthz().0 == 200).await,
+        "/healthz never answered 200: {:?}",
+        healthz()
+    );
+    let state = d.state_dir();
+    let moved = state.with_extension("away");
+    fs::rename(&state, &moved).unwrap();
+    let refused = poll(Duration::from_secs(30), || healthz().0 == 503).await;
+    let (code, body) = healthz();
+    let probe = d.identity.probe(csi::ProbeRequest {}).await;
+    fs::rename(&moved, &state).unwrap();
+    assert!(refused, "/healthz did not turn 503: {code} {body}");
+    assert!(
+        body.contains("state directory") && body.contains(&state.display().to_string()),
+        "/healthz's body does not say why: {body}"
+    );
+    assert_eq!(
+        ok(probe, "Probe").ready,
+        Some(true),
+        "Probe while not ready"
+    );
+    assert!(
+        poll(Duration::from_secs(30), || healthz().0 == 200).await,
+        "/healthz did not recover: {:?}",
+        healthz()
+    );
+    d.stop().await;
 }
