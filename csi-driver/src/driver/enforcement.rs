@@ -1,7 +1,7 @@
 //! The driver's io.max glue: recording a publication with the enforcement controller
 //! (`iops_controller::enforcement`) and lifting it, feeding the controller what the mount
 //! table says before each pass (forgetting unmounted and adopting unknown publications),
-//! pool usage and the `iolane status` snapshot.
+//! pool usage and the backend's part of the `iolane status` snapshot.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,13 +82,13 @@ impl Driver {
         self.backend.pools().await
     }
 
-    /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
-    /// publication's cgroup, caps in place and IO counters (read now).
-    pub async fn status(&self) -> Result<crate::status::NodeStatus> {
+    /// The backend's part of the snapshot `iolane status` prints: volumes with tier, caps
+    /// and condition, and pools; read once per period by the refresh loop, the
+    /// publications are filled in per request (see [`crate::status::StatusSource`]).
+    pub async fn backend_status(&self) -> Result<crate::status::NodeStatus> {
         use crate::status::VolumeStatus;
         let mut volumes = self.backend.list().await?;
         volumes.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut publications = self.enforcement.snapshot();
         let pools = self.backend.pools().await?;
         // A volume created without `iolane.dev/device-class` lives in the first class.
         let default_class = (self.backend.kind() == "lvm")
@@ -104,7 +104,7 @@ impl Driver {
                 Err(e) => Some(format!("condition unknown: {e}")),
             };
             out.push(VolumeStatus {
-                publications: publications.remove(&v.id).unwrap_or_default(),
+                publications: Vec::new(),
                 id: v.id,
                 name: v.name,
                 capacity_bytes: v.capacity_bytes,
