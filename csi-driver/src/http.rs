@@ -1,5 +1,6 @@
-//! The node's HTTP endpoint on `--metrics-address`: `GET /metrics` (every part's metrics,
-//! in the OpenMetrics text format), `GET /healthz` (ready while the backend is) and
+//! The node's HTTP endpoints: on `--metrics-address`, `GET /metrics` (every part's
+//! metrics, in the OpenMetrics text format) and `GET /healthz` (ready while the backend
+//! is); on `--status-address` (loopback by default: it names volumes and pods),
 //! `GET /status` (the JSON snapshot `iolane status` reads).
 //!
 //! The binary owns the [`Registry`]: [`registry`] starts it with `iolane_build_info`, then
@@ -22,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::driver::Driver;
+use crate::status::StatusSource;
 
 /// The `Content-Type` of `/metrics`: the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -54,20 +56,17 @@ pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
     Ok(text)
 }
 
-/// What the endpoint serves.
+/// What the metrics endpoint serves.
 #[derive(Clone)]
 pub struct Routes {
     pub registry: Arc<Registry>,
     pub ready: Readiness,
-    /// The driver `/status` reports on; without one `/status` is not served.
-    pub status: Option<Driver>,
 }
 
 impl fmt::Debug for Routes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Routes")
             .field("ready", &(self.ready)())
-            .field("status", &self.status.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -91,26 +90,33 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
-    /// Serves `routes` until `shutdown` completes, then stops accepting and lets requests
-    /// in flight finish.
+    /// Serves `/metrics` and `/healthz` until `shutdown` completes, then stops accepting
+    /// and lets requests in flight finish.
     pub async fn serve(
         self,
         routes: Routes,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
-        let status = routes.status.clone();
-        let mut app = axum::Router::new()
+        let app = axum::Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(healthz_handler))
             .with_state(routes);
-        if let Some(driver) = status {
-            app = app.merge(
-                axum::Router::new()
-                    .route("/status", get(status_handler))
-                    .with_state(driver),
-            );
-        }
         tracing::info!(addr = %self.listener.local_addr()?, "serving /metrics and /healthz");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves `/status` until `shutdown` completes, like [`HttpServer::serve`].
+    pub async fn serve_status(
+        self,
+        source: StatusSource,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let app = axum::Router::new()
+            .route("/status", get(status_handler))
+            .with_state(source);
+        tracing::info!(addr = %self.listener.local_addr()?, "serving /status");
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -145,11 +151,16 @@ async fn healthz_handler(State(routes): State<Routes>) -> Response {
     }
 }
 
-/// `GET /status`: the snapshot `iolane status` prints, as JSON.
-async fn status_handler(State(driver): State<Driver>) -> Response {
-    match driver.status().await {
-        Ok(s) => axum::Json(s).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("status: {e}\n")).into_response(),
+/// `GET /status`: the snapshot `iolane status` prints, as JSON; 503 until the refresh
+/// loop's first reading of the backend.
+async fn status_handler(State(source): State<StatusSource>) -> Response {
+    match source.snapshot() {
+        Some(s) => axum::Json(s).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "status: the backend has not been read yet\n",
+        )
+            .into_response(),
     }
 }
 

@@ -12,7 +12,7 @@ use csi_driver::config::{self, Cli, Command, ControllerArgs, LogFormat, NodeArgs
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::http::{self, HttpServer, Routes};
 use csi_driver::os::{Os, Roots, SystemRunner};
-use csi_driver::status::{PoolGauges, pool_gauges};
+use csi_driver::status::{PoolGauges, StatusCache, StatusSource, pool_gauges};
 use csi_driver::tiering::Tiering;
 use csi_driver::{bench, grpc, k8s, server, status, validate};
 use iops_controller::{Enforcement, EnforcementMetrics, RealCgroupFs};
@@ -123,23 +123,46 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Tiering::new(cfg.tier_set()?, pvc),
         Arc::clone(&enforcement),
     );
-    if let (Some(addr), Some(registry)) = (args.metrics_address, registry) {
+    let served_gauges = if let (Some(addr), Some(registry)) = (args.metrics_address, registry) {
         let server = HttpServer::bind(addr)
             .await
             .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
         let routes = Routes {
             registry,
             ready: http::readiness(&driver),
-            status: Some(driver.clone()),
         };
         tokio::spawn(async move {
             if let Err(e) = server.serve(routes, std::future::pending()).await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
             }
         });
+        Some(pool_gauges)
+    } else {
+        None
+    };
+    let status_cache = if let Some(addr) = args.status_address.0 {
+        let server = HttpServer::bind(addr)
+            .await
+            .map_err(|e| format!("--status-address {addr}: {e}"))?;
+        let cache = StatusCache::default();
+        let source = StatusSource {
+            cache: cache.clone(),
+            enforcement: Arc::clone(&enforcement),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = server.serve_status(source, std::future::pending()).await {
+                tracing::error!(error = %e, "the status endpoint stopped");
+            }
+        });
+        Some(cache)
+    } else {
+        None
+    };
+    if served_gauges.is_some() || status_cache.is_some() {
         tokio::spawn(pool_gauges::refresh_every(
             driver.clone(),
-            pool_gauges,
+            served_gauges,
+            status_cache,
             period,
         ));
     }

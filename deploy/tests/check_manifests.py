@@ -463,6 +463,13 @@ def driver_wiring(objs: list[dict[str, Any]]) -> list[str]:
         problems.append("driver livenessProbe is not an httpGet of /healthz")
     if lp is None or health is None or port_number(c, probe.get("port")) != int(health):
         problems.append("driver livenessProbe port is not the livenessprobe sidecar's --health-port")
+    # Readiness is the driver's own /healthz (503 while the backend is not ready), and a
+    # rolling update waits for it.
+    ready = (c.get("readinessProbe") or {}).get("httpGet") or {}
+    if ready.get("path") != "/healthz" or port is None or port_number(c, ready.get("port")) != port:
+        problems.append("driver readinessProbe is not an httpGet of /healthz on the --metrics-address port")
+    if not (ds.get("spec", {}).get("minReadySeconds") or 0) > 0:
+        problems.append(f"DaemonSet {NODE_DAEMONSET} has no minReadySeconds")
     return problems
 
 
@@ -685,6 +692,10 @@ BREAKAGES: list[tuple[str, str, Callable[[list[dict[str, Any]]], None]]] = [
      lambda o: _c(o, DRIVER_CONTAINER).update(args=[a for a in _c(o, DRIVER_CONTAINER)["args"] if not a.startswith("--path-root")])),
     ("driver_wiring", "liveness probe on the wrong port",
      lambda o: _c(o, DRIVER_CONTAINER)["livenessProbe"]["httpGet"].update(port=9999)),
+    ("driver_wiring", "readiness probe on the sidecar's port",
+     lambda o: _c(o, DRIVER_CONTAINER)["readinessProbe"]["httpGet"].update(port="healthz")),
+    ("driver_wiring", "no minReadySeconds",
+     lambda o: _ds(o)["spec"].pop("minReadySeconds")),
     ("driver_wiring", "registration path elsewhere",
      lambda o: container_by_image(_ds(o), "/csi-node-driver-registrar:").update(args=[
          "--csi-address=/csi/csi.sock", "--kubelet-registration-path=/var/lib/kubelet/plugins/other/csi.sock"])),

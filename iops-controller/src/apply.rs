@@ -177,6 +177,8 @@ pub struct FakeCgroupFs {
 struct FakeState {
     cgroups: BTreeMap<PathBuf, FakeCgroup>,
     writes: Vec<(PathBuf, String)>,
+    /// Every `io.max` write fails (EBUSY) while set.
+    refuse_writes: bool,
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +228,11 @@ impl FakeCgroupFs {
         }
     }
 
+    /// Makes every following `io.max` write fail (as a busy kernel would), or succeed again.
+    pub fn refuse_writes(&self, refuse: bool) {
+        self.state().refuse_writes = refuse;
+    }
+
     /// Every line written so far, with the cgroup it went to, including refused ones.
     pub fn writes(&self) -> Vec<(PathBuf, String)> {
         self.state().writes.clone()
@@ -263,6 +270,9 @@ impl CgroupFs for FakeCgroupFs {
             line: line.to_owned(),
             source,
         };
+        if state.refuse_writes {
+            return Err(err(io::Error::from_raw_os_error(16)));
+        }
         let cg = match state.cgroups.get_mut(cgroup) {
             Some(cg) if cg.io => cg,
             _ => return Err(err(Self::missing(cgroup, IO_MAX))),

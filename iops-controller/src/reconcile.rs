@@ -28,7 +28,9 @@
 //!
 //! **Architecture Invariant:** the reconciler never creates or removes a cgroup, and writes
 //! only the `io.max` line of a device it was given. A publication that leaves the desired
-//! set is forgotten without a write; a line is reset only through [`Reconciler::release`].
+//! set has its line reset: at once by [`Reconciler::release`], or by the next pass for one
+//! forgotten (its mount gone) and for a release whose write failed; a pass retries every
+//! reset still owed until it succeeds or the cgroup is gone (see `lifts`).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -40,6 +42,8 @@ use crate::cgroup::{PodUid, find_pod_cgroup};
 use crate::device::DeviceNumber;
 use crate::iostat::IoStat;
 use crate::tier::Limits;
+
+mod lifts;
 
 /// One volume published to one pod: what the reconciler is asked to keep true.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,9 @@ pub struct PassReport {
     pub gone: usize,
     /// Publications known from the previous pass and no longer desired.
     pub forgotten: usize,
+    /// Lines of publications no longer desired reset by this pass (a failed release
+    /// retried, a forgotten publication's caps lifted).
+    pub lifted: usize,
     /// Every failure: enforcement (outcome [`Outcome::Failed`]) and `io.stat` reads
     /// (the publication keeps its enforcement outcome).
     pub errors: Vec<PassError>,
@@ -212,6 +219,8 @@ pub struct Reconciler {
     tracked: BTreeMap<PathBuf, Tracked>,
     /// Publications forgotten by [`Reconciler::forget_unless`] since the last pass.
     forgotten: usize,
+    /// Lines still to reset, by (cgroup, device): see `lifts`.
+    lifts: BTreeMap<(PathBuf, DeviceNumber), lifts::Lift>,
 }
 
 impl Reconciler {
@@ -221,7 +230,7 @@ impl Reconciler {
 
     /// Runs one pass over `desired`, the complete set of current publications, with pod
     /// cgroups searched under `cgroup_root`. Publications from earlier passes that are not
-    /// in `desired` are forgotten without any write.
+    /// in `desired` are forgotten and their lines reset.
     pub fn pass(
         &mut self,
         desired: Vec<Publication>,
@@ -248,11 +257,12 @@ impl Reconciler {
             let tracked = self.take_for(publication);
             next.insert(key, tracked);
         }
-        for t in self.tracked.values() {
+        let old = std::mem::replace(&mut self.tracked, next);
+        report.forgotten = old.len() + std::mem::take(&mut self.forgotten);
+        for t in old.into_values() {
             log_forgotten(&t.publication);
+            self.queue_lift(t, 0);
         }
-        report.forgotten = self.tracked.len() + std::mem::take(&mut self.forgotten);
-        self.tracked = next;
         self.enforce_all(&mut report, cgroup_root, fs);
         report.duration = start.elapsed();
         report
@@ -272,17 +282,18 @@ impl Reconciler {
         self.tracked.contains_key(target_path)
     }
 
-    /// Forgets, without any write, every publication whose target path `keep` rejects
-    /// (their mounts are gone); the next pass counts them as forgotten. Returns them.
+    /// Forgets every publication whose target path `keep` rejects (their mounts are
+    /// gone); the next pass counts them as forgotten and resets their lines. Returns them.
     pub fn forget_unless(&mut self, mut keep: impl FnMut(&Path) -> bool) -> Vec<Publication> {
         let gone: Vec<PathBuf> = self.tracked.keys().filter(|t| !keep(t)).cloned().collect();
-        let removed: Vec<Publication> = gone
-            .iter()
-            .filter_map(|t| self.tracked.remove(t))
-            .map(|t| t.publication)
-            .collect();
-        for p in &removed {
-            log_forgotten(p);
+        let mut removed = Vec::with_capacity(gone.len());
+        for key in &gone {
+            let Some(t) = self.tracked.remove(key) else {
+                continue;
+            };
+            log_forgotten(&t.publication);
+            removed.push(t.publication.clone());
+            self.queue_lift(t, 0);
         }
         self.forgotten += removed.len();
         removed
@@ -319,6 +330,7 @@ impl Reconciler {
 
     /// Brings every tracked publication's line to its limits, counting into `report`.
     fn enforce_all(&mut self, report: &mut PassReport, cgroup_root: &Path, fs: &dyn CgroupFs) {
+        self.retry_lifts(report, fs);
         // (cgroup, device) -> (target path, limits) of the first publication enforcing it.
         let mut claims: BTreeMap<(PathBuf, DeviceNumber), (PathBuf, Limits)> = BTreeMap::new();
         for t in self.tracked.values_mut() {
@@ -371,7 +383,8 @@ impl Reconciler {
     /// Forgets the publication at `target_path` and lifts its caps (writes the device's
     /// all-`max` line), for NodeUnpublishVolume. Returns whether it wrote: `false` when the
     /// publication is unknown, its cgroup was never found or is gone, or another tracked
-    /// publication still enforces the same device in the same cgroup.
+    /// publication still enforces the same device in the same cgroup. When the write fails
+    /// the reset is queued and every pass retries it until it succeeds.
     pub fn release(&mut self, target_path: &Path, fs: &dyn CgroupFs) -> Result<bool, ApplyError> {
         let Some(t) = self.tracked.remove(target_path) else {
             return Ok(false);
@@ -380,15 +393,12 @@ impl Reconciler {
             return Ok(false);
         };
         let dev = t.publication.device;
-        let shared = self.tracked.values().any(|other| {
-            other.publication.device == dev
-                && matches!(&other.cgroup, CgroupState::Found(c) if c == cgroup)
-        });
-        if shared {
+        if self.enforced_elsewhere(cgroup, dev) {
             return Ok(false);
         }
         match apply::reset(fs, cgroup, dev) {
             Ok(()) => {
+                self.lifts.remove(&(cgroup.clone(), dev));
                 tracing::info!(
                     volume.id = %t.publication.volume_id,
                     pod.uid = %t.publication.pod_uid,
@@ -398,7 +408,10 @@ impl Reconciler {
                 Ok(true)
             }
             Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => {
+                self.queue_lift(t, 1);
+                Err(e)
+            }
         }
     }
 

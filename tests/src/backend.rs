@@ -51,14 +51,15 @@ pub fn is_lvm() -> bool {
     matches!(test_backend(), TestBackend::Lvm { .. })
 }
 
-/// Returns from the calling test with a printed reason unless running as root in lvm mode.
+/// Returns from the calling test with a printed reason unless running as root in lvm mode
+/// (fails it instead under `IOLANE_REQUIRE_VM_PREREQS=1`, see [`crate::skip`]).
 #[macro_export]
 macro_rules! require_lvm {
     () => {
         $crate::require_root!();
         if !$crate::is_lvm() {
-            $crate::note(
-                "skipped: lvm backend test (set IOLANE_TEST_BACKEND=lvm and IOLANE_TEST_LVM_DEVICES; runs in the VM: tests/vm/lvm-suite.sh)",
+            $crate::skip(
+                "lvm backend test (set IOLANE_TEST_BACKEND=lvm and IOLANE_TEST_LVM_DEVICES; runs in the VM: tests/vm/lvm-suite.sh)",
             );
             return;
         }

@@ -379,6 +379,9 @@ async fn launch(root: &Path, options: &Options) -> (Child, Channel) {
         .env_remove("IOLANE_PATH_ROOT")
         .env_remove("IOLANE_DRIVER_NAME")
         .env_remove("IOLANE_MAX_VOLUMES")
+        // Tests run drivers side by side: `/status` only where a test asks for it with
+        // `--status-address` (the default loopback port would be taken by the first).
+        .env("IOLANE_STATUS_ADDRESS", "off")
         .env("IOLANE_LOG", "info,csi_driver=debug")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))

@@ -20,17 +20,39 @@ pub fn note(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
 }
 
+/// Set (to `1`) by the VM runners (`tests/vm/lvm-suite.sh`, `tests/vm/tiers.sh`): every
+/// prerequisite a test checks is expected there, so a missing one fails the test instead
+/// of skipping it (a skip would be reported as a pass).
+pub const REQUIRE_PREREQS_ENV: &str = "IOLANE_REQUIRE_VM_PREREQS";
+
+/// Whether a missing prerequisite fails the test ([`REQUIRE_PREREQS_ENV`] is `1`).
+pub fn prereqs_required() -> bool {
+    std::env::var(REQUIRE_PREREQS_ENV).is_ok_and(|v| v == "1")
+}
+
+/// A test's prerequisite is missing: prints "skipped: `reason`" on a host, where that is
+/// legitimate; panics when [`prereqs_required`] (in the VM, where it must be there).
+#[track_caller]
+pub fn skip(reason: impl std::fmt::Display) {
+    assert!(
+        !prereqs_required(),
+        "prerequisite missing where {REQUIRE_PREREQS_ENV}=1 requires it: {reason}"
+    );
+    note(format!("skipped: {reason}"));
+}
+
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns from the calling test with "skipped: not root" unless running as root.
+/// Returns from the calling test with "skipped: not root" unless running as root (fails
+/// it instead under [`REQUIRE_PREREQS_ENV`], see [`skip`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            $crate::note("skipped: not root");
+            $crate::skip("not root");
             return;
         }
     };

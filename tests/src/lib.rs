@@ -8,6 +8,8 @@
 //!
 //! The host-level tests need root (loop devices, mkfs, mount); [`require_root!`] skips a
 //! test with a printed reason otherwise, so `cargo test` as a normal user still passes.
+//! Under `IOLANE_REQUIRE_VM_PREREQS=1` (set by the VM runners) every such skip
+//! ([`skip`]) fails the test instead: there the prerequisites must be present.
 //!
 //! **Backends.** By default the driver runs on its loop backend. With
 //! `IOLANE_TEST_BACKEND=lvm` and `IOLANE_TEST_LVM_DEVICES=/dev/A[,/dev/B]` (a VM: see

@@ -42,6 +42,9 @@ bin="$local_bin"
 
 export IOLANE_BIN="$bin/iolane"
 export IOLANE_TEST_BACKEND=lvm
+# Every prerequisite a test checks is there in the VM: a missing one fails the test
+# instead of printing "skipped:" and passing.
+export IOLANE_REQUIRE_VM_PREREQS=1
 export IOLANE_TEST_LVM_DEVICES="${IOLANE_TEST_LVM_DEVICES:-/dev/nvme0n1}"
 export IOLANE_TEST_LVM_SMALL_DEVICE="${IOLANE_TEST_LVM_SMALL_DEVICE:-/dev/nvme1n1}"
 export RUST_BACKTRACE=1
@@ -79,6 +82,9 @@ run_tests() {
         if grep -q '^test result: ok. 0 passed; 0 failed; 1 ignored' "$log"; then
             continue
         fi
+        if [ "$rc" = 0 ] && grep -q '^skipped:' "$log"; then
+            rc=1 # a skip in the VM is a missing prerequisite, not a pass
+        fi
         if [ "$rc" = 0 ]; then
             passed=$((passed + 1))
             echo "ok $t $secs" >>"$results"
@@ -89,6 +95,7 @@ run_tests() {
         else
             failed=$((failed + 1))
             local why="exit $rc"
+            grep -q '^skipped:' "$log" && why="skipped in the VM"
             [ "$rc" = 124 ] && why="timed out after ${per_test}s"
             echo "FAILED $t $secs ($why)" >>"$results"
             printf 'lvm-suite: FAIL %-70s %6ss (%s)\n' "$t" "$secs" "$why"

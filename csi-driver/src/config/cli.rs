@@ -103,8 +103,8 @@ pub struct BenchArgs {
 /// Flags of `iolane status`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// The node's `--metrics-address` (where it serves `/status`).
-    #[arg(long, env = "IOLANE_STATUS_ADDRESS", default_value = "127.0.0.1:9820")]
+    /// The node's `--status-address` (where it serves `/status`).
+    #[arg(long, env = "IOLANE_STATUS_ADDRESS", default_value = DEFAULT_STATUS_ADDRESS)]
     pub address: std::net::SocketAddr,
     /// Seconds between the two readings live IOPS are computed from (1-60).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
@@ -161,10 +161,14 @@ pub struct NodeArgs {
     #[arg(long, env = "IOLANE_RECONCILE_PERIOD", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_period: u64,
-    /// Serve `/metrics`, `/healthz` and `/status` (what `iolane status` reads) over HTTP
-    /// on this address (e.g. `0.0.0.0:9820`); not served when unset.
+    /// Serve `/metrics` and `/healthz` over HTTP on this address (e.g. `0.0.0.0:9820`);
+    /// not served when unset.
     #[arg(long, env = "IOLANE_METRICS_ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Serve `/status` (what `iolane status` reads: volume, PV and pod names) over HTTP on
+    /// this address, loopback by default; `off` to not serve it.
+    #[arg(long, env = "IOLANE_STATUS_ADDRESS", default_value = DEFAULT_STATUS_ADDRESS)]
+    pub status_address: Listen,
     /// Read the PVC's `iolane.dev/tier` annotation through the Kubernetes API at
     /// CreateVolume: `auto` when running in a cluster (KUBERNETES_SERVICE_HOST set) or
     /// with `--kubeconfig`, `off` never.
@@ -173,6 +177,26 @@ pub struct NodeArgs {
     /// kubeconfig for the Kubernetes API (outside a cluster).
     #[arg(long, env = "IOLANE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// Where the node serves `/status` unless told otherwise: loopback only, so only a
+/// process on the node (`iolane status` in the pod) reads it.
+pub const DEFAULT_STATUS_ADDRESS: &str = "127.0.0.1:9821";
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Listen, Self::Err> {
+        if s == "off" {
+            Ok(Listen(None))
+        } else {
+            s.parse().map(|a| Listen(Some(a)))
+        }
+    }
 }
 
 /// Whether the node reads PVC annotations through the Kubernetes API.

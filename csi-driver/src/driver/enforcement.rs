@@ -1,7 +1,7 @@
 //! The driver's io.max glue: recording a publication with the enforcement controller
 //! (`iops_controller::enforcement`) and lifting it, feeding the controller what the mount
 //! table says before each pass (forgetting unmounted and adopting unknown publications),
-//! pool usage and the `iolane status` snapshot.
+//! pool usage and the backend's part of the `iolane status` snapshot.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,8 @@ impl Driver {
         log_outcome(&publication, outcome, reason.as_deref());
     }
 
-    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish.
+    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish:
+    /// a reset that fails stays queued in the controller and every pass retries it.
     pub(super) fn lift_caps(&self, id: &str, target: &Path) {
         match self.enforcement.unpublish(target) {
             Ok(Some(true)) => {
@@ -48,7 +49,7 @@ impl Driver {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps");
+                tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps; the reconciler retries");
             }
         }
     }
@@ -63,7 +64,7 @@ impl Driver {
             mounts.iter().map(|m| m.mount_point.as_path()).collect();
         let enforcer = &self.enforcement;
         for p in enforcer.retain(|t| mounted.contains(t)) {
-            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten");
+            tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten, its caps lifted by the next pass");
         }
         let unknown: Vec<(PathBuf, PodUid)> = mounts
             .iter()
@@ -81,13 +82,13 @@ impl Driver {
         self.backend.pools().await
     }
 
-    /// The snapshot `iolane status` prints: volumes with tier and caps, pools, and each
-    /// publication's cgroup, caps in place and IO counters (read now).
-    pub async fn status(&self) -> Result<crate::status::NodeStatus> {
+    /// The backend's part of the snapshot `iolane status` prints: volumes with tier, caps
+    /// and condition, and pools; read once per period by the refresh loop, the
+    /// publications are filled in per request (see [`crate::status::StatusSource`]).
+    pub async fn backend_status(&self) -> Result<crate::status::NodeStatus> {
         use crate::status::VolumeStatus;
         let mut volumes = self.backend.list().await?;
         volumes.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut publications = self.enforcement.snapshot();
         let pools = self.backend.pools().await?;
         // A volume created without `iolane.dev/device-class` lives in the first class.
         let default_class = (self.backend.kind() == "lvm")
@@ -103,7 +104,7 @@ impl Driver {
                 Err(e) => Some(format!("condition unknown: {e}")),
             };
             out.push(VolumeStatus {
-                publications: publications.remove(&v.id).unwrap_or_default(),
+                publications: Vec::new(),
                 id: v.id,
                 name: v.name,
                 capacity_bytes: v.capacity_bytes,

@@ -251,8 +251,16 @@ impl Driver {
             AccessType::Block if read_only => {
                 let ro = self.backend.attach_read_only(id).await?;
                 let r = self.mounter.bind_mount(&ro, &target, true).await;
-                if r.is_err() {
-                    let _ = self.backend.release_read_only(id, &ro).await;
+                if let Err(bind) = &r
+                    && let Err(release) = self.backend.release_read_only(id, &ro).await
+                {
+                    // The device would be left attached with nothing to find it by: say
+                    // so, so the CO's retry (which unpublishes first) is not silent.
+                    tracing::warn!(volume.id = %id, device = %ro.display(), error = %release, "could not release the read-only device after a failed bind");
+                    return Err(Error::FailedPrecondition(format!(
+                        "binding read-only device {} for volume {id} failed ({bind}) and it could not be released: {release}",
+                        ro.display()
+                    )));
                 }
                 r
             }
@@ -274,11 +282,13 @@ impl Driver {
         let target = self.path("target_path", target)?;
         let _guard = self.inflight.claim(id)?;
         let mut device = None;
-        self.lift_caps(id, &target);
         if self.mounter.mount_at(&target)?.is_some() {
             device = os::files::block_device_at(&target)?;
             self.unmount_all(&target).await?;
         }
+        // Only now that the pod no longer reaches the volume through `target`: lifted
+        // before and a failed unmount would leave it published without caps.
+        self.lift_caps(id, &target);
         remove_path(&target)?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {

@@ -127,6 +127,7 @@ struct Node {
     driver: Driver,
     mounter: Arc<FakeMounter>,
     runner: Arc<RecordingRunner>,
+    cgroups: Arc<FakeCgroupFs>,
     _dir: tempfile::TempDir,
     root: PathBuf,
 }
@@ -158,10 +159,8 @@ impl Node {
             read_only: Mutex::default(),
         });
         let tiering = Tiering::new(TierSet::builtin(), None);
-        let enforcement = Arc::new(Enforcement::new(
-            root.join("no-cgroup"),
-            Arc::new(FakeCgroupFs::new()),
-        ));
+        let cgroups = Arc::new(FakeCgroupFs::new());
+        let enforcement = Arc::new(Enforcement::new(root.join("cgroup"), cgroups.clone()));
         let settings = Settings {
             node_id: "n1".to_owned(),
             path_root: None,
@@ -173,6 +172,7 @@ impl Node {
             driver,
             mounter,
             runner,
+            cgroups,
             _dir: dir,
             root,
         }
@@ -488,4 +488,44 @@ async fn unpublish_of_what_was_never_published_is_ok() {
         n.driver.node_unpublish(A, &n.path("pod-a")).await.unwrap();
     }
     assert_eq!(n.calls(), ["mount fs", "bind pod-a", "unmount pod-a"]);
+}
+
+#[tokio::test]
+async fn unpublish_lifts_the_caps_only_once_the_unmount_succeeded() {
+    const UID: &str = "0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b";
+    let n = Node::new();
+    let cgroup = n
+        .root
+        .join("cgroup/kubepods.slice/kubepods-burstable.slice")
+        .join(format!(
+            "kubepods-burstable-pod{}.slice",
+            UID.replace('-', "_")
+        ));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    n.cgroups.add_cgroup(&cgroup);
+    n.blank();
+    n.stage(A, "fs", &fs_rw()).await.unwrap();
+    let pod = iops_controller::PodUid::parse(UID).unwrap();
+    n.driver
+        .node_publish(
+            A,
+            &n.path("fs"),
+            &n.path("pod-a"),
+            &fs_rw(),
+            false,
+            Some(pod),
+        )
+        .await
+        .unwrap();
+    let caps = || iops_controller::apply::current(n.cgroups.as_ref(), &cgroup, number(0)).unwrap();
+    let capped = caps();
+    assert!(!capped.is_unlimited(), "the default tier caps the pod");
+
+    n.mounter.refuse_unmounts(true);
+    assert!(n.driver.node_unpublish(A, &n.path("pod-a")).await.is_err());
+    assert_eq!(caps(), capped, "still mounted, so still capped");
+
+    n.mounter.refuse_unmounts(false);
+    n.driver.node_unpublish(A, &n.path("pod-a")).await.unwrap();
+    assert!(caps().is_unlimited(), "unmounted, so the caps are lifted");
 }

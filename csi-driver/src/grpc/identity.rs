@@ -5,20 +5,16 @@ use csi_proto::v1 as csi;
 use tonic::{Request, Response, Status};
 
 use super::rpc;
-use crate::driver::Driver;
 
-/// Identity: name, version, capabilities, readiness.
+/// Identity: name, version, capabilities, liveness.
 #[derive(Debug)]
 pub struct IdentityService {
-    /// The node's driver; `None` for the central controller, which has no storage and is
-    /// ready as soon as it serves.
-    driver: Option<Driver>,
     name: String,
 }
 
 impl IdentityService {
-    pub fn new(driver: Option<Driver>, name: String) -> Self {
-        IdentityService { driver, name }
+    pub fn new(name: String) -> Self {
+        IdentityService { name }
     }
 }
 
@@ -65,23 +61,17 @@ impl csi::identity_server::Identity for IdentityService {
         .await
     }
 
+    /// Ready unless the process is wedged: a process that answers is live. The backend's
+    /// readiness (a refused device, a missing VG) is `/healthz`'s answer, which the
+    /// DaemonSet's readinessProbe reads: answering not-ready here would make the
+    /// livenessprobe sidecar fail the liveness check and kubelet restart a node that
+    /// should stay up and say why.
     async fn probe(
         &self,
         _req: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         rpc("Probe", async {
-            let probe = match &self.driver {
-                Some(d) => d.probe().await,
-                None => Ok(()),
-            };
-            let ready = match probe {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::warn!(reason = %why, "probe: backend not ready");
-                    false
-                }
-            };
-            Ok(csi::ProbeResponse { ready: Some(ready) })
+            Ok(csi::ProbeResponse { ready: Some(true) })
         })
         .await
     }

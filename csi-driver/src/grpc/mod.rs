@@ -45,10 +45,7 @@ pub fn services(
     NodeServer<NodeService>,
 ) {
     (
-        IdentityServer::new(IdentityService::new(
-            Some(driver.clone()),
-            plugin_name.to_owned(),
-        )),
+        IdentityServer::new(IdentityService::new(plugin_name.to_owned())),
         ControllerServer::new(ControllerService::new(driver.clone())),
         NodeServer::new(NodeService::new(driver.clone())),
     )
@@ -62,7 +59,7 @@ pub fn central_services(
     ControllerServer<CentralControllerService>,
 ) {
     (
-        IdentityServer::new(IdentityService::new(None, plugin_name.to_owned())),
+        IdentityServer::new(IdentityService::new(plugin_name.to_owned())),
         ControllerServer::new(CentralControllerService),
     )
 }

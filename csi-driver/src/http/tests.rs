@@ -69,7 +69,6 @@ async fn serves_metrics_and_health_over_tcp() {
     let routes = Routes {
         registry: Arc::clone(&registry),
         ready: readiness,
-        status: None,
     };
     let serving = tokio::spawn(server.serve(routes, async {
         let _ = stopped.await;
@@ -122,4 +121,73 @@ async fn binding_a_taken_port_fails() {
     let addr = first.local_addr().unwrap();
     let e = HttpServer::bind(addr).await.unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+}
+
+/// `/status` is served from the refresh loop's last backend reading (503 before the
+/// first), with the publications the enforcement controller knows now; nothing else.
+#[tokio::test]
+async fn status_is_served_from_the_cache_and_the_enforcement_controller() {
+    use crate::status::{NodeStatus, StatusCache, StatusSource, VolumeStatus};
+    use iops_controller::reconcile::Publication;
+    use iops_controller::{DeviceNumber, Enforcement, FakeCgroupFs, Limits, PodUid};
+
+    let enforcement = Arc::new(Enforcement::new(
+        "/nonexistent-cgroup-root".into(),
+        Arc::new(FakeCgroupFs::new()),
+    ));
+    let cache = StatusCache::default();
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let source = StatusSource {
+        cache: cache.clone(),
+        enforcement: Arc::clone(&enforcement),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_status(source, async {
+        let _ = stopped.await;
+    }));
+
+    let (code, _, body) = request(addr, "GET", "/status").await;
+    assert_eq!(code, 503, "{body}");
+
+    let volume = |id: &str| VolumeStatus {
+        id: id.to_owned(),
+        name: format!("pvc-{id}"),
+        capacity_bytes: 1 << 30,
+        device_class: None,
+        tier: "batch".to_owned(),
+        caps: Limits::UNLIMITED,
+        condition: None,
+        publications: Vec::new(),
+    };
+    cache.set(NodeStatus {
+        node_id: "n1".to_owned(),
+        backend: "loop".to_owned(),
+        pools: Vec::new(),
+        volumes: vec![volume("iol-a"), volume("iol-b")],
+    });
+    enforcement.publish(Publication {
+        volume_id: "iol-b".to_owned(),
+        target_path: "/t/b".into(),
+        pod_uid: PodUid::parse("0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b").unwrap(),
+        device: DeviceNumber { major: 7, minor: 1 },
+        tier: "batch".to_owned(),
+        limits: Limits::UNLIMITED,
+    });
+    let (code, content_type, body) = request(addr, "GET", "/status").await;
+    assert_eq!((code, content_type.as_str()), (200, "application/json"));
+    let got: NodeStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(got.volumes.len(), 2);
+    assert!(got.volumes[0].publications.is_empty());
+    assert_eq!(got.volumes[1].publications.len(), 1);
+    assert_eq!(
+        got.volumes[1].publications[0].target,
+        std::path::Path::new("/t/b")
+    );
+    assert_eq!(request(addr, "GET", "/metrics").await.0, 404);
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
 }

@@ -93,6 +93,8 @@ mod fake {
         table: Mutex<Vec<MountEntry>>,
         devices: Mutex<BTreeMap<PathBuf, DeviceNumber>>,
         calls: Mutex<Vec<String>>,
+        /// Every unmount fails (EBUSY) while set.
+        refuse_unmounts: Mutex<bool>,
     }
 
     impl FakeMounter {
@@ -120,6 +122,11 @@ mod fake {
                 source: format!("/dev/fake{}:{}", device.major, device.minor),
                 super_options: "rw".to_owned(),
             });
+        }
+
+        /// Makes every following unmount fail (a busy mount), or succeed again.
+        pub fn refuse_unmounts(&self, refuse: bool) {
+            *self.refuse_unmounts.lock().unwrap() = refuse;
         }
 
         /// The topmost mount at `path`; panics if there is none.
@@ -186,6 +193,9 @@ mod fake {
             Ok(())
         }
         async fn unmount(&self, target: &Path) -> Result<()> {
+            if *self.refuse_unmounts.lock().unwrap() {
+                return Err(Error::io("unmount", target, std::io::Error::other("EBUSY")));
+            }
             let mut t = self.table.lock().unwrap();
             let i = t
                 .iter()

@@ -73,7 +73,14 @@ impl Os {
                 });
             if let Err(e) = remount {
                 // Never leave a writable bind behind a read-only request.
-                let _ = nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty());
+                if let Err(undo) = nix::mount::umount2(dst.as_path(), nix::mount::MntFlags::empty()) {
+                    tracing::warn!(target = %dst.display(), error = %undo, "could not unmount the writable bind after a failed read-only remount");
+                    return Err(Error::io(
+                        "unmount the writable bind after a failed read-only remount",
+                        &dst,
+                        std::io::Error::from(undo),
+                    ));
+                }
                 return Err(e);
             }
             Ok(())

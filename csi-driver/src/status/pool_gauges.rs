@@ -1,9 +1,9 @@
-//! Pool gauges on `/metrics`, registered by the driver into the node's registry and
-//! refreshed from the backend every reconcile period.
+//! Pool gauges on `/metrics`, registered by the driver into the node's registry, and the
+//! loop that refreshes them and `/status`'s backend reading every reconcile period.
 
 use std::time::Duration;
 
-use super::PoolStatus;
+use super::{PoolStatus, StatusCache};
 use crate::driver::Driver;
 
 /// Pool gauges on `/metrics`, labelled `device_class` and `location`, refreshed by the
@@ -70,15 +70,37 @@ impl PoolGauges {
     }
 }
 
-/// Refreshes `gauges` from the backend's pools every `period`, starting at once. A failed
-/// read is logged and retried at the next tick. Never returns.
-pub async fn refresh_every(driver: Driver, gauges: PoolGauges, period: Duration) {
+/// Refreshes `gauges` from the backend's pools and, when `/status` is served, `status`
+/// from the backend's volumes, pools and conditions, every `period`, starting at once: one
+/// reading of the backend per period for both. A failed read is logged and retried at the
+/// next tick. Never returns.
+pub async fn refresh_every(
+    driver: Driver,
+    gauges: Option<PoolGauges>,
+    status: Option<StatusCache>,
+    period: Duration,
+) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match driver.pools().await {
-            Ok(p) => gauges.update(&p),
+        let pools = match &status {
+            Some(cache) => match driver.backend_status().await {
+                Ok(s) => {
+                    let pools = s.pools.clone();
+                    cache.set(s);
+                    Ok(pools)
+                }
+                Err(e) => Err(e),
+            },
+            None => driver.pools().await,
+        };
+        match pools {
+            Ok(p) => {
+                if let Some(g) = &gauges {
+                    g.update(&p);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "pool usage not read"),
         }
     }

@@ -134,6 +134,7 @@ impl Enforcement {
 
     /// Forgets the publication at `target` and lifts its caps. `Ok(None)` when there was
     /// no such publication; `Ok(Some(wrote))` otherwise (see [`Reconciler::release`]).
+    /// When the write fails the error is returned and every pass retries the reset.
     pub fn unpublish(&self, target: &Path) -> Result<Option<bool>, ApplyError> {
         let mut state = self.lock();
         if !state.reconciler.contains(target) {
@@ -142,8 +143,8 @@ impl Enforcement {
         state.reconciler.release(target, self.fs.as_ref()).map(Some)
     }
 
-    /// Forgets publications whose targets `keep` rejects, without touching their lines
-    /// (their mounts are gone: the pod is gone or kubelet cleaned up).
+    /// Forgets publications whose targets `keep` rejects (their mounts are gone: the pod
+    /// is gone or kubelet cleaned up); the next pass resets their lines.
     pub fn retain(&self, mut keep: impl FnMut(&Path) -> bool) -> Vec<Publication> {
         let mut state = self.lock();
         state.foreign.retain(|t| keep(t));

@@ -34,6 +34,7 @@ impl Enforcement {
                         repaired = report.repaired,
                         pending = report.pending,
                         gone = report.gone,
+                        lifted = report.lifted,
                         errors = report.errors.len(),
                         adopted,
                         ms = report.duration.as_secs_f64() * 1000.0,

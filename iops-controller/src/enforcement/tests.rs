@@ -79,19 +79,52 @@ fn a_cgroup_that_appears_later_is_applied_by_a_pass() {
 }
 
 #[test]
-fn retain_forgets_without_writing() {
+fn retain_forgets_and_the_next_pass_lifts_the_caps() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
     e.publish(publication("/t/a", capped()));
-    let before = fs.writes().len();
     e.mark_foreign(Path::new("/t/c"));
     assert!(e.knows(Path::new("/t/c")));
     let gone = e.retain(|t| t == Path::new("/t/b"));
     assert_eq!(gone.len(), 1);
     assert!(!e.knows(Path::new("/t/c")));
     assert!(!e.knows(Path::new("/t/a")));
-    assert_eq!(e.pass().forgotten, 1);
-    assert_eq!(fs.writes().len(), before);
+    let report = e.pass();
+    assert_eq!((report.forgotten, report.lifted), (1, 1));
+    assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
+    assert_eq!(e.pass().lifted, 0, "lifted once");
+}
+
+#[test]
+fn a_failed_release_is_retried_by_every_pass_until_it_succeeds() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    e.publish(publication("/t/a", capped()));
+    fs.refuse_writes(true);
+    assert!(e.unpublish(Path::new("/t/a")).is_err());
+    assert!(e.publications().is_empty());
+    let report = e.pass();
+    assert_eq!((report.lifted, report.errors.len()), (0, 1), "{report:?}");
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+    fs.refuse_writes(false);
+    assert_eq!(e.pass().lifted, 1);
+    assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
+    let report = e.pass();
+    assert_eq!((report.lifted, report.errors.len()), (0, 0));
+}
+
+#[test]
+fn a_queued_lift_leaves_a_line_a_new_publication_enforces() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    e.publish(publication("/t/a", capped()));
+    fs.refuse_writes(true);
+    assert!(e.unpublish(Path::new("/t/a")).is_err());
+    fs.refuse_writes(false);
+    // The same pod publishes the volume again before the retry.
+    e.publish(publication("/t/b", capped()));
+    assert_eq!(e.pass().lifted, 0);
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
 }
 
 #[test]

@@ -58,6 +58,7 @@ pub(crate) async fn start_driver(a: &Args) -> Driver {
         .arg("--lvm-devices")
         .arg(&a.driver_device)
         .env_remove("IOLANE_CONFIG")
+        .env("IOLANE_STATUS_ADDRESS", "off")
         .stdin(Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f)

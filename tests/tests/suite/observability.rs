@@ -1,7 +1,7 @@
 //! What an operator and the cluster see of a running node, through the real binary:
 //! the PVC `iolane.dev/tier` annotation read from a Kubernetes API server (an in-process
 //! fake serving real Kubernetes JSON, reached through `--kubeconfig`), `/metrics`,
-//! `/healthz`, `/status` and `iolane status` on `--metrics-address`.
+//! `/healthz` on `--metrics-address`, `/status` and `iolane status` on `--status-address`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,10 +9,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use iolane_tests::{
-    Driver, GIB, Options, binary, block_cap, create_request, ok, publish_request, require_root,
-    run, stage_request, unpublish_request, unstage_request,
+    Driver, GIB, Options, binary, block_cap, create_request, csi, ok, poll, publish_request,
+    require_root, run, stage_request, unpublish_request, unstage_request,
 };
 use tonic::Code;
 
@@ -162,12 +163,15 @@ async fn pvc_annotation_metrics_status_and_healthz() {
     fs::write(pod_cg.join("io.max"), "").unwrap();
     fs::write(pod_cg.join("io.stat"), "").unwrap();
     let metrics = free_addr();
+    let status_addr = free_addr();
     let mut d = Driver::start_with(Options {
         args: vec![
             "--kubeconfig".into(),
             kubeconfig(tmp.path(), api).display().to_string(),
             "--metrics-address".into(),
             metrics.to_string(),
+            "--status-address".into(),
+            status_addr.to_string(),
             "--cgroup-root".into(),
             cg_root.display().to_string(),
             "--reconcile-period".into(),
@@ -279,8 +283,19 @@ async fn pvc_annotation_metrics_status_and_healthz() {
     assert!(text.contains("iolane_reconcile_applies_total 1"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
 
-    let (code, body) = get(metrics, "/status");
-    assert_eq!(code, 200, "{body}");
+    // `/status` names volumes and pods: it is on its own address, not the public one.
+    assert_eq!(get(metrics, "/status").0, 404);
+    // Served from the backend as the refresh loop last read it (every period, 1 s here).
+    let mut body = String::new();
+    let listed = poll(Duration::from_secs(15), || {
+        let (code, b) = get(status_addr, "/status");
+        body = b;
+        code == 200
+            && serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|s| s["volumes"].as_array().is_some_and(|v| v.len() == 2))
+    })
+    .await;
+    assert!(listed, "/status never listed both volumes: {body}");
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     let vols = status["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 2, "{status}");
@@ -300,7 +315,7 @@ async fn pvc_annotation_metrics_status_and_healthz() {
         &[
             "status",
             "--address",
-            &metrics.to_string(),
+            &status_addr.to_string(),
             "--interval",
             "1",
         ],
@@ -334,4 +349,48 @@ async fn pvc_annotation_metrics_status_and_healthz() {
             .await,
         "NodeUnstage",
     );
+}
+
+/// A backend that stops being ready (its state directory gone) leaves CSI Probe ready, so
+/// the livenessprobe sidecar does not get the node restarted; `/healthz`, which the
+/// DaemonSet's readinessProbe reads, answers 503 with the reason, and 200 again once the
+/// backend is back.
+#[tokio::test]
+async fn a_backend_not_ready_keeps_probe_ready_and_healthz_says_why() {
+    require_root!();
+    let metrics = free_addr();
+    let mut d = Driver::start_with(Options {
+        args: vec!["--metrics-address".into(), metrics.to_string()],
+        ..Options::default()
+    })
+    .await;
+    let healthz = || get(metrics, "/healthz");
+    assert!(
+        poll(Duration::from_secs(30), || healthz().0 == 200).await,
+        "/healthz never answered 200: {:?}",
+        healthz()
+    );
+    let state = d.state_dir();
+    let moved = state.with_extension("away");
+    fs::rename(&state, &moved).unwrap();
+    let refused = poll(Duration::from_secs(30), || healthz().0 == 503).await;
+    let (code, body) = healthz();
+    let probe = d.identity.probe(csi::ProbeRequest {}).await;
+    fs::rename(&moved, &state).unwrap();
+    assert!(refused, "/healthz did not turn 503: {code} {body}");
+    assert!(
+        body.contains("state directory") && body.contains(&state.display().to_string()),
+        "/healthz's body does not say why: {body}"
+    );
+    assert_eq!(
+        ok(probe, "Probe").ready,
+        Some(true),
+        "Probe while not ready"
+    );
+    assert!(
+        poll(Duration::from_secs(30), || healthz().0 == 200).await,
+        "/healthz did not recover: {:?}",
+        healthz()
+    );
+    d.stop().await;
 }

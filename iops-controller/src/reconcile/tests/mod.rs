@@ -473,7 +473,7 @@ fn a_pod_whose_cgroup_is_gone_is_forgotten_without_error() {
 }
 
 #[test]
-fn publications_leaving_the_desired_set_are_forgotten_without_a_write() {
+fn publications_leaving_the_desired_set_are_forgotten_and_their_lines_reset() {
     let w = World::new();
     let cg = w.pod(&systemd(UID_A));
     let a = publication("vol-a", UID_A, LV, batch());
@@ -488,9 +488,9 @@ fn publications_leaving_the_desired_set_are_forgotten_without_a_write() {
     );
     assert!(r.get(&a.target_path).is_none());
     assert_eq!(r.publications().count(), 1);
-    assert_eq!(w.writes().len(), 2, "forgetting writes nothing");
-    // The driver resets at unpublish; the reconciler left the line as it was.
-    assert_eq!(current_of(&w, &cg, LV), batch());
+    assert_eq!(w.writes().len(), 3, "forgetting writes the reset line only");
+    assert_eq!(report.lifted, 1);
+    assert_eq!(current_of(&w, &cg, LV), Limits::UNLIMITED);
 
     let report = w.pass(&mut r, &[]);
     assert_eq!(report.forgotten, 1);

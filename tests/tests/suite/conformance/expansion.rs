@@ -92,8 +92,8 @@ async fn expand_filesystem(fs: &'static str, size: i64) {
         );
         after
     } else {
-        note(
-            "skipped: NodeExpandVolume of ext4 (online resize2fs needs CAP_SYS_RESOURCE, \
+        skip(
+            "NodeExpandVolume of ext4 (online resize2fs needs CAP_SYS_RESOURCE, \
              which this process lacks)",
         );
         before

@@ -4,13 +4,17 @@
 
 use super::*;
 
-/// Returns from the test unless in lvm mode on a cgroup v2 root with the io controller.
+/// Returns from the test unless in lvm mode on a cgroup v2 root with the io controller
+/// (fails it instead in the VM run, see [`iolane_tests::skip`]).
 macro_rules! require_vm {
     () => {
         iolane_tests::require_lvm!();
-        let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        let controllers =
+            fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
         if !controllers.split_whitespace().any(|c| c == "io") {
-            note("skipped: no cgroup v2 io controller at /sys/fs/cgroup (runs in the VM: tests/vm/tiers.sh)");
+            iolane_tests::skip(
+                "no cgroup v2 io controller at /sys/fs/cgroup (runs in the VM: tests/vm/tiers.sh)",
+            );
             return;
         }
     };
