@@ -154,15 +154,24 @@ impl Cleaner {
                 return;
             }
         };
+        let mut found = 0;
         for pv in &pvs {
             if let Some(node) = pv_node(pv, &self.settings.driver)
                 && !known.contains(node)
-                && !pending.contains_key(node)
             {
+                found += 1;
                 tracing::info!(node.name = node, pv.name = %pv.name_any(), "volume of a node that does not exist");
-                pending.insert(node.to_owned(), Instant::now() + self.settings.grace);
+                if !pending.contains_key(node) {
+                    pending.insert(node.to_owned(), Instant::now() + self.settings.grace);
+                }
             }
         }
+        tracing::info!(
+            nodes = known.len(),
+            persistentvolumes = pvs.len(),
+            orphaned = found,
+            "node cleanup pass done"
+        );
     }
 
     /// Applies the policy to every PV of `node`, if the Node still does not exist.
