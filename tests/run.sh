@@ -52,6 +52,11 @@ bash tests/k8s/sanity.sh
 # version (tests/k8s/build.sh). Prints `N passed, M failed`.
 echo "== control plane (tests/k8s/provision.sh)"
 bash tests/k8s/provision.sh
+# Node cleanup of `iolane controller` on the same control plane: a Node with two bound
+# iolane PVCs deleted under --node-cleanup=dry-run (Events, nothing changed), then
+# --node-cleanup=on (PVCs and PVs gone, Events written). Prints `N passed, M failed`.
+echo "== node cleanup (tests/k8s/nodes.sh)"
+bash tests/k8s/nodes.sh
 
 # The Kubernetes manifests and the Helm chart, offline: every overlay and the chart
 # rendered, validated against the Kubernetes 1.34 and 1.36 schemas (strict), diffed against

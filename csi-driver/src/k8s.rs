@@ -39,15 +39,7 @@ pub async fn pvc_annotations_from_flags(
         return Ok(None);
     }
     let client = if let Some(path) = kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-        KubePvcAnnotations::from_config(config, DEFAULT_TIMEOUT)?
+        KubePvcAnnotations::from_config(kubeconfig_file(path).await?, DEFAULT_TIMEOUT)?
     } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         KubePvcAnnotations::infer(DEFAULT_TIMEOUT).await?
     } else {
@@ -56,6 +48,27 @@ pub async fn pvc_annotations_from_flags(
     };
     tracing::info!("PVC annotations are read through the Kubernetes API");
     Ok(Some(std::sync::Arc::new(client)))
+}
+
+/// The client configuration of the kubeconfig file at `path` (its current context).
+pub async fn kubeconfig_file(path: &std::path::Path) -> Result<kube::Config, String> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))
+}
+
+/// A client from `kubeconfig` when given, else the pod's service account (or the default
+/// kubeconfig outside a cluster). Must run inside a tokio runtime.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => kubeconfig_file(path).await?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| ClientError::Infer(e).to_string())?,
+    };
+    kube::Client::try_from(config).map_err(|e| ClientError::Client(e).to_string())
 }
 
 /// Longest DNS-1123 label (a namespace name).

@@ -1,6 +1,7 @@
 //! iolane's CSI driver: gRPC adapters, the volume domain, storage backends and OS effects,
 //! plus what the `iolane` binary serves and runs besides CSI: the HTTP endpoint ([`http`]),
-//! `iolane status` ([`status`]), `iolane bench` ([`bench`]) and `iolane demo` ([`demo`]).
+//! `iolane status` ([`status`]), `iolane bench` ([`bench`]), `iolane demo` ([`demo`]) and
+//! the node cleanup of `iolane controller` ([`node_cleanup`]).
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map.
 
@@ -15,6 +16,7 @@ pub mod grpc;
 pub mod http;
 pub mod inflight;
 pub mod k8s;
+pub mod node_cleanup;
 pub mod os;
 pub mod server;
 pub mod status;

@@ -8,13 +8,15 @@ use clap::Parser;
 use csi_driver::backend::Backend;
 use csi_driver::backend::loopback::LoopBackend;
 use csi_driver::backend::lvm::LvmBackend;
-use csi_driver::config::{self, Cli, Command, ControllerArgs, LogFormat, NodeArgs, NodeConfig};
+use csi_driver::config::{
+    self, Cli, Command, ControllerArgs, LogFormat, NodeArgs, NodeCleanup, NodeConfig,
+};
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::http::{self, HttpServer, Routes};
 use csi_driver::os::{Os, Roots, SystemRunner};
 use csi_driver::status::{PoolGauges, StatusCache, StatusSource, pool_gauges};
 use csi_driver::tiering::Tiering;
-use csi_driver::{bench, grpc, k8s, server, status, validate};
+use csi_driver::{bench, grpc, k8s, node_cleanup, server, status, validate};
 use iops_controller::{Enforcement, EnforcementMetrics, RealCgroupFs};
 use tracing_subscriber::EnvFilter;
 
@@ -77,6 +79,22 @@ fn init_tracing(format: LogFormat, filter: &str) {
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let socket = config::socket_path(&args.endpoint)?;
     let name = config::driver_name(&args.driver_name)?.to_owned();
+    if args.node_cleanup == NodeCleanup::Off {
+        tracing::info!("--node-cleanup=off: volumes of deleted nodes are left alone");
+    } else {
+        let client = k8s::client(args.kubeconfig.as_deref()).await?;
+        let settings = node_cleanup::Settings {
+            mode: args.node_cleanup,
+            driver: name.clone(),
+            grace: Duration::from_secs(args.node_cleanup_grace),
+            resync: Duration::from_secs(args.node_cleanup_resync),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        tokio::spawn(async move {
+            node_cleanup::run(client, settings).await;
+            tracing::error!("node cleanup stopped: the node watch ended");
+        });
+    }
     server::serve_central(&name, &socket).await?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 #   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
 #   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
+#   k8s_stop NAME            stops one of them now (SIGTERM, SIGKILL after 20 s)
 #   k8s_wait SECONDS WHAT CMD...  polls CMD (0.5 s) until it succeeds or the deadline
 #   kubectl ...              the built kubectl on that kubeconfig
 K8S_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,19 +45,40 @@ k8s_start() {
     K8S_NAMES+=("$name")
 }
 
-# Stops what k8s_start started, newest first: SIGTERM, then SIGKILL after 20 s.
+# SIGTERM to one process, then SIGKILL after 20 s.
+k8s_stop_pid() {
+    local pid="$1" deadline
+    kill -TERM "$pid" 2>/dev/null || return 0
+    deadline=$(($(date +%s) + 20))
+    while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# Stops what k8s_start started, newest first.
 k8s_stop_all() {
-    local i pid deadline
+    local i
     for ((i = ${#K8S_PIDS[@]} - 1; i >= 0; i--)); do
-        pid="${K8S_PIDS[$i]}"
-        kill -TERM "$pid" 2>/dev/null || continue
-        deadline=$(($(date +%s) + 20))
-        while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
+        k8s_stop_pid "${K8S_PIDS[$i]}"
     done
     K8S_PIDS=()
     K8S_NAMES=()
+}
+
+# Stops the processes k8s_start started under NAME and forgets them.
+k8s_stop() {
+    local i pids=() names=()
+    for i in "${!K8S_PIDS[@]}"; do
+        if [ "${K8S_NAMES[$i]}" = "$1" ]; then
+            k8s_stop_pid "${K8S_PIDS[$i]}"
+        else
+            pids+=("${K8S_PIDS[$i]}")
+            names+=("${K8S_NAMES[$i]}")
+        fi
+    done
+    K8S_PIDS=("${pids[@]}")
+    K8S_NAMES=("${names[@]}")
 }
 
 # Fails (and names the process) if one of the started processes has exited.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::ConfigError;
+pub use crate::node_cleanup::Mode as NodeCleanup;
 
 /// iolane: thin node-local volumes with per-tier IO limits, as a CSI driver.
 #[derive(Debug, Parser)]
@@ -123,6 +124,24 @@ pub struct ControllerArgs {
     /// CSI driver name reported by GetPluginInfo.
     #[arg(long, env = "IOLANE_DRIVER_NAME", default_value = "csi.iolane.dev")]
     pub driver_name: String,
+    /// What to do about the volumes of a deleted Node object: `off` nothing, `dry-run`
+    /// log and write Events saying what would be deleted, `on` delete the node's PVCs and
+    /// PVs (and their finalizers) with Events (policy: docs/runbooks.md, "A dead node").
+    #[arg(long, env = "IOLANE_NODE_CLEANUP", value_enum, default_value_t = NodeCleanup::Off)]
+    pub node_cleanup: NodeCleanup,
+    /// Seconds a Node must stay deleted before node cleanup acts on its volumes (0-86400).
+    #[arg(long, env = "IOLANE_NODE_CLEANUP_GRACE", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub node_cleanup_grace: u64,
+    /// Seconds between two passes of node cleanup over all PVs, which catch a deletion
+    /// the watch missed (10-86400).
+    #[arg(long, env = "IOLANE_NODE_CLEANUP_RESYNC", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub node_cleanup_resync: u64,
+    /// kubeconfig for the Kubernetes API (outside a cluster); in a cluster the pod's
+    /// service account is used.
+    #[arg(long, env = "IOLANE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Flags of `iolane node`.

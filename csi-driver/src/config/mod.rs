@@ -7,8 +7,8 @@ mod cli;
 mod node;
 
 pub use cli::{
-    BenchArgs, Cli, Command, ControllerArgs, DemoArgs, KubeMode, LogFormat, NodeArgs, StatusArgs,
-    driver_name, socket_path,
+    BenchArgs, Cli, Command, ControllerArgs, DemoArgs, KubeMode, LogFormat, NodeArgs, NodeCleanup,
+    StatusArgs, driver_name, socket_path,
 };
 pub use node::{LoopConfig, NodeConfig};
 
