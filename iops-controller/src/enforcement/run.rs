@@ -55,14 +55,21 @@ impl Enforcement {
         };
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(period_ms = period.as_millis(), "priority controller started");
+        tracing::info!(
+            period_ms = period.as_millis(),
+            "priority controller started"
+        );
         loop {
             tick.tick().await;
             let this = Arc::clone(&self);
             // Sysfs and cgroupfs reads: off the async workers.
             match tokio::task::spawn_blocking(move || this.priority_pass()).await {
                 Ok(Some(pass)) if !pass.errors.is_empty() => {
-                    tracing::debug!(errors = pass.errors.len(), written = pass.written, "priority pass");
+                    tracing::debug!(
+                        errors = pass.errors.len(),
+                        written = pass.written,
+                        "priority pass"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "priority pass failed"),

@@ -181,8 +181,7 @@ impl NodePriority {
         self.ceilings.retain(|t, _| live.contains_key(t.as_path()));
 
         // 1. Inputs, grouped by physical device. Key -> (targets, desired limits now).
-        let mut groups: BTreeMap<DeviceSet, Vec<super::PublicationSample<Key>>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<DeviceSet, Vec<super::PublicationSample<Key>>> = BTreeMap::new();
         let mut targets: BTreeMap<Key, Vec<(PathBuf, Limits)>> = BTreeMap::new();
         let mut volume_devs = Vec::new();
         for p in reconciler.publications() {
@@ -226,7 +225,8 @@ impl NodePriority {
                     wbytes: s.wbytes,
                 }),
                 Err(e) => {
-                    out.errors.push(format!("io.stat of {}: {e}", cgroup.display()));
+                    out.errors
+                        .push(format!("io.stat of {}: {e}", cgroup.display()));
                     continue;
                 }
             };

@@ -142,7 +142,10 @@ impl Topology {
                     let path = e?.path().join("dev");
                     let text = std::fs::read_to_string(&path)?;
                     let n: DeviceNumber = text.trim().parse().map_err(|e| {
-                        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
                     })?;
                     slaves.push(n);
                 }
@@ -208,7 +211,12 @@ mod tests {
         let sys = t.path();
         // thin LV dm-3 -> pool dm-2 -> tmeta dm-0 + tdata dm-1 -> nvme0n1 (259:0).
         device(sys, "253:3", "dm-3", &[("dm-2", "253:2")]);
-        device(sys, "253:2", "dm-2", &[("dm-0", "253:0"), ("dm-1", "253:1")]);
+        device(
+            sys,
+            "253:2",
+            "dm-2",
+            &[("dm-0", "253:0"), ("dm-1", "253:1")],
+        );
         device(sys, "253:0", "dm-0", &[("nvme0n1", "259:0")]);
         device(sys, "253:1", "dm-1", &[("nvme0n1", "259:0")]);
         device(sys, "259:0", "nvme0n1", &[]);

@@ -75,14 +75,21 @@ fn node() -> Node {
     };
     for (i, (uid, (dev, tier))) in UIDS
         .iter()
-        .zip([("253:3", Tier::streaming()), ("253:4", Tier::batch()), ("253:5", Tier::batch())])
+        .zip([
+            ("253:3", Tier::streaming()),
+            ("253:4", Tier::batch()),
+            ("253:5", Tier::batch()),
+        ])
         .enumerate()
     {
         let cgroup = n
             .root
             .path()
             .join("kubepods.slice/kubepods-besteffort.slice")
-            .join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")));
+            .join(format!(
+                "kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ));
         fs::create_dir_all(&cgroup).unwrap();
         n.fs.add_cgroup(&cgroup);
         n.cgroups.push(cgroup);
@@ -107,7 +114,10 @@ fn node() -> Node {
 fn read_ios(n: &Node, pod: usize, dev: &str, rios: u64) {
     n.fs.set_io_stat(
         &n.cgroups[pod],
-        &format!("{dev} rbytes={} wbytes=0 rios={rios} wios=0 dbytes=0 dios=0\n", rios * 4096),
+        &format!(
+            "{dev} rbytes={} wbytes=0 rios={rios} wios=0 dbytes=0 dios=0\n",
+            rios * 4096
+        ),
     );
 }
 
@@ -173,8 +183,11 @@ fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_droppe
         b += 100;
         read_ios(&n, 0, "253:3", s);
         read_ios(&n, 1, "253:4", b);
-        n.priority
-            .pass_at(Duration::from_millis(100 * pass), &mut n.reconciler, n.fs.as_ref());
+        n.priority.pass_at(
+            Duration::from_millis(100 * pass),
+            &mut n.reconciler,
+            n.fs.as_ref(),
+        );
     }
     // Streaming idle for 10 passes: batch's budget is the whole device plus the probe
     // (1.25 x 1000, or a little more once the online correction has seen 1000 IOPS).
@@ -182,9 +195,11 @@ fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_droppe
     assert!((1250..=1500).contains(&batch), "batch riops {batch}");
     // Streaming's and the lone batch publication's pods go: nvme1n1's controller goes.
     n.reconciler.forget_unless(|t| t == Path::new("/t/1"));
-    let p = n
-        .priority
-        .pass_at(Duration::from_millis(2100), &mut n.reconciler, n.fs.as_ref());
+    let p = n.priority.pass_at(
+        Duration::from_millis(2100),
+        &mut n.reconciler,
+        n.fs.as_ref(),
+    );
     let names: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["nvme0n1"]);
     assert_eq!(p.devices[0].publications, (0, 1));
