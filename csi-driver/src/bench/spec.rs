@@ -171,9 +171,9 @@ impl BenchSpec {
             return Err(SpecError::Duration(self.duration));
         }
         let ms = self.interval.as_millis();
-        if self.interval.subsec_nanos() % 1_000_000 != 0
+        if !self.interval.subsec_nanos().is_multiple_of(1_000_000)
             || !(10..=1000).contains(&ms)
-            || 1000 % ms != 0
+            || !1000_u128.is_multiple_of(ms)
         {
             return Err(SpecError::Interval(self.interval));
         }
