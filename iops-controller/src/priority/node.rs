@@ -224,6 +224,7 @@ impl NodePriority {
                     rbytes: s.rbytes,
                     wbytes: s.wbytes,
                 }),
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => {
                     out.errors
                         .push(format!("io.stat of {}: {e}", cgroup.display()));
@@ -307,6 +308,10 @@ impl NodePriority {
                         reconciler.set_limits(t, limits);
                     }
                     tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max set");
+                }
+                // The pod is going: the reconciler's next pass forgets it.
+                Err(e) if e.is_not_found() => {
+                    tracing::debug!(cgroup = %cgroup.display(), device = %dev, "priority: pod cgroup gone");
                 }
                 Err(e) => {
                     tracing::warn!(cgroup = %cgroup.display(), device = %dev, error = %e, "priority: io.max not written");
