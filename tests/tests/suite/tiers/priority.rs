@@ -164,7 +164,40 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
             })
             .collect();
         let st = sc.spawn(|| load_sampled(&streaming, &out.join("s-together.json"), s, lead));
+        // The controller's view every 250 ms while the load runs (for the record).
+        let watch = sc.spawn(|| {
+            let t0 = Instant::now();
+            let mut lines = Vec::new();
+            while t0.elapsed() < Duration::from_secs(s + 2) {
+                let text = http_get(&metrics, "/metrics");
+                let pick = |name: &str| {
+                    text.lines()
+                        .find(|l| l.starts_with(name))
+                        .and_then(|l| l.rsplit(' ').next())
+                        .unwrap_or("-")
+                        .to_owned()
+                };
+                lines.push(format!(
+                    "{:>5} ms budget={} streaming_active={} streaming_use={} batch_use={} writes={}",
+                    t0.elapsed().as_millis(),
+                    pick("iolane_priority_batch_budget_ratio"),
+                    pick("iolane_priority_streaming_active"),
+                    pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"streaming\"}"),
+                    pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"batch\"}"),
+                    pick("iolane_priority_writes_total"),
+                ));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            lines
+        });
         let together = st.join().expect("streaming bench");
+        if enabled {
+            note(format!(
+                "priority timeline (streaming starts at {} ms):\n{}",
+                lead.as_millis(),
+                watch.join().expect("watch").join("\n")
+            ));
+        }
         let b: Vec<f64> = b
             .into_iter()
             .map(|h| h.join().expect("batch bench"))
