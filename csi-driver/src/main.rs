@@ -117,18 +117,43 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = args
         .metrics_address
         .map(|_| Arc::new(EnforcementMetrics::new()));
-    let registry = metrics.as_ref().map(|metrics| {
+    let mut registry_builder = metrics.as_ref().map(|metrics| {
         let mut registry = http::registry(env!("CARGO_PKG_VERSION"));
         metrics.register(&mut registry);
         pool_gauges.register(&mut registry);
         grpc::register_rpc_metrics(&mut registry);
-        Arc::new(registry)
+        registry
     });
     let mut enforcement = Enforcement::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs));
     if let Some(metrics) = metrics {
         enforcement = enforcement.with_metrics(metrics);
     }
+    if let Some(config) = cfg.priority.to_config()? {
+        // Opt-in (issue 9): per-device class controllers over the same publications.
+        let topology = iops_controller::priority::Topology::new(
+            os.roots().sys.clone(),
+            iops_controller::priority::topology::real_device_of(),
+        );
+        let priority_metrics = registry_builder.as_mut().map(|r| {
+            let m = Arc::new(iops_controller::PriorityMetrics::new());
+            m.register(r);
+            m
+        });
+        tracing::info!(
+            floor = config.params.floor,
+            headroom = config.params.headroom,
+            period_ms = config.period.as_millis(),
+            devices = config.devices.len(),
+            "priority controllers enabled"
+        );
+        enforcement = enforcement.with_priority(
+            iops_controller::priority::NodePriority::new(config, &cfg.tier_set()?, topology),
+            priority_metrics,
+        );
+    }
+    let registry = registry_builder.map(Arc::new);
     let enforcement = Arc::new(enforcement);
+    tokio::spawn(Arc::clone(&enforcement).run_priority());
 
     let driver = Driver::new(
         backend,

@@ -765,6 +765,7 @@ IOC_METRICS = "iops-controller/src/metrics.rs"
 POOL_METRICS = "csi-driver/src/status/pool_gauges.rs"
 HTTP_METRICS = "csi-driver/src/http.rs"
 RPC_METRICS = "csi-driver/src/grpc/mod.rs"
+PRIO_METRICS = "iops-controller/src/metrics/priority.rs"
 
 # Name as scraped -> (type, labels, source file, name the code registers: prometheus_client
 # adds `_total` to counters and the unit, `_bytes` or `_seconds`).
@@ -788,6 +789,15 @@ METRICS: dict[str, tuple[str, frozenset[str], str, str]] = {
     "iolane_pool_provisioned_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_provisioned_bytes"),
     "iolane_csi_requests_total": ("counter", frozenset({"method", "code"}), RPC_METRICS, "iolane_csi_requests"),
     "iolane_csi_request_duration_seconds": ("histogram", frozenset({"method"}), RPC_METRICS, "iolane_csi_request_duration"),
+    # The priority controllers (opt-in, [priority]).
+    "iolane_priority_writes_total": ("counter", frozenset(), PRIO_METRICS, "iolane_priority_writes"),
+    "iolane_priority_device_capacity_iops": ("gauge", frozenset({"device", "direction"}), PRIO_METRICS, "iolane_priority_device_capacity_iops"),
+    "iolane_priority_device_capacity_scale": ("gauge", frozenset({"device"}), PRIO_METRICS, "iolane_priority_device_capacity_scale"),
+    "iolane_priority_class_demand_ratio": ("gauge", frozenset({"device", "class"}), PRIO_METRICS, "iolane_priority_class_demand_ratio"),
+    "iolane_priority_class_publications": ("gauge", frozenset({"device", "class"}), PRIO_METRICS, "iolane_priority_class_publications"),
+    "iolane_priority_batch_budget_ratio": ("gauge", frozenset({"device"}), PRIO_METRICS, "iolane_priority_batch_budget_ratio"),
+    "iolane_priority_device_saturated": ("gauge", frozenset({"device"}), PRIO_METRICS, "iolane_priority_device_saturated"),
+    "iolane_priority_streaming_active": ("gauge", frozenset({"device"}), PRIO_METRICS, "iolane_priority_streaming_active"),
 }
 # Labels Prometheus puts on every sample of a target, and `node`, which the monitoring
 # overlay's PodMonitor copies from the pod's node name.

@@ -49,7 +49,7 @@ pub use device::{DeviceNumber, DeviceNumberError};
 pub use enforcement::{Counters, Enforcement, PublicationSnapshot};
 pub use iomax::{IoMax, IoMaxError};
 pub use iostat::{IoStat, IoStatError, IoStats};
-pub use metrics::EnforcementMetrics;
+pub use metrics::{EnforcementMetrics, PriorityMetrics};
 pub use reconcile::{
     Outcome, PassError, PassReport, Pending, Publication, PublicationState, Reconciler,
 };

@@ -21,6 +21,9 @@
 //! | `iolane_reconcile_errors_total` | counter | | failures (enforcement or `io.stat`), summed over passes |
 //! | `iolane_reconcile_last_pass_duration_seconds` | gauge | | how long the last pass took |
 //!
+//! The priority controllers' per-device series (opt-in, `[priority]`) are
+//! [`PriorityMetrics`]'s (`metrics/priority.rs`).
+//!
 //! The per-volume series are the reconciler's state as of the last pass: they appear with
 //! a publication and disappear with it. The `io.stat` series of a publication appear once
 //! its pod has done IO on the volume (the kernel lists a device in `io.stat` only then). The `io.stat` counters belong to the pod's cgroup,
@@ -235,6 +238,9 @@ impl Collector for VolumeCollector {
         Ok(())
     }
 }
+
+mod priority;
+pub use priority::PriorityMetrics;
 
 #[cfg(test)]
 mod tests;

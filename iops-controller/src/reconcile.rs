@@ -415,6 +415,18 @@ impl Reconciler {
         }
     }
 
+    /// Makes `limits` the desired limits of the publication at `target_path`, already
+    /// written to its line (the priority controller's dynamic limits): the next pass finds
+    /// them in sync. Returns whether the publication is known.
+    pub fn set_limits(&mut self, target_path: &Path, limits: Limits) -> bool {
+        let Some(t) = self.tracked.get_mut(target_path) else {
+            return false;
+        };
+        t.publication.limits = limits;
+        t.enforced = Some(limits.canonical());
+        true
+    }
+
     /// Every publication of the last pass, by target path.
     pub fn publications(&self) -> impl Iterator<Item = PublicationState<'_>> {
         self.tracked.values().map(|t| PublicationState {

@@ -4,7 +4,10 @@
 # host's kernel and the host's root filesystem read-only, with N empty NVMe disks attached.
 #
 #   tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS]
-#                   [--rwdir HOST_DIR]... -- CMD...
+#                   [--disk-opts OPTS] [--rwdir HOST_DIR]... -- CMD...
+#
+# --disk-opts OPTS is appended to every disk's QEMU -drive options (comma-separated, e.g.
+# `throttling.iops-total=1500` for a disk whose capacity is IO-bound, not CPU-bound).
 #
 # The command's exit status becomes this script's exit status; its output streams here.
 # In the guest:
@@ -34,7 +37,7 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 
 usage() {
-    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--rwdir DIR]... -- CMD..." >&2
+    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--disk-opts OPTS] [--rwdir DIR]... -- CMD..." >&2
     exit 2
 }
 
@@ -43,12 +46,14 @@ disk_size=8G
 memory=2G
 timeout_s="${IOLANE_VM_TIMEOUT:-900}"
 extra_rw=()
+disk_opts=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --disks) disks="${2:?}"; shift 2 ;;
         --disk-size) disk_size="${2:?}"; shift 2 ;;
         --memory) memory="${2:?}"; shift 2 ;;
         --timeout) timeout_s="${2:?}"; shift 2 ;;
+        --disk-opts) disk_opts=",${2:?}"; shift 2 ;;
         --rwdir) extra_rw+=("$(cd "${2:?}" && pwd)"); shift 2 ;;
         --) shift; break ;;
         -h|--help) usage ;;
@@ -108,7 +113,7 @@ for ((i = 0; i < disks; i++)); do
         rm -f "$img"
         truncate -s "$disk_size" "$img" # sparse
     fi
-    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe"
+    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe$disk_opts"
         "-device nvme,serial=nv$i,drive=nv$i")
 done
 

@@ -22,6 +22,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     spec.size_limit = args.size_limit;
     spec.cgroup.clone_from(&args.cgroup);
     spec.direct = !args.buffered;
+    spec.interval = std::time::Duration::from_millis(args.interval_ms);
     spec.validate()?;
     let report = run(&spec)?;
     println!("{report}");

@@ -217,6 +217,7 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
         spec,
         span,
         recorded.per_second,
+        recorded.samples,
         &recorded.reads,
         &recorded.writes,
     ))
@@ -313,6 +314,8 @@ fn open_target(spec: &BenchSpec) -> Result<(File, u64), BenchError> {
 /// What the workers recorded.
 struct Recorded {
     per_second: Vec<IntervalStats>,
+    /// Per `spec.interval` when it is shorter than a second.
+    samples: Vec<IntervalStats>,
     reads: Histogram,
     writes: Histogram,
 }
@@ -344,6 +347,7 @@ async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, Benc
         cursor: Cell::new(0),
         recorded: RefCell::new(Recorded {
             per_second: vec![IntervalStats::default(); seconds],
+            samples: vec![IntervalStats::default(); spec.samples()],
             reads: Histogram::new(),
             writes: Histogram::new(),
         }),
@@ -451,7 +455,10 @@ fn record(shared: &Shared<'_>, op: IoOp, issued: Instant, done: Instant, len: us
     if done >= shared.deadline {
         return;
     }
-    let second = usize::try_from(done.duration_since(shared.start).as_secs()).unwrap_or(usize::MAX);
+    let elapsed = done.duration_since(shared.start);
+    let second = usize::try_from(elapsed.as_secs()).unwrap_or(usize::MAX);
+    let sample = usize::try_from(elapsed.as_nanos() / shared.spec.interval.as_nanos().max(1))
+        .unwrap_or(usize::MAX);
     let nanos = u64::try_from(done.duration_since(issued).as_nanos()).unwrap_or(u64::MAX);
     let mut recorded = shared.recorded.borrow_mut();
     let recorded = &mut *recorded;
@@ -459,16 +466,25 @@ fn record(shared: &Shared<'_>, op: IoOp, issued: Instant, done: Instant, len: us
         return;
     };
     let len = len as u64;
+    count(interval, op, len);
+    if let Some(s) = recorded.samples.get_mut(sample) {
+        count(s, op, len);
+    }
+    match op {
+        IoOp::Read => recorded.reads.record(nanos),
+        IoOp::Write => recorded.writes.record(nanos),
+    }
+}
+
+fn count(interval: &mut IntervalStats, op: IoOp, len: u64) {
     match op {
         IoOp::Read => {
             interval.read_iops += 1;
             interval.read_bps += len;
-            recorded.reads.record(nanos);
         }
         IoOp::Write => {
             interval.write_iops += 1;
             interval.write_bps += len;
-            recorded.writes.record(nanos);
         }
     }
 }

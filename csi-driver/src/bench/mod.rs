@@ -1,6 +1,7 @@
 //! The IO load generator behind `iolane bench`: O_DIRECT random or sequential reads and
 //! writes on a block device or regular file, on a tokio-uring (io_uring) runtime, with a
-//! fixed number of IOs in flight, per-second IOPS and bandwidth, and p50/p99/max latency.
+//! fixed number of IOs in flight, per-second IOPS and bandwidth (and per `interval` when
+//! shorter, e.g. 100 ms), and p50/p99/max latency.
 //!
 //! ```no_run
 //! use std::time::Duration;

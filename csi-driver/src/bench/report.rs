@@ -83,6 +83,13 @@ pub struct BenchReport {
     /// One entry per second of the run, in order; a second with no completed IO is present
     /// with zeros.
     pub per_second: Vec<IntervalStats>,
+    /// The sampling interval in milliseconds (`--interval-ms`; 1000 by default).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// One entry per `interval_ms` when it is shorter than a second (counts within the
+    /// interval, not rates: times `1000 / interval_ms` for a rate); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<IntervalStats>,
     /// Reads completed.
     pub read_ios: u64,
     /// Writes completed.
@@ -115,6 +122,7 @@ impl BenchReport {
         spec: &BenchSpec,
         span_bytes: u64,
         per_second: Vec<IntervalStats>,
+        intervals: Vec<IntervalStats>,
         reads: &Histogram,
         writes: &Histogram,
     ) -> Self {
@@ -151,8 +159,23 @@ impl BenchReport {
             read_latency: Latency::from_nanos(reads),
             write_latency: Latency::from_nanos(writes),
             per_second,
+            interval_ms: u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
+            intervals,
         }
     }
+
+    /// IOPS of each sampling interval (`intervals` scaled to a rate), in order.
+    pub fn interval_iops(&self) -> Vec<f64> {
+        let scale = 1000.0 / self.interval_ms.max(1) as f64;
+        self.intervals
+            .iter()
+            .map(|s| s.iops() as f64 * scale)
+            .collect()
+    }
+}
+
+fn default_interval_ms() -> u64 {
+    1000
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -160,7 +183,8 @@ fn mib(bytes: u64) -> f64 {
 }
 
 impl fmt::Display for BenchReport {
-    /// One line per second, then a summary table of reads, writes and both.
+    /// One line per second, one per sampling interval when shorter than a second (its
+    /// end in ms and its IOPS), then a summary table of reads, writes and both.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -192,6 +216,12 @@ impl fmt::Display for BenchReport {
                 mib(s.read_bps),
                 mib(s.write_bps)
             )?;
+        }
+        if !self.intervals.is_empty() {
+            writeln!(f, "{:>9} {:>11}", "ms", "IOPS")?;
+            for (i, iops) in self.interval_iops().into_iter().enumerate() {
+                writeln!(f, "{:>9} {:>11.0}", (i as u64 + 1) * self.interval_ms, iops)?;
+            }
         }
         writeln!(
             f,

@@ -128,6 +128,10 @@ pub struct BenchSpec {
     pub direct: bool,
     /// Seed of the offset generator; the same seed gives the same offsets per worker.
     pub seed: u64,
+    /// Length of the report's sampling intervals: 10 ms up to 1 s, dividing 1 s.
+    /// Default 1 s (`per_second` only); shorter ones also fill the report's `intervals`
+    /// (`iolane bench --interval-ms 100`: a reaction time from 100 ms samples).
+    pub interval: Duration,
 }
 
 impl BenchSpec {
@@ -144,6 +148,7 @@ impl BenchSpec {
             cgroup: None,
             direct: true,
             seed: DEFAULT_SEED,
+            interval: Duration::from_secs(1),
         }
     }
 
@@ -164,6 +169,13 @@ impl BenchSpec {
         }
         if self.duration.is_zero() || self.duration.subsec_nanos() != 0 {
             return Err(SpecError::Duration(self.duration));
+        }
+        let ms = self.interval.as_millis();
+        if !self.interval.subsec_nanos().is_multiple_of(1_000_000)
+            || !(10..=1000).contains(&ms)
+            || !1000_u128.is_multiple_of(ms)
+        {
+            return Err(SpecError::Interval(self.interval));
         }
         if let Pattern::RandRw { read_pct } = self.pattern
             && read_pct > 100
@@ -189,6 +201,16 @@ impl BenchSpec {
     /// The number of 1-second intervals, once validated.
     pub(crate) fn seconds(&self) -> u64 {
         self.duration.as_secs()
+    }
+
+    /// The number of sampling intervals, once validated (0 at the default 1 s: the
+    /// per-second figures are the samples).
+    pub(crate) fn samples(&self) -> usize {
+        let ms = self.interval.as_millis().max(1);
+        if ms >= 1000 {
+            return 0;
+        }
+        usize::try_from(self.duration.as_millis() / ms).unwrap_or(usize::MAX)
     }
 }
 
@@ -226,6 +248,9 @@ pub enum SpecError {
     /// `cgroup` is an empty path.
     #[error("cgroup: must not be an empty path")]
     Cgroup,
+    /// `interval` is not whole milliseconds from 10 to 1000 dividing a second.
+    #[error("interval: {0:?} is not 10-1000 whole milliseconds dividing 1 s")]
+    Interval(Duration),
 }
 
 impl SpecError {
@@ -238,6 +263,7 @@ impl SpecError {
             SpecError::BlockSize(_) => "block_size",
             SpecError::QueueDepth(_) => "queue_depth",
             SpecError::Duration(_) => "duration",
+            SpecError::Interval(_) => "interval",
             SpecError::SizeLimit { .. } => "size_limit",
             SpecError::Cgroup => "cgroup",
         }

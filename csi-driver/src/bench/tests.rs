@@ -171,6 +171,10 @@ fn validate_rejects_bad_fields_naming_them() {
         ("size_limit", |s| s.size_limit = Some(0)),
         ("target", |s| s.target = PathBuf::new()),
         ("cgroup", |s| s.cgroup = Some(PathBuf::new())),
+        ("interval", |s| s.interval = Duration::from_millis(5)),
+        ("interval", |s| s.interval = Duration::from_millis(300)),
+        ("interval", |s| s.interval = Duration::from_millis(2000)),
+        ("interval", |s| s.interval = Duration::from_micros(100_500)),
     ];
     for (field, mutate) in cases {
         let mut bad = good.clone();
@@ -217,6 +221,38 @@ fn randread_on_a_file() {
     print!("{report}");
     check_report(&report, &spec);
     assert_eq!(report.span_bytes, 16 * MIB);
+}
+
+#[test]
+fn per_interval_samples_at_100_ms_add_up_to_the_seconds() {
+    let dir = direct_io_dir();
+    let target = data_file(dir.path(), "target", 16 * MIB);
+    let mut spec = spec(&target, Pattern::RandRead, 2);
+    spec.interval = Duration::from_millis(100);
+    let report = run(&spec).expect("bench");
+    print!("{report}");
+    check_report(&report, &spec);
+    assert_eq!(report.interval_ms, 100);
+    assert_eq!(report.intervals.len(), 20, "two seconds of 100 ms");
+    // Each second is the sum of its ten intervals.
+    for (second, s) in report.per_second.iter().enumerate() {
+        let tenth = &report.intervals[second * 10..second * 10 + 10];
+        assert_eq!(s.iops(), tenth.iter().map(IntervalStats::iops).sum::<u64>());
+    }
+    let iops = report.interval_iops();
+    assert_eq!(iops[0], report.intervals[0].iops() as f64 * 10.0);
+    let text = report.to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some("2000")),
+        "no line for the interval ending at 2000 ms in\n{text}"
+    );
+    // The default keeps the JSON as it was: no `intervals`.
+    let plain = run(&self::spec(&target, Pattern::RandRead, 1)).expect("bench");
+    assert!(plain.intervals.is_empty());
+    let json = serde_json::to_value(&plain).unwrap();
+    assert!(json.get("intervals").is_none(), "{json}");
+    assert_eq!(json["interval_ms"], 1000);
 }
 
 #[test]

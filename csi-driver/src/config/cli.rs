@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Sampling interval: below 1000 the report also prints (and the JSON carries, as
+    /// `intervals`) the IOPS of every interval; 10-1000, dividing 1000.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
 }
 
 /// Flags of `iolane status`.

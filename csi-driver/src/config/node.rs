@@ -1,5 +1,5 @@
 //! The node config file: TOML (the same text the ConfigMap carries) with the loop
-//! backend's settings, the LVM device classes and the IO tiers, read and checked once at
+//! backend's settings, the LVM device classes, the IO tiers and `[priority]`, read and checked once at
 //! start-up.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,10 @@ pub struct NodeConfig {
     /// and `batch`; checked by [`NodeConfig::tier_set`].
     #[serde(default)]
     pub tiers: iops_controller::TierConfig,
+    /// The per-device class controllers (`[priority]`, opt-in); see
+    /// [`super::priority::PrioritySection`].
+    #[serde(default)]
+    pub priority: super::priority::PrioritySection,
 }
 
 /// Settings of the loop backend.
@@ -91,6 +95,7 @@ impl NodeConfig {
             });
         }
         validate_classes(&self.device_classes)?;
+        self.priority.to_config()?;
         Ok(())
     }
 

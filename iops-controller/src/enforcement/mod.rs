@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use snapshot::{Counters, PublicationSnapshot, text};
 
 use crate::apply::{self, ApplyError, CgroupFs};
-use crate::metrics::EnforcementMetrics;
+use crate::metrics::{EnforcementMetrics, PriorityMetrics};
+use crate::priority::{NodePriority, PriorityPass};
 use crate::reconcile::{Outcome, PassReport, Publication, Reconciler};
 
 /// The publications of this node, the reconciler that enforces them, and the cgroup tree.
@@ -37,6 +38,8 @@ pub struct Enforcement {
     state: Mutex<State>,
     /// Every pass's report and state go here when metrics are served.
     metrics: Option<Arc<EnforcementMetrics>>,
+    /// Every priority pass's device states go here when metrics are served.
+    priority_metrics: Option<Arc<PriorityMetrics>>,
 }
 
 #[derive(Default)]
@@ -47,6 +50,8 @@ struct State {
     /// Kubelet-shaped mounts found not to be iolane volumes (other drivers'), so the
     /// mount table is not looked up for them again on every pass.
     foreign: BTreeSet<PathBuf>,
+    /// The priority controllers, when the node config enables them.
+    priority: Option<NodePriority>,
 }
 
 impl std::fmt::Debug for Enforcement {
@@ -69,7 +74,40 @@ impl Enforcement {
             fs,
             state: Mutex::new(State::default()),
             metrics: None,
+            priority_metrics: None,
         }
+    }
+
+    /// Runs the priority controllers (issue 9) over the publications: see
+    /// [`crate::priority::node`] and [`Enforcement::run_priority`].
+    #[must_use]
+    pub fn with_priority(
+        self,
+        priority: NodePriority,
+        metrics: Option<Arc<PriorityMetrics>>,
+    ) -> Self {
+        self.lock().priority = Some(priority);
+        Enforcement {
+            priority_metrics: metrics,
+            ..self
+        }
+    }
+
+    /// The priority law's period, when it is enabled.
+    pub fn priority_period(&self) -> Option<std::time::Duration> {
+        self.lock().priority.as_ref().map(NodePriority::period)
+    }
+
+    /// One pass of the priority controllers; `None` when they are not enabled.
+    pub fn priority_pass(&self) -> Option<PriorityPass> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let priority = state.priority.as_mut()?;
+        let pass = priority.pass(&mut state.reconciler, self.fs.as_ref());
+        if let Some(m) = &self.priority_metrics {
+            m.observe(&pass);
+        }
+        Some(pass)
     }
 
     /// Feeds every pass to `metrics`.
@@ -117,6 +155,9 @@ impl Enforcement {
     pub fn publish(&self, p: Publication) -> (Outcome, Option<String>) {
         let target = p.target_path.clone();
         let mut state = self.lock();
+        if let Some(priority) = state.priority.as_mut() {
+            priority.record(&target, p.limits);
+        }
         state.reconciler.upsert(p);
         let report = self.pass_locked(&mut state);
         let outcome = report

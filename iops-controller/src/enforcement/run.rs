@@ -46,3 +46,35 @@ impl Enforcement {
         }
     }
 }
+
+impl Enforcement {
+    /// Runs the priority controllers every `period` (the law's, 100 ms by default) until
+    /// the process ends; returns at once when they are not enabled.
+    pub async fn run_priority(self: Arc<Self>) {
+        let Some(period) = self.priority_period() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(
+            period_ms = period.as_millis(),
+            "priority controller started"
+        );
+        loop {
+            tick.tick().await;
+            let this = Arc::clone(&self);
+            // Sysfs and cgroupfs reads: off the async workers.
+            match tokio::task::spawn_blocking(move || this.priority_pass()).await {
+                Ok(Some(pass)) if !pass.errors.is_empty() => {
+                    tracing::debug!(
+                        errors = pass.errors.len(),
+                        written = pass.written,
+                        "priority pass"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "priority pass failed"),
+            }
+        }
+    }
+}

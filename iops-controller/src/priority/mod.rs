@@ -12,10 +12,16 @@
 //! - [`model`]: the device cost model (calibrated rates) and its online correction.
 //! - [`split`]: max-min fair division of the batch budget.
 //! - [`controller`]: the control law of one device.
+//! - [`topology`]: the physical devices under a volume's device, and block `stat`
+//!   counters, from sysfs under an injected root.
+//! - [`node`]: the node's controllers, one per physical device, fed from the
+//!   enforcement controller's publications (opt-in: `[priority]` in the node config).
 
 pub mod controller;
 pub mod model;
+pub mod node;
 pub mod split;
+pub mod topology;
 
 #[cfg(test)]
 mod scenarios;
@@ -27,4 +33,6 @@ pub use controller::{
     PublicationSample,
 };
 pub use model::{Capacity, Correction, Cost, DeviceModel, Usage};
+pub use node::{DeviceState, NodePriority, PriorityConfig, PriorityPass};
 pub use split::water_fill;
+pub use topology::{BlockStat, Topology};

@@ -12,10 +12,14 @@
 //!   its limit, streaming well above it), the reconciler repairing a line written behind the
 //!   driver's back, re-applying after SIGKILL and restart, and the line gone after
 //!   unpublish. They return with a printed reason outside lvm mode or without cgroup v2 io.
+//! - `priority::vm_*`: the priority controllers (`[priority]`, issue 9) on a disk QEMU
+//!   throttles (`tests/vm/priority.sh`, not `tiers.sh`): streaming keeps its solo rate
+//!   against four batch volumes, and batch alone gets the device.
 //!
 //! Environment: `IOLANE_TEST_BENCH_SECS` (seconds per load run, default 5).
 
 mod host;
+mod priority;
 mod vm;
 
 use std::collections::HashMap;

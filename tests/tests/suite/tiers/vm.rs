@@ -22,13 +22,13 @@ macro_rules! require_vm {
 
 /// Pod cgroups made for a test, kubelet's cgroupfs layout under a parent that mentions
 /// `kubepods`; removed on drop.
-struct Pods {
+pub(super) struct Pods {
     parent: PathBuf,
     pods: Vec<PathBuf>,
 }
 
 impl Pods {
-    fn new() -> Pods {
+    pub(super) fn new() -> Pods {
         let root = Path::new("/sys/fs/cgroup");
         let sc = fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
         if !sc.split_whitespace().any(|c| c == "io") {
@@ -44,7 +44,7 @@ impl Pods {
     }
 
     /// A new pod: (UID, cgroup).
-    fn pod(&mut self) -> (String, PathBuf) {
+    pub(super) fn pod(&mut self) -> (String, PathBuf) {
         let uid = uuid();
         let dir = self.parent.join(format!("pod{uid}"));
         fs::create_dir(&dir).expect("create pod cgroup");
@@ -82,15 +82,20 @@ impl Drop for Pods {
 
 /// A raw block volume published to a pod, with its device number as `stat` and `lsblk`
 /// report it on the LV's own device node.
-struct Published {
-    id: String,
+pub(super) struct Published {
+    pub(super) id: String,
     staging: String,
-    target: PathBuf,
-    cgroup: PathBuf,
-    dev: String,
+    pub(super) target: PathBuf,
+    pub(super) cgroup: PathBuf,
+    pub(super) dev: String,
 }
 
-async fn publish_block(d: &mut Driver, name: &str, tier: &str, pods: &mut Pods) -> Published {
+pub(super) async fn publish_block(
+    d: &mut Driver,
+    name: &str,
+    tier: &str,
+    pods: &mut Pods,
+) -> Published {
     let (uid, cgroup) = pods.pod();
     let mut req = create_request(name, vec![block_cap()], GIB, 0);
     req.parameters = params(&[(TIER_KEY, tier)]);
@@ -154,7 +159,7 @@ async fn publish_block(d: &mut Driver, name: &str, tier: &str, pods: &mut Pods) 
     }
 }
 
-async fn unpublish_and_delete(d: &mut Driver, p: &Published) {
+pub(super) async fn unpublish_and_delete(d: &mut Driver, p: &Published) {
     ok(
         d.node
             .node_unpublish_volume(unpublish_request(&p.id, &p.target.to_string_lossy()))
@@ -187,7 +192,7 @@ async fn unpublish_and_delete(d: &mut Driver, p: &Published) {
 }
 
 /// The body of `GET path` from `addr` (plain HTTP/1.0); panics unless it is a 200.
-fn http_get(addr: &str, path: &str) -> String {
+pub(super) fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
     write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send the request");

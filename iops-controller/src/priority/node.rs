@@ -1,0 +1,327 @@
+//! The node's priority controllers: the control law ([`DeviceController`]) fed with the
+//! node's publications, one controller per physical device, each pass writing the limits
+//! that changed into the pods' `io.max` (issue 9; opt-in through the node config's
+//! `[priority]`).
+//!
+//! A pass ([`NodePriority::pass`], every `period`, run by the enforcement controller under
+//! its lock, see [`crate::enforcement::Enforcement::with_priority`]):
+//!
+//! 1. every publication whose pod cgroup is found is one controller input, keyed on
+//!    (pod cgroup, volume device): its class from its tier's priority, its ceiling the
+//!    tier's caps recorded at publish ([`NodePriority::record`]), its counters the pod's
+//!    `io.stat` for the volume's device, its in-flight count and weighted milliseconds
+//!    from the volume device's sysfs `stat`;
+//! 2. publications are grouped by the physical devices under their volume device
+//!    ([`Topology::physical`], looked up once per volume device); each group has its own
+//!    [`DeviceController`], created with the configured capacity of the device (by
+//!    `MAJ:MIN` or kernel name) or the conservative default, which the law corrects
+//!    online; a controller whose device has no publication left is dropped;
+//! 3. each returned limit that differs from what the reconciler holds is written (through
+//!    [`CgroupFs`]) and becomes the reconciler's desired limit
+//!    ([`Reconciler::set_limits`]), so the periodic reconcile pass keeps it rather than
+//!    "repairing" it back to the tier's caps.
+//!
+//! The tier's caps stay the hard ceiling: the law never returns more.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, CgroupFs};
+use crate::device::DeviceNumber;
+use crate::reconcile::Reconciler;
+use crate::tier::{Limits, Priority, TierSet};
+
+use super::controller::{Counters, DeviceController, DeviceReport, DeviceSample, Params};
+use super::model::DeviceModel;
+use super::topology::Topology;
+
+/// The IOPS a device with no configured capacity starts from: low enough that batch
+/// cannot flood a slow disk before the online correction (up to `max_ratio` times this)
+/// has seen it.
+pub const DEFAULT_START_IOPS: f64 = 2000.0;
+
+/// What the node config says about priority.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityConfig {
+    pub params: Params,
+    /// How often the law runs.
+    pub period: Duration,
+    /// Capacity overrides, by `MAJ:MIN` or kernel name (`nvme0n1`).
+    pub devices: BTreeMap<String, DeviceModel>,
+    /// The capacity of a device with no override.
+    pub default_model: DeviceModel,
+}
+
+impl Default for PriorityConfig {
+    fn default() -> Self {
+        PriorityConfig {
+            params: Params::default(),
+            period: Duration::from_millis(100),
+            devices: BTreeMap::new(),
+            default_model: DeviceModel::uniform_iops(DEFAULT_START_IOPS),
+        }
+    }
+}
+
+/// One controller input: a pod's cgroup and the volume device in it.
+type Key = (PathBuf, DeviceNumber);
+
+/// A physical device (or the set a volume spans) as a controller's key.
+pub type DeviceSet = Vec<DeviceNumber>;
+
+/// What one device's controller decided in the last pass, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceState {
+    /// The device's kernel name (or `MAJ:MIN`), `+`-joined when a volume spans several.
+    pub name: String,
+    pub report: DeviceReport,
+    /// Publications on the device by class: (streaming, batch).
+    pub publications: (usize, usize),
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriorityPass {
+    /// `io.max` lines written.
+    pub written: usize,
+    /// Failures (lowercase reasons), logged already.
+    pub errors: Vec<String>,
+    pub devices: Vec<DeviceState>,
+}
+
+/// The per-device controllers of a node and what they need across passes.
+pub struct NodePriority {
+    config: PriorityConfig,
+    topology: Topology,
+    /// Tier name -> class.
+    classes: BTreeMap<String, Priority>,
+    /// Target path -> the tier's caps at publish (the ceiling).
+    ceilings: BTreeMap<PathBuf, Limits>,
+    /// Volume device -> the physical devices under it.
+    physical: BTreeMap<DeviceNumber, DeviceSet>,
+    controllers: BTreeMap<DeviceSet, DeviceController<Key>>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for NodePriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePriority")
+            .field("config", &self.config)
+            .field("devices", &self.controllers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodePriority {
+    /// Controllers for `tiers`' classes, devices found under `topology`.
+    pub fn new(config: PriorityConfig, tiers: &TierSet, topology: Topology) -> NodePriority {
+        NodePriority {
+            classes: tiers.iter().map(|t| (t.name.clone(), t.priority)).collect(),
+            config,
+            topology,
+            ceilings: BTreeMap::new(),
+            physical: BTreeMap::new(),
+            controllers: BTreeMap::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.config.period
+    }
+
+    /// Remembers a publication's tier caps as its ceiling (at publish, before the law
+    /// replaces the reconciler's desired limits).
+    pub fn record(&mut self, target: &Path, ceiling: Limits) {
+        self.ceilings.insert(target.to_owned(), ceiling);
+    }
+
+    /// The capacity a new controller for `set` starts from.
+    fn model_for(&self, set: &DeviceSet) -> DeviceModel {
+        for dev in set {
+            if let Some(m) = self.config.devices.get(&dev.to_string()) {
+                return *m;
+            }
+            if let Some(m) = self
+                .topology
+                .name(*dev)
+                .and_then(|n| self.config.devices.get(&n))
+            {
+                return *m;
+            }
+        }
+        self.config.default_model
+    }
+
+    fn set_name(&self, set: &DeviceSet) -> String {
+        set.iter()
+            .map(|d| self.topology.name(*d).unwrap_or_else(|| d.to_string()))
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// One pass at the current time; see the module docs.
+    pub fn pass(&mut self, reconciler: &mut Reconciler, fs: &dyn CgroupFs) -> PriorityPass {
+        self.pass_at(self.epoch.elapsed(), reconciler, fs)
+    }
+
+    /// One pass at monotonic time `now` (tests drive the clock).
+    pub fn pass_at(
+        &mut self,
+        now: Duration,
+        reconciler: &mut Reconciler,
+        fs: &dyn CgroupFs,
+    ) -> PriorityPass {
+        let mut out = PriorityPass::default();
+        let live: BTreeMap<&Path, ()> = reconciler
+            .publications()
+            .map(|p| (p.publication.target_path.as_path(), ()))
+            .collect();
+        self.ceilings.retain(|t, _| live.contains_key(t.as_path()));
+
+        // 1. Inputs, grouped by physical device. Key -> (targets, desired limits now).
+        let mut groups: BTreeMap<DeviceSet, Vec<super::PublicationSample<Key>>> = BTreeMap::new();
+        let mut targets: BTreeMap<Key, Vec<(PathBuf, Limits)>> = BTreeMap::new();
+        let mut volume_devs = Vec::new();
+        for p in reconciler.publications() {
+            let (Some(cgroup), Some(ceiling)) = (
+                p.cgroup,
+                self.ceilings.get(&p.publication.target_path).copied(),
+            ) else {
+                continue;
+            };
+            if p.enforced.is_none() {
+                continue; // pending or failed: the reconciler deals with it first
+            }
+            let dev = p.publication.device;
+            let key = (cgroup.to_owned(), dev);
+            let entry = targets.entry(key.clone()).or_default();
+            entry.push((p.publication.target_path.clone(), p.publication.limits));
+            if entry.len() > 1 {
+                continue; // the same volume in the same pod twice: one input
+            }
+            let set = match self.physical.get(&dev) {
+                Some(set) => set.clone(),
+                None => match self.topology.physical(dev) {
+                    Ok(set) if !set.is_empty() => {
+                        self.physical.insert(dev, set.clone());
+                        set
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let reason = format!("physical device of {dev}: {e}");
+                        tracing::warn!(device = %dev, error = %e, "priority: physical device not found");
+                        out.errors.push(reason);
+                        continue;
+                    }
+                },
+            };
+            let counters = match apply::stats(fs, cgroup, dev) {
+                Ok(s) => s.map_or_else(Counters::default, |s| Counters {
+                    rios: s.rios,
+                    wios: s.wios,
+                    rbytes: s.rbytes,
+                    wbytes: s.wbytes,
+                }),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => {
+                    out.errors
+                        .push(format!("io.stat of {}: {e}", cgroup.display()));
+                    continue;
+                }
+            };
+            let vstat = self.topology.stat(dev).ok();
+            let class = self
+                .classes
+                .get(&p.publication.tier)
+                .copied()
+                .unwrap_or(Priority::Streaming);
+            volume_devs.push(dev);
+            groups
+                .entry(set)
+                .or_default()
+                .push(super::PublicationSample {
+                    key,
+                    class,
+                    counters,
+                    in_flight: vstat.map(|s| s.in_flight),
+                    queue_ms: vstat.map(|s| s.weighted_ms),
+                    ceiling,
+                });
+        }
+        self.physical.retain(|d, _| volume_devs.contains(d));
+        self.controllers.retain(|set, _| groups.contains_key(set));
+
+        // 2. One pass per device.
+        let mut writes: Vec<(Key, Limits)> = Vec::new();
+        for (set, samples) in &groups {
+            let model = self.model_for(set);
+            let name = self.set_name(set);
+            let controller = match self.controllers.entry(set.clone()) {
+                std::collections::btree_map::Entry::Occupied(c) => c.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    match DeviceController::new(model, self.config.params) {
+                        Ok(c) => {
+                            tracing::info!(device = %name, read_iops = model.read_iops, write_iops = model.write_iops, "priority: controlling a device");
+                            slot.insert(c)
+                        }
+                        Err(e) => {
+                            out.errors.push(format!("device {name}: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let device = set.iter().try_fold(DeviceSample::default(), |acc, d| {
+                let s = self.topology.stat(*d).ok()?;
+                Some(DeviceSample {
+                    ios: acc.ios + s.ios,
+                    weighted_ms: acc.weighted_ms + s.weighted_ms,
+                })
+            });
+            let decision = controller.pass(now, samples, device);
+            let streaming = samples
+                .iter()
+                .filter(|s| s.class == Priority::Streaming)
+                .count();
+            out.devices.push(DeviceState {
+                name,
+                report: decision.report,
+                publications: (streaming, samples.len() - streaming),
+            });
+            writes.extend(decision.limits);
+        }
+
+        // 3. Write what changed.
+        for ((cgroup, dev), limits) in writes {
+            let Some(ts) = targets.get(&(cgroup.clone(), dev)) else {
+                continue;
+            };
+            if ts.iter().all(|(_, held)| held.canonical() == limits) {
+                continue;
+            }
+            match apply::apply(fs, &cgroup, dev, &limits) {
+                Ok(()) => {
+                    out.written += 1;
+                    for (t, _) in ts {
+                        reconciler.set_limits(t, limits);
+                    }
+                    tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max set");
+                }
+                // The pod is going: the reconciler's next pass forgets it.
+                Err(e) if e.is_not_found() => {
+                    tracing::debug!(cgroup = %cgroup.display(), device = %dev, "priority: pod cgroup gone");
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %cgroup.display(), device = %dev, error = %e, "priority: io.max not written");
+                    out.errors.push(e.to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

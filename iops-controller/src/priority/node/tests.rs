@@ -1,0 +1,206 @@
+//! The node's priority controllers on a fake cgroupfs and a tempdir sysfs: one streaming
+//! and one batch publication on one NVMe, a lone batch publication on another.
+
+use std::fs;
+use std::sync::Arc;
+
+use super::*;
+use crate::apply::FakeCgroupFs;
+use crate::cgroup::PodUid;
+use crate::reconcile::Publication;
+use crate::tier::{Limit, Tier};
+
+const UIDS: [&str; 3] = [
+    "0a0a0a0a-0000-4000-8000-000000000001",
+    "0a0a0a0a-0000-4000-8000-000000000002",
+    "0a0a0a0a-0000-4000-8000-000000000003",
+];
+
+fn dn(s: &str) -> DeviceNumber {
+    s.parse().unwrap()
+}
+
+fn device(sys: &Path, dev: &str, name: &str, slave: Option<(&str, &str)>) {
+    let dir = sys.join("dev/block").join(dev);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("uevent"), format!("DEVNAME={name}\n")).unwrap();
+    fs::write(dir.join("stat"), "0 0 0 0 0 0 0 0 0 0 0\n").unwrap();
+    if let Some((sname, sdev)) = slave {
+        let s = dir.join("slaves").join(sname);
+        fs::create_dir_all(&s).unwrap();
+        fs::write(s.join("dev"), format!("{sdev}\n")).unwrap();
+    }
+}
+
+struct Node {
+    fs: Arc<FakeCgroupFs>,
+    reconciler: Reconciler,
+    priority: NodePriority,
+    cgroups: Vec<PathBuf>,
+    root: tempfile::TempDir,
+    _sys: tempfile::TempDir,
+}
+
+/// Pod 0: streaming on dm-3; pod 1: batch on dm-4 (both on nvme0n1, 259:0); pod 2: batch
+/// on dm-5 (nvme1n1, 259:1, configured at 4000 IOPS).
+fn node() -> Node {
+    let sys = tempfile::tempdir().unwrap();
+    device(sys.path(), "259:0", "nvme0n1", None);
+    device(sys.path(), "259:1", "nvme1n1", None);
+    device(sys.path(), "253:3", "dm-3", Some(("nvme0n1", "259:0")));
+    device(sys.path(), "253:4", "dm-4", Some(("nvme0n1", "259:0")));
+    device(sys.path(), "253:5", "dm-5", Some(("nvme1n1", "259:1")));
+    let topology = Topology::new(
+        sys.path().to_owned(),
+        Arc::new(|p: &Path| panic!("no loop device here: {}", p.display())),
+    );
+    let mut config = PriorityConfig {
+        default_model: DeviceModel::uniform_iops(1000.0),
+        ..PriorityConfig::default()
+    };
+    config
+        .devices
+        .insert("nvme1n1".into(), DeviceModel::uniform_iops(4000.0));
+    let priority = NodePriority::new(config, &TierSet::builtin(), topology);
+    let fs = Arc::new(FakeCgroupFs::new());
+    let root = tempfile::tempdir().unwrap();
+    let mut reconciler = Reconciler::new();
+    let mut n = Node {
+        fs,
+        reconciler: Reconciler::new(),
+        priority,
+        cgroups: vec![],
+        root,
+        _sys: sys,
+    };
+    for (i, (uid, (dev, tier))) in UIDS
+        .iter()
+        .zip([
+            ("253:3", Tier::streaming()),
+            ("253:4", Tier::batch()),
+            ("253:5", Tier::batch()),
+        ])
+        .enumerate()
+    {
+        let cgroup = n
+            .root
+            .path()
+            .join("kubepods.slice/kubepods-besteffort.slice")
+            .join(format!(
+                "kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ));
+        fs::create_dir_all(&cgroup).unwrap();
+        n.fs.add_cgroup(&cgroup);
+        n.cgroups.push(cgroup);
+        let target = PathBuf::from(format!("/t/{i}"));
+        let limits = tier.limits_for(1 << 30);
+        n.priority.record(&target, limits);
+        reconciler.upsert(Publication {
+            volume_id: format!("iol-{i}"),
+            target_path: target,
+            pod_uid: PodUid::parse(uid).unwrap(),
+            device: dn(dev),
+            tier: tier.name.clone(),
+            limits,
+        });
+    }
+    let report = reconciler.pass_kept(n.root.path(), n.fs.as_ref());
+    assert_eq!(report.applied, 2, "{report:?}"); // streaming's all-max line is in sync
+    n.reconciler = reconciler;
+    n
+}
+
+fn read_ios(n: &Node, pod: usize, dev: &str, rios: u64) {
+    n.fs.set_io_stat(
+        &n.cgroups[pod],
+        &format!(
+            "{dev} rbytes={} wbytes=0 rios={rios} wios=0 dbytes=0 dios=0\n",
+            rios * 4096
+        ),
+    );
+}
+
+fn riops(n: &Node, pod: usize, dev: &str) -> Limit {
+    crate::apply::current(n.fs.as_ref(), &n.cgroups[pod], dn(dev))
+        .unwrap()
+        .read_iops
+}
+
+#[test]
+fn batch_is_held_to_what_streaming_leaves_and_another_device_is_untouched() {
+    let mut n = node();
+    let (mut s, mut b, mut other) = (0, 0, 0);
+    let mut last = None;
+    for pass in 0..30u64 {
+        // Every 100 ms: streaming 50 IOs (half of nvme0n1), batch as much as its limit
+        // lets it, the lone batch volume on nvme1n1 300.
+        s += 50;
+        let cap = riops(&n, 1, "253:4").get().unwrap_or(u64::MAX);
+        b += (cap / 10).min(100);
+        other += 300;
+        read_ios(&n, 0, "253:3", s);
+        read_ios(&n, 1, "253:4", b);
+        read_ios(&n, 2, "253:5", other);
+        let p = n.priority.pass_at(
+            Duration::from_millis(100 * pass),
+            &mut n.reconciler,
+            n.fs.as_ref(),
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        last = Some(p);
+    }
+    let last = last.unwrap();
+    let names: Vec<&str> = last.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["nvme0n1", "nvme1n1"]);
+    let nvme0 = &last.devices[0];
+    assert!(nvme0.report.streaming_active);
+    assert_eq!(nvme0.publications, (1, 1));
+    // Batch gets 1 - 0.5 streaming - 0.10 headroom of the 1000-IOPS device, far under
+    // its 2000-IOPS tier cap; streaming keeps its (absent) caps.
+    let batch = riops(&n, 1, "253:4").get().unwrap();
+    assert!((300..=450).contains(&batch), "batch riops {batch}");
+    assert_eq!(riops(&n, 0, "253:3"), Limit::Max);
+    // nvme1n1 has no streaming: its batch volume may use the whole device (1.25 x 4000),
+    // held by its tier's 2000-IOPS ceiling.
+    assert!(!last.devices[1].report.streaming_active);
+    assert_eq!(riops(&n, 2, "253:5"), Limit::per_sec(2000));
+    // The reconciler holds the dynamic limits: its pass writes nothing.
+    let before = n.fs.writes().len();
+    let report = n.reconciler.pass_kept(n.root.path(), n.fs.as_ref());
+    assert_eq!(report.in_sync, 3, "{report:?}");
+    assert_eq!(n.fs.writes().len(), before);
+}
+
+#[test]
+fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_dropped() {
+    let mut n = node();
+    let (mut s, mut b) = (0, 0);
+    for pass in 0..20u64 {
+        if pass < 10 {
+            s += 50;
+        }
+        b += 100;
+        read_ios(&n, 0, "253:3", s);
+        read_ios(&n, 1, "253:4", b);
+        n.priority.pass_at(
+            Duration::from_millis(100 * pass),
+            &mut n.reconciler,
+            n.fs.as_ref(),
+        );
+    }
+    // Streaming idle for 10 passes: batch's budget is the whole device plus the probe
+    // (1.25 x 1000, or a little more once the online correction has seen 1000 IOPS).
+    let batch = riops(&n, 1, "253:4").get().unwrap();
+    assert!((1250..=1500).contains(&batch), "batch riops {batch}");
+    // Streaming's and the lone batch publication's pods go: nvme1n1's controller goes.
+    n.reconciler.forget_unless(|t| t == Path::new("/t/1"));
+    let p = n.priority.pass_at(
+        Duration::from_millis(2100),
+        &mut n.reconciler,
+        n.fs.as_ref(),
+    );
+    let names: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["nvme0n1"]);
+    assert_eq!(p.devices[0].publications, (0, 1));
+}

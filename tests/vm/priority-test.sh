@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs INSIDE the VM (tests/vm/priority.sh, nvme0n1 throttled by QEMU): the priority VM
+# test with the static tier caps (`IOLANE_TEST_PRIORITY=off`: expected to FAIL) and with
+# `[priority] enabled = true` (`on`: expected to pass), each in its own process.
+#
+#   priority-test.sh BIN_DIR
+#
+# Exit status: 0 when `on` passed and `off` failed, 1 otherwise.
+set -uo pipefail
+bin="${1:?usage: priority-test.sh BIN_DIR}"
+local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
+cp "$bin/iolane" "$bin/suite" "$local_bin/"
+export IOLANE_BIN="$local_bin/iolane"
+export IOLANE_TEST_BACKEND=lvm
+export IOLANE_TEST_LVM_DEVICES=/dev/nvme0n1
+export RUST_BACKTRACE=1
+name=tiers::priority::vm_streaming_keeps_its_rate_against_four_batch_volumes
+declare -A rc
+for mode in ${IOLANE_PRIORITY_MODES:-off on}; do
+    start=$(date +%s)
+    log="$(mktemp)"
+    IOLANE_TEST_PRIORITY=$mode timeout -k 10 600 "$local_bin/suite" --exact "$name" \
+        --test-threads 1 --nocapture >"$log" 2>&1
+    rc[$mode]=$?
+    echo "priority: $mode: exit ${rc[$mode]} in $(($(date +%s) - start))s"
+    # The test's own lines (figures, the assertion), not the driver's log.
+    grep -E '^(priority |/metrics|iolane_priority_|thread .* panicked|streaming kept|batch alone|  left|skipped| *[0-9]+ ms budget)' "$log" | sed 's/^/    /'
+    [ "${rc[$mode]}" = 0 ] || grep -E 'panicked' -A2 "$log" | sed 's/^/    /'
+done
+ok=1
+[ "${rc[on]:-1}" = 0 ] || { echo "priority: FAIL: with [priority] enabled the test failed"; ok=0; }
+[ "${rc[off]:-1}" != 0 ] || { echo "priority: FAIL: with static caps the test passed (it should show the problem)"; ok=0; }
+[ "$ok" = 1 ] && echo "priority: PASS (static caps fail the lines, the priority controllers hold them)"
+[ "$ok" = 1 ]
