@@ -113,7 +113,10 @@ for ((i = 0; i < disks; i++)); do
         rm -f "$img"
         truncate -s "$disk_size" "$img" # sparse
     fi
-    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe$disk_opts"
+    # discard=unmap: a deallocate from the guest punches a hole in the image, so the range
+    # reads zeros afterwards as on an NVMe device that zeroes deallocated blocks (qemu's
+    # default ignores discards, and a discarded range would keep its old data).
+    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe,discard=unmap$disk_opts"
         "-device nvme,serial=nv$i,drive=nv$i")
 done
 

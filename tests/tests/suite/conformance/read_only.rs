@@ -104,7 +104,7 @@ async fn selinux_context_option_reaches_the_mount() {
                 mount_at(&staging).is_none(),
                 "a failed NodeStageVolume left {staging} mounted"
             );
-            note(format!(
+            iolane_tests::note(format!(
                 "this host's mount refused the SELinux option: {:?}: {}",
                 s.code(),
                 s.message()
