@@ -24,8 +24,11 @@ for mode in ${IOLANE_PRIORITY_MODES:-off on}; do
     rc[$mode]=$?
     echo "priority: $mode: exit ${rc[$mode]} in $(($(date +%s) - start))s"
     # The test's own lines (figures, the assertion), not the driver's log.
-    grep -E '^(priority |/metrics|iolane_priority_|thread .* panicked|streaming kept|batch alone|  left|skipped| *[0-9]+ ms budget)' "$log" | sed 's/^/    /'
-    [ "${rc[$mode]}" = 0 ] || grep -E 'panicked' -A2 "$log" | sed 's/^/    /'
+    grep -E '^(priority |/metrics|iolane_priority_|thread .* panicked|streaming kept|batch alone|  left|skipped| *[0-9]+ ms batch riops)' "$log" | sed 's/^/    /'
+    if [ "${rc[$mode]}" != 0 ] && [ "$mode" = on ]; then
+        echo "    the node's priority and io.max lines (last 40):"
+        grep -E 'priority|io\.max' "$log" | grep -v 'ms batch riops' | tail -40 | cut -c1-300 | sed 's/^/      /'
+    fi
 done
 ok=1
 [ "${rc[on]:-1}" = 0 ] || { echo "priority: FAIL: with [priority] enabled the test failed"; ok=0; }

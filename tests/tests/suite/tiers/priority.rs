@@ -174,9 +174,22 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
                         .unwrap_or("-")
                         .to_owned()
                 };
+                let caps: Vec<String> = batch
+                    .iter()
+                    .map(|p| {
+                        let text = cat_io_max(&p.cgroup);
+                        line_of(&text, &p.dev)
+                            .and_then(|l| {
+                                l.split_whitespace()
+                                    .find_map(|kv| kv.strip_prefix("riops=").map(str::to_owned))
+                            })
+                            .unwrap_or_else(|| "none".to_owned())
+                    })
+                    .collect();
                 lines.push(format!(
-                    "{:>5} ms budget={} streaming_active={} streaming_use={} batch_use={} writes={}",
+                    "{:>5} ms batch riops={} budget={} streaming_active={} streaming_use={} batch_use={} writes={}",
                     t0.elapsed().as_millis(),
+                    caps.join("/"),
                     pick("iolane_priority_batch_budget_ratio"),
                     pick("iolane_priority_streaming_active"),
                     pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"streaming\"}"),
