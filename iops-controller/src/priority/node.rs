@@ -41,6 +41,9 @@ use super::topology::Topology;
 /// has seen it.
 pub const DEFAULT_START_IOPS: f64 = 2000.0;
 
+/// A publication whose counters moved within this long counts as active.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
+
 /// What the node config says about priority.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriorityConfig {
@@ -102,6 +105,10 @@ pub struct NodePriority {
     physical: BTreeMap<DeviceNumber, DeviceSet>,
     controllers: BTreeMap<DeviceSet, DeviceController<Key>>,
     epoch: Instant,
+    /// Each input's counters and when they last moved: a batch volume held to a few IOPS
+    /// completes nothing in most periods, and would flip between active and idle (and its
+    /// line be rewritten) every pass.
+    moved: BTreeMap<Key, (Counters, Duration)>,
 }
 
 impl std::fmt::Debug for NodePriority {
@@ -124,6 +131,7 @@ impl NodePriority {
             physical: BTreeMap::new(),
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
+            moved: BTreeMap::new(),
         }
     }
 
@@ -232,6 +240,14 @@ impl NodePriority {
                 }
             };
             let vstat = self.topology.stat(dev).ok();
+            let last_moved = match self.moved.get(&key) {
+                Some((before, at)) if *before == counters => *at,
+                _ => now,
+            };
+            self.moved.insert(key.clone(), (counters, last_moved));
+            // Recent IO counts as IO in flight (queued in blk-throttle, which the
+            // device's in-flight count does not see).
+            let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
             let class = self
                 .classes
                 .get(&p.publication.tier)
@@ -245,12 +261,13 @@ impl NodePriority {
                     key,
                     class,
                     counters,
-                    in_flight: vstat.map(|s| s.in_flight),
+                    in_flight: Some(vstat.map_or(0, |s| s.in_flight) + recent),
                     queue_ms: vstat.map(|s| s.weighted_ms),
                     ceiling,
                 });
         }
         self.physical.retain(|d, _| volume_devs.contains(d));
+        self.moved.retain(|k, _| targets.contains_key(k));
         self.controllers.retain(|set, _| groups.contains_key(set));
 
         // 2. One pass per device.

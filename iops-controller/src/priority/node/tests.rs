@@ -176,7 +176,7 @@ fn batch_is_held_to_what_streaming_leaves_and_another_device_is_untouched() {
 fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_dropped() {
     let mut n = node();
     let (mut s, mut b) = (0, 0);
-    for pass in 0..20u64 {
+    for pass in 0..30u64 {
         if pass < 10 {
             s += 50;
         }
@@ -189,14 +189,15 @@ fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_droppe
             n.fs.as_ref(),
         );
     }
-    // Streaming idle for 10 passes: batch's budget is the whole device plus the probe
+    // Streaming idle for 2 s (it counts as active for 1 s after its last IO): batch's
+    // budget is the whole device plus the probe
     // (1.25 x 1000, or a little more once the online correction has seen 1000 IOPS).
     let batch = riops(&n, 1, "253:4").get().unwrap();
     assert!((1250..=1500).contains(&batch), "batch riops {batch}");
     // Streaming's and the lone batch publication's pods go: nvme1n1's controller goes.
     n.reconciler.forget_unless(|t| t == Path::new("/t/1"));
     let p = n.priority.pass_at(
-        Duration::from_millis(2100),
+        Duration::from_millis(3100),
         &mut n.reconciler,
         n.fs.as_ref(),
     );
