@@ -13,6 +13,8 @@ local_bin="$(mktemp -d /tmp/iolane-bin.XXXXXX)"
 cp "$bin/iolane" "$bin/suite" "$local_bin/"
 export IOLANE_BIN="$local_bin/iolane"
 export IOLANE_TEST_BACKEND=lvm
+# In the VM a missing prerequisite is a failure, not a skip (tests/src/host.rs, skip()).
+export IOLANE_REQUIRE_VM_PREREQS=1
 export IOLANE_TEST_LVM_DEVICES=/dev/nvme0n1
 export RUST_BACKTRACE=1
 name=tiers::priority::vm_streaming_keeps_its_rate_against_four_batch_volumes

@@ -93,13 +93,13 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
             .and_then(|s| s.parse::<u64>().ok()),
         std::env::var("IOLANE_TEST_PRIORITY"),
     ) else {
-        note(
-            "skipped: no throttled disk (IOLANE_TEST_PRIORITY_IOPS, IOLANE_TEST_PRIORITY; runs in tests/vm/priority.sh)",
+        iolane_tests::skip(
+            "no throttled disk (IOLANE_TEST_PRIORITY_IOPS, IOLANE_TEST_PRIORITY; runs in tests/vm/priority.sh)",
         );
         return;
     };
     if !controllers.split_whitespace().any(|c| c == "io") {
-        note("skipped: no cgroup v2 io controller at /sys/fs/cgroup");
+        iolane_tests::skip("no cgroup v2 io controller at /sys/fs/cgroup");
         return;
     }
     let enabled = match mode.as_str() {
