@@ -244,16 +244,23 @@ fn bench(p: &Published, json: &Path) -> f64 {
 #[tokio::test]
 async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
     require_vm!();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .to_string()
+    };
+    let metrics = free();
+    // `/status` (and `iolane status`) is on its own address, not the metrics one.
+    let status_addr = free();
     let mut d = Driver::start_with(Options {
         args: vec![
             "--reconcile-period".into(),
             RECONCILE_SECS.to_string(),
             "--metrics-address".into(),
             metrics.clone(),
+            "--status-address".into(),
+            status_addr.clone(),
         ],
         config: Some(TIERS.to_owned()),
         ..Options::default()
@@ -317,7 +324,7 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
         // Read while both run, so the live IOPS column has something to show.
         let status = run(
             &binary().to_string_lossy(),
-            &["status", "--address", &metrics, "--interval", "2"],
+            &["status", "--address", &status_addr, "--interval", "2"],
         );
         (
             st.join().expect("streaming bench"),
