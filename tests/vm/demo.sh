@@ -6,7 +6,8 @@
 #
 #   bash tests/vm/demo.sh [DEMO FLAGS...]      e.g. bash tests/vm/demo.sh --batch-iops 200
 #
-# Installs what the VM needs (tests/vm/setup.sh), builds `iolane` (release), boots the host's
+# Installs what the VM needs (tests/vm/setup.sh), builds `iolane` (the debug build the suite
+# uses, as tests/vm/tiers.sh runs the demo), boots the host's
 # kernel with software emulation (tests/vm/run.sh: about 20 s to boot), runs
 # `iolane --log warn demo FLAGS...` in the guest on its real cgroup v2 root, and prints the
 # demo's output here as it goes. The exit status is the demo's: 0 when the tiers held, 1 when
@@ -28,12 +29,12 @@ for a in "$@"; do
 done
 
 bash "$here/setup.sh" >/dev/null
-cargo build --release -p csi-driver --locked
+cargo build -p csi-driver --locked
 work="$(mktemp -d /tmp/iolane-vmdemo.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 target="${CARGO_TARGET_DIR:-$repo/target}"
 # The guest reads the binary over 9p; without debug info it starts faster.
-objcopy --strip-debug "$target/release/iolane" "$work/iolane"
+objcopy --strip-debug "$target/debug/iolane" "$work/iolane"
 
 bash "$here/run.sh" --disks 0 --timeout 900 --rwdir "$work" -- \
     "$work/iolane" --log warn demo "$@"
