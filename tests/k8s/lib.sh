@@ -2,8 +2,9 @@
 # A real Kubernetes control plane on loopback, for the tests in tests/k8s/: etcd and
 # kube-apiserver built from their pinned Go modules (build.sh, versions.sh), certificates
 # made with openssl, client-certificate auth (the admin is in `system:masters`) and
-# `--authorization-mode=AlwaysAllow`. Sourced by a test script, which must set `K8S_DIR`
-# (an empty directory it owns) and call `k8s_stop_all` on exit.
+# `--authorization-mode=AlwaysAllow`. Sourced by a test script, which calls
+# `k8s_test_setup` (below), or sets `K8S_DIR` (an empty directory it owns) and calls
+# `k8s_stop_all` on exit itself.
 #
 #   k8s_build NAME...        build/reuse the binaries; sets K8S_BIN_<name> (dashes -> _)
 #   k8s_certs                CA, apiserver serving cert, admin client cert, SA key pair
@@ -190,3 +191,40 @@ KC
 }
 
 kubectl() { "$K8S_BIN_kubectl" --kubeconfig "$K8S_DIR/kubeconfig" "$@"; }
+
+# k8s_test_setup PREFIX: what every control-plane test script starts with. Sets K8S_DIR (a
+# fresh temp dir, or IOLANE_K8S_KEEP=DIR to keep logs and state), `node`, `sock` and `state`
+# for the iolane node, a clean-up at exit (every process started here, the loop devices
+# over files under K8S_DIR, the dir unless kept), and the counters `passed`/`failed` that
+# `result NAME STATUS [WHY]` feeds, printing `ok PREFIX::NAME` or `FAILED PREFIX::NAME (WHY)`.
+k8s_test_setup() {
+    K8S_RESULT_PREFIX=$1
+    K8S_DIR="${IOLANE_K8S_KEEP:-$(mktemp -d /tmp/iolane-k8s.XXXXXX)}"
+    mkdir -p "$K8S_DIR"
+    node=test-node
+    sock="$K8S_DIR/csi.sock"
+    state="$K8S_DIR/state"
+    passed=0
+    failed=0
+    trap k8s_test_cleanup EXIT
+    trap 'exit 1' INT TERM
+}
+
+k8s_test_cleanup() {
+    k8s_stop_all
+    local l
+    for l in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$K8S_DIR/" 'index($2, d) == 1 {print $1}'); do
+        losetup -d "$l"
+    done
+    [ -n "${IOLANE_K8S_KEEP:-}" ] || rm -rf "$K8S_DIR"
+}
+
+result() { # NAME STATUS [WHY]
+    if [ "$2" = 0 ]; then
+        passed=$((passed + 1))
+        echo "ok $K8S_RESULT_PREFIX::$1"
+    else
+        failed=$((failed + 1))
+        echo "FAILED $K8S_RESULT_PREFIX::$1 (${3:-see above})"
+    fi
+}

@@ -35,33 +35,8 @@ fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner"
 k8s_build kube-apiserver kubectl etcd csi-provisioner || exit 1
 
-K8S_DIR="${IOLANE_K8S_KEEP:-$(mktemp -d /tmp/iolane-k8s.XXXXXX)}"
-mkdir -p "$K8S_DIR"
-node=test-node
-sock="$K8S_DIR/csi.sock"
-state="$K8S_DIR/state"
-cleanup() {
-    k8s_stop_all
-    local l
-    for l in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$K8S_DIR/" 'index($2, d) == 1 {print $1}'); do
-        losetup -d "$l"
-    done
-    [ -n "${IOLANE_K8S_KEEP:-}" ] || rm -rf "$K8S_DIR"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-passed=0
-failed=0
-result() { # NAME STATUS [WHY]
-    if [ "$2" = 0 ]; then
-        passed=$((passed + 1))
-        echo "ok k8s::nodes::$1"
-    else
-        failed=$((failed + 1))
-        echo "FAILED k8s::nodes::$1 (${3:-see above})"
-    fi
-}
+# The work dir, the node's socket and state, the clean-up at exit, and `result` (lib.sh).
+k8s_test_setup k8s::nodes
 show_logs() {
     local f
     for f in "$K8S_DIR"/{iolane,provisioner,controller-dry-run,controller-on,apiserver}.log; do
