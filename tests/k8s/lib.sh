@@ -8,6 +8,7 @@
 #
 #   k8s_build NAME...        build/reuse the binaries; sets K8S_BIN_<name> (dashes -> _)
 #   k8s_certs                CA, apiserver serving cert, admin client cert, SA key pair
+#                            (K8S_EXTRA_SAN=IP:10.0.2.2 adds a name to the serving cert)
 #   k8s_start_etcd           etcd on 127.0.0.1 (free ports), data in $K8S_DIR/etcd
 #   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
@@ -123,7 +124,7 @@ k8s_certs() {
                 -out "$1.crt" -days 2 -extfile "$1.ext"
         }
         sign apiserver /CN=kube-apiserver \
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc${K8S_EXTRA_SAN:+,$K8S_EXTRA_SAN}
 extendedKeyUsage=serverAuth"
         sign admin "/O=system:masters/CN=iolane-test-admin" "extendedKeyUsage=clientAuth"
         openssl ecparam -genkey -name prime256v1 -noout -out sa.key
