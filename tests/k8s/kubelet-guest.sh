@@ -7,15 +7,15 @@
 # host (10.0.2.2), then the checks, one `ok kubelet::NAME` / `FAILED kubelet::NAME (why)`
 # line each and `N passed, M failed`:
 #   registered   kubelet's plugin watcher registered csi.iolane.dev (CSINode with topology)
-#   pod          (full run) a pod without volumes runs (the pause sandbox, busybox image)
-#   capacity     CSIStorageCapacity for both classes with this node's topology
 #   volume-pod   a pod with an iolane-batch PVC (WaitForFirstConsumer; the test plays the
 #                scheduler's and the PV controller's part, as provision.sh) runs: kubelet's
 #                NodeStageVolume and NodePublishVolume reached iolane (its log, the mounts)
 #   io-max       the pod's own cgroup (kubelet's cgroupfs layout) has the tier's io.max line
 #                for the volume's device
+#   capacity     CSIStorageCapacity for both classes with this node's topology
 #   k8s-view     PV and PVC Bound, the PV's node affinity is this node, its size is the LV's
 # Full run only (IOLANE_KUBELET_MODE=full):
+#   pod          (before volume-pod) a pod without volumes runs (pause sandbox, busybox image)
 #   fio-cap      fio in the pod (4 KiB randread, direct) is held at the cap
 #   restart      iolane stopped, the line removed behind its back, iolane started: it adopts
 #                the publication from the mount table and writes the line again; status shows it
@@ -36,6 +36,9 @@ cap="${IOLANE_KUBELET_CAP:-200}"
 K8S_T0=$(date +%s)
 K8S_DIR="$W"
 K8S_RESULT_PREFIX=kubelet
+# Each poll starts kubectl, a large Go binary that takes seconds under emulation and takes
+# its CPU from kubelet and iolane: poll every 3 s, not every 0.5 s.
+K8S_POLL_SECONDS=3
 b="$W/bin"
 logs="$W/logs"
 kc="$W/kubeconfig-guest"
@@ -51,6 +54,8 @@ mkdir -p "$logs" "$D"
 trap k8s_stop_all EXIT
 # A writable discovery cache: without one every kubectl call fetches the API's discovery
 # documents again, which costs seconds each under emulation.
+# (Objects are made with `create --validate=false`: validation would fetch and parse the
+# API's OpenAPI documents in every call.)
 kubectl() { "$b/kubectl" --kubeconfig "$kc" --cache-dir "$D/kube-cache" "$@"; }
 export PATH="$b:$PATH"
 
@@ -178,7 +183,7 @@ EOF
 t=$(date +%s)
 k8s_start kubelet "$logs/kubelet.log" "$b/kubelet" --config "$D/kubelet.yaml" \
     --kubeconfig "$kc" --root-dir "$kubelet_dir" --hostname-override "$node" --v=2
-k8s_log "kubelet $("$b/kubelet" --version | awk '{print $2}') started"
+k8s_log "kubelet started"
 registered() {
     kubectl get csinode "$node" -o jsonpath='{.spec.drivers[0].name} {.spec.drivers[0].topologyKeys[0]}' \
         | grep -q "^$driver topology.iolane.dev/node"
@@ -186,6 +191,9 @@ registered() {
 if k8s_wait 300 "CSINode $node with $driver" registered; then
     k8s_log "kubelet registered $driver after $(($(date +%s) - t)) s: $(grep -h 'registered' "$logs/registrar.log" | tail -1)"
     result registered 0
+    t=$(date +%s%N)
+    kubectl get --raw /readyz >/dev/null
+    k8s_log "one kubectl call (get --raw /readyz) takes $((($(date +%s%N) - t) / 1000000)) ms here"
 else
     die registered "no CSINode with $driver"
 fi
@@ -193,7 +201,7 @@ fi
 # --- a pod without volumes (full run) --------------------------------------------------
 running() { [ "$(kubectl -n default get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 if [ "$mode" = full ]; then
-    kubectl apply -f - >/dev/null <<EOF
+    kubectl create --validate=false -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: plain, namespace: default}
@@ -219,26 +227,8 @@ EOF
     fi
 fi
 
-# --- capacity --------------------------------------------------------------------------
-capacity_ok() {
-    kubectl -n iolane get csistoragecapacities -o json | python3 -c '
-import json, sys
-seen = {c["storageClassName"] for c in json.load(sys.stdin)["items"]
-        if c.get("nodeTopology", {}).get("matchLabels") == {"topology.iolane.dev/node": sys.argv[1]}
-        and c.get("capacity") not in (None, "0")}
-sys.exit(0 if {"iolane-streaming", "iolane-batch"} <= seen else 1)
-' "$node"
-}
-if k8s_wait 120 "CSIStorageCapacity objects" capacity_ok; then
-    kubectl -n iolane get csistoragecapacities -o custom-columns=CLASS:.storageClassName,CAPACITY:.capacity,TOPOLOGY:.nodeTopology.matchLabels | sed 's/^/    /'
-    result capacity 0
-else
-    kubectl -n iolane get csistoragecapacities -o yaml | sed 's/^/    /'
-    result capacity 1 "no CSIStorageCapacity for both classes with this node's topology"
-fi
-
 # --- a pod with an iolane volume -------------------------------------------------------
-kubectl apply -f - >/dev/null <<EOF
+kubectl create --validate=false -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata:
@@ -267,7 +257,7 @@ handle="$(kubectl get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')"
 img=iolane.test/fio:1
 fio_cmd="fio --name=capped --filename=/data/fio.file --size=32m --direct=1 --rw=randread --bs=4k --ioengine=libaio --iodepth=8 --runtime=10 --time_based --output-format=json --output=/data/fio.json"
 [ "$mode" = full ] || { fio_cmd=true; img=iolane.test/busybox:1; }
-kubectl apply -f - >/dev/null <<EOF
+kubectl create --validate=false -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: fio, namespace: default}
@@ -317,6 +307,24 @@ if [ -n "$cg" ] && k8s_wait 60 "io.max line for $dev" has_line; then
 else
     echo "    pod cgroup: ${cg:-none}; io.max: $(cat "$cg/io.max" 2>/dev/null)"
     result io-max 1 "no '$dev ... $want' line in the pod's io.max"
+fi
+
+# --- capacity --------------------------------------------------------------------------
+capacity_ok() {
+    kubectl -n iolane get csistoragecapacities -o json | python3 -c '
+import json, sys
+seen = {c["storageClassName"] for c in json.load(sys.stdin)["items"]
+        if c.get("nodeTopology", {}).get("matchLabels") == {"topology.iolane.dev/node": sys.argv[1]}
+        and c.get("capacity") not in (None, "0")}
+sys.exit(0 if {"iolane-streaming", "iolane-batch"} <= seen else 1)
+' "$node"
+}
+if k8s_wait 120 "CSIStorageCapacity objects" capacity_ok; then
+    kubectl -n iolane get csistoragecapacities -o custom-columns=CLASS:.storageClassName,CAPACITY:.capacity,TOPOLOGY:.nodeTopology.matchLabels | sed 's/^/    /'
+    result capacity 0
+else
+    kubectl -n iolane get csistoragecapacities -o yaml | sed 's/^/    /'
+    result capacity 1 "no CSIStorageCapacity for both classes with this node's topology"
 fi
 
 # --- the Kubernetes view against the node ----------------------------------------------

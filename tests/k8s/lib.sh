@@ -14,7 +14,8 @@
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
 #   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
 #   k8s_stop NAME            stops one of them now (SIGTERM, SIGKILL after 20 s)
-#   k8s_wait SECONDS WHAT CMD...  polls CMD (0.5 s) until it succeeds or the deadline
+#   k8s_wait SECONDS WHAT CMD...  polls CMD (every K8S_POLL_SECONDS, default 0.5) until it
+#                            succeeds or the deadline
 #   kubectl ...              the built kubectl on that kubeconfig
 K8S_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 K8S_PIDS=()
@@ -104,7 +105,7 @@ k8s_wait() {
             return 1
         fi
         k8s_check_alive || { echo "while waiting for $what" >&2; return 1; }
-        sleep 0.5
+        sleep "${K8S_POLL_SECONDS:-0.5}"
     done
 }
 
