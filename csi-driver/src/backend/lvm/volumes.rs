@@ -146,6 +146,7 @@ impl LvmBackend {
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
             tier: spec.tier.clone(),
+            source: None,
         };
         {
             let mut index = self.index();

@@ -4,10 +4,10 @@
 use super::*;
 
 /// The byte the old volume is filled with.
-const OLD_BYTE: u8 = 0x5a;
+pub(super) const OLD_BYTE: u8 = 0x5a;
 
 /// Fills `len` bytes of `dev` with [`OLD_BYTE`] (O_DIRECT, 1 MiB at a time) and fsyncs.
-fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
+pub(super) fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
     let f = open_direct(dev, true)?;
     let mut buf = AlignedBuf::new(1 << 20);
     buf.as_mut_slice().fill(OLD_BYTE);
@@ -20,21 +20,21 @@ fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
 
 /// What a fresh volume holds after a 4 KiB marker was written into each of its chunks.
 #[derive(Debug, Default)]
-struct Stale {
-    chunks: usize,
+pub(super) struct Stale {
+    pub(super) chunks: usize,
     /// Chunks with a non-zero byte the volume never wrote.
-    stale: usize,
+    pub(super) stale: usize,
     /// Of those, chunks whose stray bytes are the old volume's ([`OLD_BYTE`]).
-    old: usize,
-    first: Option<usize>,
+    pub(super) old: usize,
+    pub(super) first: Option<usize>,
     /// Non-zero bytes before any marker was written.
-    unwritten_nonzero: Option<usize>,
+    pub(super) unwritten_nonzero: Option<usize>,
 }
 
 /// Reads `len` bytes of a fresh volume (must be zeros), writes a 4 KiB marker at the start
 /// of each `chunk` (so the pool provisions every chunk, reusing freed blocks when the pool
 /// has no others), and reads everything back: the rest of each chunk must be zeros.
-fn probe_stale(dev: &Path, len: usize, chunk: usize) -> std::io::Result<Stale> {
+pub(super) fn probe_stale(dev: &Path, len: usize, chunk: usize) -> std::io::Result<Stale> {
     let mut out = Stale::default();
     let step = 1 << 20;
     for off in (0..len).step_by(step) {

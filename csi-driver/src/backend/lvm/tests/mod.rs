@@ -136,6 +136,7 @@ fn spec(name: &str, size: u64) -> CreateSpec {
         fs_type: Some(FsType::Ext4),
         parameters: Parameters::default(),
         tier: None,
+        source: None,
     }
 }
 
