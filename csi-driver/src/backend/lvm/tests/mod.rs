@@ -5,6 +5,7 @@
 mod admission;
 mod index;
 mod setup;
+mod snapshots;
 mod volumes;
 
 use std::sync::Arc;
