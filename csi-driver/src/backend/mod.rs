@@ -8,8 +8,8 @@ pub mod lvm;
 
 use std::path::PathBuf;
 
-use crate::error::Result;
 use crate::error::Error;
+use crate::error::Result;
 use crate::volume::{Capacity, CreateSpec, Parameters, Snapshot, SnapshotSpec, Volume};
 
 /// What [`Backend::create`] did.

@@ -22,9 +22,9 @@ use iops_controller::{DeviceNumber, Enforcement, ResolvedTier, keys};
 mod controller;
 mod enforcement;
 mod node;
-mod snapshots;
 #[cfg(test)]
 mod node_tests;
+mod snapshots;
 
 pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};

@@ -39,11 +39,11 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::{Backend, Created};
+use crate::backend::CreatedSnapshot;
 use crate::error::{Error, Result};
 use crate::os::dm::ThinPoolStatus;
 use crate::os::lvm::Report;
 use crate::os::{self, Os};
-use crate::backend::CreatedSnapshot;
 use crate::volume::{Capacity, CreateSpec, Parameters, Snapshot, SnapshotSpec, Volume};
 pub use class::{DEFAULT_CLASS, DeviceClass, WipePolicy};
 pub(crate) use class::{validate_classes, validate_devices};

@@ -91,9 +91,10 @@ impl LvmBackend {
             let _admit = class.admission.lock().await;
             let (u, _) = self.admission_usage(src.class).await?;
             admit(c, &u, size)?;
-            self.index()
-                .reserved
-                .insert(spec.id.clone(), (src.class, size.next_multiple_of(u.extent)));
+            self.index().reserved.insert(
+                spec.id.clone(),
+                (src.class, size.next_multiple_of(u.extent)),
+            );
         }
         let created = self
             .os
@@ -153,7 +154,11 @@ impl LvmBackend {
     /// [`Backend::create`](crate::backend::Backend::create) of a clone: a thin snapshot of
     /// `src` (a snapshot or a volume in the requested class's pool), active, tagged as a
     /// volume, grown to the requested size.
-    pub(super) async fn create_clone(&self, spec: &CreateSpec, src: &ContentSource) -> Result<Created> {
+    pub(super) async fn create_clone(
+        &self,
+        spec: &CreateSpec,
+        src: &ContentSource,
+    ) -> Result<Created> {
         let (ci, class) = self.class_for(&spec.parameters)?;
         let c = &class.cfg;
         let tags = tags::encode(spec)?;

@@ -435,7 +435,10 @@ mod tests {
         let mut s = spec("clone", &[]);
         s.source = Some(ContentSource::Snapshot(crate::volume::snapshot_id_for("s")));
         let tags = encode(&s).unwrap();
-        assert!(tags.iter().any(|t| t.starts_with("iolane.dev/src=snapshot/iolsnap-")));
+        assert!(
+            tags.iter()
+                .any(|t| t.starts_with("iolane.dev/src=snapshot/iolsnap-"))
+        );
         assert_eq!(decode(&tags).unwrap().source, s.source);
 
         let snap = SnapshotSpec {
@@ -464,6 +467,10 @@ mod tests {
         assert!(decode(&tags).is_err());
         let mut bad = tags.clone();
         bad.push("iolane.dev/created=yesterday".to_owned());
-        assert!(decode_snapshot(&snap.id, &bad).unwrap_err().contains("created"));
+        assert!(
+            decode_snapshot(&snap.id, &bad)
+                .unwrap_err()
+                .contains("created")
+        );
     }
 }

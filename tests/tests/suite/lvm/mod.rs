@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 use iolane_tests::csi;
 use iolane_tests::{
     AlignedBuf, DEFAULT_VG, Driver, GIB, LVM_EXTENT, LvmClass, MIB, Options, TestBackend,
-    block_cap, create_request, lvm_lvs, lvm_snapshot_lvs, lvm_volume_lvs, mount_cap, note, ok, open_direct, pattern,
-    poll, publish_request, read_direct, require_lvm, run, sha256, stage_request, test_backend,
-    unpublish_request, unstage_request, volume_id_for, write_direct, write_synced,
+    block_cap, create_request, lvm_lvs, lvm_snapshot_lvs, lvm_volume_lvs, mount_cap, note, ok,
+    open_direct, pattern, poll, publish_request, read_direct, require_lvm, run, sha256,
+    stage_request, test_backend, unpublish_request, unstage_request, volume_id_for, write_direct,
+    write_synced,
 };
 use tonic::Code;
 

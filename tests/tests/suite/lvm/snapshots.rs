@@ -108,38 +108,73 @@ async fn lvm_clone_of_a_snapshot_reads_snapshot_time_data_also_after_the_source_
     let s = snapshot(&mut d, "snap-1", &src.volume_id).await;
     assert_eq!(s.size_bytes, src.capacity_bytes);
     // Idempotent by name; the same name of another source is ALREADY_EXISTS.
-    assert_eq!(snapshot(&mut d, "snap-1", &src.volume_id).await.snapshot_id, s.snapshot_id);
+    assert_eq!(
+        snapshot(&mut d, "snap-1", &src.volume_id).await.snapshot_id,
+        s.snapshot_id
+    );
 
     // Write more after the snapshot: the clone must not see it.
     let later = pattern(2, 8 << 20);
     write_synced(&Path::new(&src_target).join(FILE), &later).expect("write the later data");
     write_synced(&Path::new(&src_target).join("later.bin"), &later).expect("write a new file");
 
-    let c1 = clone_from(&mut d, "snap-clone-1", &cap, 320 * MIB, from_snapshot(&s.snapshot_id)).await;
+    let c1 = clone_from(
+        &mut d,
+        "snap-clone-1",
+        &cap,
+        320 * MIB,
+        from_snapshot(&s.snapshot_id),
+    )
+    .await;
     let (c1_staging, c1_target) = stage_publish(&mut d, &c1.volume_id, "snap-clone-1", &cap).await;
-    assert_eq!(file_sha(&c1_target), sha256(&then), "the clone reads the snapshot-time data");
+    assert_eq!(
+        file_sha(&c1_target),
+        sha256(&then),
+        "the clone reads the snapshot-time data"
+    );
     assert!(
         !Path::new(&c1_target).join("later.bin").exists(),
         "a file written after the snapshot is in the clone"
     );
-    assert_eq!(file_sha(&src_target), sha256(&later), "the source keeps its own data");
+    assert_eq!(
+        file_sha(&src_target),
+        sha256(&later),
+        "the source keeps its own data"
+    );
 
     // Delete the source: the snapshot and the clone survive it.
     unpublish_unstage(&mut d, &src.volume_id, &src_staging, &src_target).await;
     delete(&mut d, &src.volume_id).await;
     let listed = list_snapshots(&mut d).await;
     assert!(
-        listed.iter().any(|x| x.snapshot_id == s.snapshot_id && x.source_volume_id == src.volume_id),
+        listed
+            .iter()
+            .any(|x| x.snapshot_id == s.snapshot_id && x.source_volume_id == src.volume_id),
         "the snapshot is listed after its source was deleted: {listed:?}"
     );
     // Read the clone from its device again, not from the page cache: restage it.
     unpublish_unstage(&mut d, &c1.volume_id, &c1_staging, &c1_target).await;
     let (c1_staging, c1_target) = stage_publish(&mut d, &c1.volume_id, "snap-clone-1", &cap).await;
-    assert_eq!(file_sha(&c1_target), sha256(&then), "the clone after its source was deleted");
+    assert_eq!(
+        file_sha(&c1_target),
+        sha256(&then),
+        "the clone after its source was deleted"
+    );
     // And a new clone of the snapshot of the deleted volume.
-    let c2 = clone_from(&mut d, "snap-clone-2", &cap, 320 * MIB, from_snapshot(&s.snapshot_id)).await;
+    let c2 = clone_from(
+        &mut d,
+        "snap-clone-2",
+        &cap,
+        320 * MIB,
+        from_snapshot(&s.snapshot_id),
+    )
+    .await;
     let (c2_staging, c2_target) = stage_publish(&mut d, &c2.volume_id, "snap-clone-2", &cap).await;
-    assert_eq!(file_sha(&c2_target), sha256(&then), "a clone made after the source was deleted");
+    assert_eq!(
+        file_sha(&c2_target),
+        sha256(&then),
+        "a clone made after the source was deleted"
+    );
 
     for (v, staging, target) in [
         (&c1, &c1_staging, &c1_target),
@@ -164,27 +199,45 @@ async fn lvm_clone_of_a_volume_into_a_bigger_one() {
     let (src_staging, src_target) = stage_publish(&mut d, &src.volume_id, "grow-src", &cap).await;
     let data = pattern(3, 4 << 20);
     write_synced(&Path::new(&src_target).join(FILE), &data).expect("write the data");
-    let src_total = match stats(&mut d, &src.volume_id, &src_target).await.usage.first() {
+    let src_total = match stats(&mut d, &src.volume_id, &src_target)
+        .await
+        .usage
+        .first()
+    {
         Some(u) => u.total,
         None => panic!("no usage for the source"),
     };
 
-    let big = clone_from(&mut d, "grow-clone", &cap, 256 * MIB, from_volume(&src.volume_id)).await;
+    let big = clone_from(
+        &mut d,
+        "grow-clone",
+        &cap,
+        256 * MIB,
+        from_volume(&src.volume_id),
+    )
+    .await;
     assert!(big.capacity_bytes >= 256 * MIB, "{big:?}");
     let (staging, target) = stage_publish(&mut d, &big.volume_id, "grow-clone", &cap).await;
-    assert_eq!(file_sha(&target), sha256(&data), "the clone reads its source's data");
+    assert_eq!(
+        file_sha(&target),
+        sha256(&data),
+        "the clone reads its source's data"
+    );
     let total = match stats(&mut d, &big.volume_id, &target).await.usage.first() {
         Some(u) => u.total,
         None => panic!("no usage for the clone"),
     };
-    note(format!("source filesystem {src_total} bytes, clone's {total} bytes"));
+    note(format!(
+        "source filesystem {src_total} bytes, clone's {total} bytes"
+    ));
     assert!(
         total > 3 * src_total,
         "the clone's filesystem did not grow at NodeStage: {total} bytes, its source's {src_total}"
     );
     // The space is usable: write more than the source could hold.
     let more = pattern(4, 80 << 20);
-    write_synced(&Path::new(&target).join("more.bin"), &more).expect("write beyond the source's size");
+    write_synced(&Path::new(&target).join("more.bin"), &more)
+        .expect("write beyond the source's size");
 
     unpublish_unstage(&mut d, &big.volume_id, &staging, &target).await;
     unpublish_unstage(&mut d, &src.volume_id, &src_staging, &src_target).await;
@@ -216,7 +269,14 @@ async fn lvm_deleted_snapshots_blocks_are_not_readable_by_a_new_volume() {
         "pool {pool_bytes} bytes, chunk {chunk}, attr {}; old volume {half} bytes",
         pool.attr
     ));
-    let old = create_with(&mut d, "snapdel-old", &cap, i64::try_from(half).expect("fits"), &params).await;
+    let old = create_with(
+        &mut d,
+        "snapdel-old",
+        &cap,
+        i64::try_from(half).expect("fits"),
+        &params,
+    )
+    .await;
     let (staging, target) = stage_publish(&mut d, &old.volume_id, "snapdel-old", &cap).await;
     fill_old(Path::new(&target), half).expect("fill the old volume");
     let s = snapshot(&mut d, "snapdel-snap", &old.volume_id).await;
@@ -234,11 +294,21 @@ async fn lvm_deleted_snapshots_blocks_are_not_readable_by_a_new_volume() {
     unpublish_unstage(&mut d, &old.volume_id, &staging, &target).await;
     delete(&mut d, &old.volume_id).await;
     delete_snapshot(&mut d, &s.snapshot_id).await;
-    assert!(lvm_snapshot_lvs(&[SMALL_VG.to_owned()]).is_empty(), "the snapshot LV is left");
+    assert!(
+        lvm_snapshot_lvs(&[SMALL_VG.to_owned()]).is_empty(),
+        "the snapshot LV is left"
+    );
 
     // Nearly the whole pool: the new volume's chunks can only come from the freed ones.
     let size = (pool_bytes - 2 * extent) / extent * extent;
-    let new = create_with(&mut d, "snapdel-new", &cap, i64::try_from(size).expect("fits"), &params).await;
+    let new = create_with(
+        &mut d,
+        "snapdel-new",
+        &cap,
+        i64::try_from(size).expect("fits"),
+        &params,
+    )
+    .await;
     let (staging, target) = stage_publish(&mut d, &new.volume_id, "snapdel-new", &cap).await;
     let got = probe_stale(Path::new(&target), size, chunk).expect("probe the new volume");
     note(format!("after DeleteSnapshot, a new volume: {got:?}"));

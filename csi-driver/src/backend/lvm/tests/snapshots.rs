@@ -73,7 +73,10 @@ async fn a_snapshot_of_a_missing_volume_is_not_found_and_runs_nothing() {
     let b = f.adopted(&[]).await;
     let mark = f.runner.calls().len();
     f.answer_lvs(&[pool(0.0, 0.0)]);
-    let err = b.create_snapshot(&snap_spec("s", "nope")).await.unwrap_err();
+    let err = b
+        .create_snapshot(&snap_spec("s", "nope"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::VolumeNotFound(_)), "{err}");
     assert!(f.effects(mark).is_empty());
 }
@@ -146,5 +149,8 @@ async fn a_bigger_clone_of_a_snapshot_is_an_active_thin_snapshot_then_lvextend()
     from_volume.source = Some(ContentSource::Volume(s.id.clone()));
     f.answer_lvs(&[pool(0.0, 0.0), snap_row(&s, 8 << 20)]);
     let err = b.create(&from_volume).await.unwrap_err();
-    assert!(matches!(err, Error::VolumeNotFound(_)), "a snapshot is no volume: {err}");
+    assert!(
+        matches!(err, Error::VolumeNotFound(_)),
+        "a snapshot is no volume: {err}"
+    );
 }
