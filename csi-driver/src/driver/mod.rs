@@ -24,6 +24,8 @@ mod enforcement;
 mod node;
 #[cfg(test)]
 mod node_tests;
+#[cfg(test)]
+mod snapshot_tests;
 mod snapshots;
 
 pub use controller::{CreateRequest, VolumePage};
