@@ -330,7 +330,10 @@ async fn clones_take_the_source_size_and_filesystem_and_a_repeat_must_match() {
         .create_volume(request("c", 1 << 20, None, from_snap.clone()))
         .await
         .unwrap();
-    assert_eq!((c.capacity_bytes, c.fs_type), (a.capacity_bytes, Some(FsType::Xfs)));
+    assert_eq!(
+        (c.capacity_bytes, c.fs_type),
+        (a.capacity_bytes, Some(FsType::Xfs))
+    );
     assert_eq!(c.source, from_snap);
     // Larger is fine; another filesystem than the source's is not.
     let big = d
