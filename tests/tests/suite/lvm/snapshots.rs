@@ -3,7 +3,7 @@
 //! grows at NodeStage), and a deleted snapshot's blocks are not readable by the next
 //! volume of the pool.
 
-use super::stale_data::{OLD_BYTE, fill_old, probe_stale};
+use super::stale_data::{OLD_BYTE, ZeroingOff, fill_old, probe_stale};
 use super::*;
 
 const FILE: &str = "data.bin";
@@ -269,6 +269,10 @@ async fn lvm_deleted_snapshots_blocks_are_not_readable_by_a_new_volume() {
         "pool {pool_bytes} bytes, chunk {chunk}, attr {}; old volume {half} bytes",
         pool.attr
     ));
+    // Zeroing off: only the driver's discard keeps the snapshot's bytes from the next
+    // volume.
+    let zeroing = pool.attr.as_bytes().get(7) == Some(&b'z');
+    let _zero = ZeroingOff::new(&format!("{SMALL_VG}/pool"), zeroing);
     let old = create_with(
         &mut d,
         "snapdel-old",
