@@ -230,8 +230,11 @@ impl ZeroingOff {
 impl Drop for ZeroingOff {
     fn drop(&mut self) {
         let z = if self.restore { "y" } else { "n" };
-        let _ = std::process::Command::new("lvchange")
-            .args(["-q", "--zero", z, &self.pool])
-            .status();
+        if let Err(e) = iolane_tests::try_run("lvchange", &["-q", "--zero", z, &self.pool]) {
+            note(format!(
+                "could not set zeroing of {} back to {z}: {e}",
+                self.pool
+            ));
+        }
     }
 }
