@@ -198,6 +198,7 @@ mod tests {
             fs_type: None,
             parameters: Parameters::default(),
             tier: stored(&[(keys::TIER, "streaming"), (keys::PRIORITY, "streaming")]),
+            source: None,
         };
         assert_eq!(t.limits_of(&v), ("streaming".to_owned(), Limits::UNLIMITED));
         v.tier = stored(&[

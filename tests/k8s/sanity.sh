@@ -137,9 +137,9 @@ if [ -n "$left" ]; then
     rc=1
 fi
 if [ -n "$lvm_devices" ]; then
-    lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol-/')"
+    lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol(snap)?-/')"
     if [ -n "$lvs" ]; then
-        echo "sanity.sh: FAILED: volumes left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
+        echo "sanity.sh: FAILED: volumes or snapshots left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
         rc=1
     fi
 fi

@@ -8,8 +8,9 @@ pub mod lvm;
 
 use std::path::PathBuf;
 
+use crate::error::Error;
 use crate::error::Result;
-use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
+use crate::volume::{Capacity, CreateSpec, Parameters, Snapshot, SnapshotSpec, Volume};
 
 /// What [`Backend::create`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,22 @@ pub enum Created {
     New(Volume),
     /// A volume with the requested ID existed already.
     Existing(Volume),
+}
+
+/// What [`Backend::create_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedSnapshot {
+    /// It took this snapshot.
+    New(Snapshot),
+    /// A snapshot with the requested ID existed already.
+    Existing(Snapshot),
+}
+
+/// The answer of a backend without snapshots to a snapshot call.
+fn no_snapshots(kind: &str) -> Error {
+    Error::Unsupported(format!(
+        "the {kind} backend has no snapshots (use a device class of the lvm backend)"
+    ))
 }
 
 /// A place that stores thin volumes and exposes each as a block device.
@@ -72,4 +89,29 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn release_read_only(&self, id: &str, device: &std::path::Path) -> Result<()>;
     /// Makes all of the volume's block devices go away (a no-op where they are permanent).
     async fn detach(&self, id: &str) -> Result<()>;
+
+    /// Whether this backend takes snapshots and makes volumes from snapshots and volumes
+    /// (CreateVolume with a `volume_content_source`); the controller reports the
+    /// snapshot and clone capabilities only then.
+    fn snapshots(&self) -> bool {
+        false
+    }
+    /// The snapshot with this ID, if it exists.
+    async fn get_snapshot(&self, _id: &str) -> Result<Option<Snapshot>> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Every snapshot, in no particular order.
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Takes the snapshot, unless one with this ID exists already: then that one is
+    /// returned untouched and the caller decides whether it matches the request. A
+    /// missing source volume is NOT_FOUND.
+    async fn create_snapshot(&self, _spec: &SnapshotSpec) -> Result<CreatedSnapshot> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Removes a snapshot (its blocks discarded); returns whether there was one.
+    async fn delete_snapshot(&self, _id: &str) -> Result<bool> {
+        Err(no_snapshots(self.kind()))
+    }
 }

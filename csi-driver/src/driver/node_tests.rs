@@ -64,6 +64,7 @@ impl Backend for FakeBackend {
             fs_type: None,
             parameters: Parameters::default(),
             tier: None,
+            source: None,
         }))
     }
     async fn list(&self) -> Result<Vec<Volume>> {

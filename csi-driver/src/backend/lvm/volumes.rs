@@ -4,7 +4,7 @@
 use super::admission::{admit, capacity_of, usage};
 use super::index::Entry;
 use super::report::Lv;
-use super::{Created, DeviceClass, LvmBackend, tags};
+use super::{Created, DeviceClass, LV_PREFIX, LvmBackend, tags};
 use crate::error::{Error, Result};
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
 
@@ -80,10 +80,9 @@ impl LvmBackend {
         let rows = self.report_all().await?;
         self.absorb_all(&rows);
         let mut out = Vec::new();
-        for lv in rows
-            .iter()
-            .filter(|l| tags::is_ours(&l.tags) && self.class_of(l).is_some())
-        {
+        for lv in rows.iter().filter(|l| {
+            l.name.starts_with(LV_PREFIX) && tags::is_ours(&l.tags) && self.class_of(l).is_some()
+        }) {
             match Self::volume_of(lv) {
                 Ok(v) => out.push(v),
                 Err(e) => {
@@ -146,6 +145,7 @@ impl LvmBackend {
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
             tier: spec.tier.clone(),
+            source: None,
         };
         {
             let mut index = self.index();
