@@ -23,9 +23,11 @@ mod enforcement;
 mod node;
 #[cfg(test)]
 mod node_tests;
+mod retier;
 
 pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};
+pub use retier::Retiered;
 
 /// Static settings of a driver instance.
 #[derive(Debug, Clone)]

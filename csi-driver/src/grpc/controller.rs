@@ -8,7 +8,7 @@ use super::{convert, rpc};
 use crate::driver::{CreateRequest, Driver};
 use crate::error::Error;
 
-/// Controller: create, delete, list, capacity, validate, expand.
+/// Controller: create, delete, list, capacity, validate, expand, modify (on this node).
 #[derive(Debug)]
 pub struct ControllerService {
     driver: Driver,
@@ -21,11 +21,14 @@ impl ControllerService {
 }
 
 /// The controller RPCs this driver implements; nothing else is advertised.
-const CAPABILITIES: [RpcType; 4] = [
+/// MODIFY_VOLUME: csi-provisioner in node mode refuses a claim that names a
+/// VolumeAttributesClass unless the node socket reports it.
+const CAPABILITIES: [RpcType; 5] = [
     RpcType::CreateDeleteVolume,
     RpcType::ListVolumes,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
+    RpcType::ModifyVolume,
 ];
 
 fn unimplemented(what: &str) -> Status {
@@ -287,8 +290,15 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _req: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(unimplemented("ControllerModifyVolume"))
+        let r = req.into_inner();
+        rpc("ControllerModifyVolume", async {
+            self.driver
+                .modify_volume(&r.volume_id, &convert::map(&r.mutable_parameters))
+                .await?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
+        .await
     }
 }
