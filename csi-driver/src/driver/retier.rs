@@ -1,8 +1,12 @@
-//! Live re-tiering on the node that owns a volume: store a new resolved tier with the
-//! volume (one `lvchange`, or the loop metadata's atomic write), then bring every
-//! publication of the volume to the caps it now has, through the enforcement controller,
-//! which rewrites each pod's `io.max` line at once. The same refresh follows an
-//! expansion, since per-GiB caps scale with the size.
+//! Live re-tiering on the node that owns a volume: bring every publication of the volume
+//! to the caps of its new tier, through the enforcement controller, which rewrites each
+//! pod's `io.max` line at once, and store the new resolved tier with the volume (one
+//! `lvchange`, or the loop metadata's atomic write). The caps go first, so the pods see the
+//! change without waiting for LVM (an `lvchange` takes 1-2 s in the emulated test VM);
+//! the call returns, and the PV watch acknowledges, only once the tier is stored. When
+//! storing fails, the caps of the stored tier are put back and the call fails, so the
+//! enforced caps never stay ahead of what a restart would rebuild. The same refresh
+//! follows an expansion, since per-GiB caps scale with the size.
 //!
 //! What asks for a new tier: the PV/PVC watch of `crate::retier::node` (a
 //! ControllerModifyVolume recorded on the PV by `iolane controller`, or a changed PVC
@@ -44,8 +48,14 @@ impl Driver {
             return Ok(None);
         }
         let from = self.tiering.limits_of(&volume).0;
-        let volume = self.backend.set_tier(id, tier).await?;
-        let publications = self.refresh_caps(&volume);
+        let mut retiered = volume.clone();
+        retiered.tier = Some(tier.clone());
+        let publications = self.refresh_caps(&retiered);
+        if let Err(e) = self.backend.set_tier(id, tier).await {
+            let restored = self.refresh_caps(&volume);
+            tracing::warn!(volume.id = %id, error = %e, restored, "storing the new tier failed; the stored tier's caps are back");
+            return Err(e);
+        }
         tracing::info!(volume.id = %id, tier.from = %from, tier.to = %tier.name, publications, "volume re-tiered");
         Ok(Some(Retiered {
             from,

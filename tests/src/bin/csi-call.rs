@@ -6,6 +6,7 @@
 //!   csi-call SOCKET modify VOLUME_ID [KEY=VALUE...]
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,19 +17,28 @@ use csi_proto::v1::node_client::NodeClient;
 use iolane_tests::client::connect_with_timeout;
 use iolane_tests::requests::{block_cap, publish_request, stage_request};
 
+/// One line to stdout (the result) or stderr (usage and connection errors).
+fn say(to_stderr: bool, line: &str) {
+    let _ = if to_stderr {
+        writeln!(std::io::stderr(), "{line}")
+    } else {
+        writeln!(std::io::stdout(), "{line}")
+    };
+}
+
 const USAGE: &str = "usage: csi-call SOCKET publish-block VOLUME_ID STAGING TARGET POD_UID\n       csi-call SOCKET modify VOLUME_ID [KEY=VALUE...]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(socket), Some(call)) = (args.first(), args.get(1)) else {
-        eprintln!("{USAGE}");
+        say(true, USAGE);
         return ExitCode::from(2);
     };
     let channel = match connect_with_timeout(Path::new(socket), Duration::from_secs(120)).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("csi-call: connecting to {socket}: {e}");
+            say(true, &format!("csi-call: connecting to {socket}: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -54,7 +64,7 @@ async fn main() -> ExitCode {
             let mut parameters = HashMap::new();
             for p in pairs {
                 let Some((k, v)) = p.split_once('=') else {
-                    eprintln!("csi-call: {p:?} is not KEY=VALUE");
+                    say(true, &format!("csi-call: {p:?} is not KEY=VALUE"));
                     return ExitCode::from(2);
                 };
                 parameters.insert(k.to_owned(), v.to_owned());
@@ -69,18 +79,21 @@ async fn main() -> ExitCode {
                 .map(|_| ())
         }
         _ => {
-            eprintln!("{USAGE}");
+            say(true, USAGE);
             return ExitCode::from(2);
         }
     };
     let ms = start.elapsed().as_millis();
     match result {
         Ok(()) => {
-            println!("ok {ms} ms");
+            say(false, &format!("ok {ms} ms"));
             ExitCode::SUCCESS
         }
         Err(s) => {
-            println!("error {:?} {ms} ms: {}", s.code(), s.message());
+            say(
+                false,
+                &format!("error {:?} {ms} ms: {}", s.code(), s.message()),
+            );
             ExitCode::FAILURE
         }
     }
