@@ -196,8 +196,8 @@ kubectl() { "$K8S_BIN_kubectl" --kubeconfig "$K8S_DIR/kubeconfig" "$@"; }
 
 # k8s_test_setup PREFIX: what every control-plane test script starts with. Sets K8S_DIR (a
 # fresh temp dir, or IOLANE_K8S_KEEP=DIR to keep logs and state), `node`, `sock` and `state`
-# for the iolane node, a clean-up at exit (every process started here, the loop devices
-# over files under K8S_DIR, the dir unless kept), and the counters `passed`/`failed` that
+# for the iolane node, a clean-up at exit (every process started here, the mounts under
+# K8S_DIR, the loop devices over files under it, the dir unless kept), and the counters `passed`/`failed` that
 # `result NAME STATUS [WHY]` feeds, printing `ok PREFIX::NAME` or `FAILED PREFIX::NAME (WHY)`.
 k8s_test_setup() {
     K8S_RESULT_PREFIX=$1
@@ -214,7 +214,12 @@ k8s_test_setup() {
 
 k8s_test_cleanup() {
     k8s_stop_all
-    local l
+    local l m
+    # What a test published (bind mounts of device nodes under K8S_DIR), deepest first, so
+    # the loop devices can go and nothing mounted is left for a later run to trip over.
+    for m in $(findmnt -rn -o TARGET | grep -F "$K8S_DIR/" | sort -r); do
+        umount "$m" || umount -l "$m"
+    done
     for l in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$K8S_DIR/" 'index($2, d) == 1 {print $1}'); do
         losetup -d "$l"
     done

@@ -105,6 +105,9 @@ echo "sanity.sh: iolane node up in $(($(date +%s) - t0)) s ($backend)"
 # 64 MiB volumes: big enough for ext4 and for the lvm backend's 4 MiB extents, small
 # enough that every spec's mkfs is quick; expansion asks for twice that.
 size=$((64 * 1024 * 1024))
+# The VolumeAttributesClass parameters csi-sanity creates and modifies volumes with (its
+# MODIFY_VOLUME specs): a tier the node knows.
+printf 'iolane.dev/tier: streaming\n' >"$tmp/mutable.yaml"
 # shellcheck disable=SC2086 # IOLANE_SANITY_ARGS is a list of arguments
 "$sanity" \
     --csi.endpoint "unix://$sock" \
@@ -112,6 +115,7 @@ size=$((64 * 1024 * 1024))
     --csi.stagingdir "$tmp/csi-staging" \
     --csi.testvolumesize "$size" \
     --csi.testvolumeexpandsize "$((2 * size))" \
+    --csi.testvolumemutableparameters "$tmp/mutable.yaml" \
     --csi.junitfile "$log/junit.xml" \
     --ginkgo.no-color \
     --ginkgo.timeout 30m \

@@ -352,6 +352,17 @@ impl Backend for LoopBackend {
         Ok(volume.capacity_bytes)
     }
 
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume> {
+        let mut volume = self
+            .read_meta(id)?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if volume.tier.as_ref() != Some(tier) {
+            volume.tier = Some(tier.clone());
+            self.write_meta(&volume)?;
+        }
+        Ok(volume)
+    }
+
     async fn condition(&self, _id: &str) -> Result<Option<String>> {
         // A full backing filesystem shows up as write errors in the volume's own
         // filesystem, which the node service already reports.

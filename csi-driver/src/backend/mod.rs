@@ -66,6 +66,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity>;
     /// Grows a volume to at least `size` bytes and returns its new size.
     async fn expand(&self, id: &str, size: u64) -> Result<u64>;
+    /// Replaces the volume's stored tier (live re-tiering) atomically: one `lvchange`
+    /// swapping its tier tags, or the loop metadata rewritten through its atomic write.
+    /// Returns the volume as now stored.
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume>;
     /// Usage of every pool volumes are carved from (`iolane status`).
     async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>>;
     /// What is wrong with the volume's storage now, if anything (NodeGetVolumeStats

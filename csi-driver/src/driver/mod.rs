@@ -24,12 +24,14 @@ mod enforcement;
 mod node;
 #[cfg(test)]
 mod node_tests;
+mod retier;
 #[cfg(test)]
 mod snapshot_tests;
 mod snapshots;
 
 pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};
+pub use retier::Retiered;
 pub use snapshots::{SnapshotFilter, SnapshotPage};
 
 /// Static settings of a driver instance.

@@ -380,6 +380,13 @@ impl Driver {
             })?;
             self.os.grow_fs(&dev, &path, fs).await?;
         }
+        // Per-GiB caps scale with the size: every publication gets the caps it has now.
+        if let Some(grown) = self.backend.get(id).await? {
+            let publications = self.refresh_caps(&grown);
+            if publications > 0 {
+                tracing::info!(volume.id = %id, publications, "caps re-computed for the new size");
+            }
+        }
         tracing::info!(volume.id = %id, size, "expanded volume on node");
         Ok(size)
     }

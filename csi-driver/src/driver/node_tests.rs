@@ -82,6 +82,9 @@ impl Backend for FakeBackend {
     async fn expand(&self, _: &str, _: u64) -> Result<u64> {
         Self::unsupported()
     }
+    async fn set_tier(&self, _: &str, _: &iops_controller::ResolvedTier) -> Result<Volume> {
+        Self::unsupported()
+    }
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         Self::unsupported()
     }

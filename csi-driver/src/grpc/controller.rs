@@ -9,7 +9,8 @@ use crate::driver::{CreateRequest, Driver, SnapshotFilter};
 use crate::error::Error;
 
 /// Controller: create (also from a snapshot or volume), delete, list, capacity,
-/// validate, expand, and the snapshot RPCs where the backend has snapshots.
+/// validate, expand, modify (on this node), and the snapshot RPCs where the backend
+/// has snapshots.
 #[derive(Debug)]
 pub struct ControllerService {
     driver: Driver,
@@ -22,11 +23,14 @@ impl ControllerService {
 }
 
 /// The controller RPCs this driver implements on every backend.
-const CAPABILITIES: [RpcType; 4] = [
+/// MODIFY_VOLUME: csi-provisioner in node mode refuses a claim that names a
+/// VolumeAttributesClass unless the node socket reports it.
+const CAPABILITIES: [RpcType; 5] = [
     RpcType::CreateDeleteVolume,
     RpcType::ListVolumes,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
+    RpcType::ModifyVolume,
 ];
 
 /// What a backend with snapshots adds (the lvm backend); nothing else is advertised.
@@ -356,8 +360,15 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _req: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(unimplemented("ControllerModifyVolume"))
+        let r = req.into_inner();
+        rpc("ControllerModifyVolume", async {
+            self.driver
+                .modify_volume(&r.volume_id, &convert::map(&r.mutable_parameters))
+                .await?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
+        .await
     }
 }

@@ -195,6 +195,26 @@ impl Os {
         Ok(())
     }
 
+    /// Replaces tags of an LV in one `lvchange` (LVM commits the VG metadata once, so the
+    /// LV carries either the old tags or the new ones): `delete` go, `add` come.
+    pub async fn retag_lv(
+        &self,
+        vg: &str,
+        lv: &str,
+        delete: &[String],
+        add: &[String],
+    ) -> Result<()> {
+        let mut cmd = Cmd::new("lvchange", LVM_TIMEOUT);
+        for t in delete {
+            cmd = cmd.arg("--deltag").arg(t);
+        }
+        for t in add {
+            cmd = cmd.arg("--addtag").arg(t);
+        }
+        self.run_ok(cmd.arg(format!("{vg}/{lv}"))).await?;
+        Ok(())
+    }
+
     /// Removes an LV without asking.
     pub async fn remove_lv(&self, vg: &str, lv: &str) -> Result<()> {
         self.run_ok(

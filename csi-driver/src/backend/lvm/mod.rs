@@ -209,6 +209,10 @@ impl Backend for LvmBackend {
         self.expand_volume(id, size).await
     }
 
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume> {
+        self.set_volume_tier(id, tier).await
+    }
+
     async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
         self.pool_statuses().await
     }

@@ -140,14 +140,25 @@ pub fn encode(spec: &CreateSpec) -> Result<Vec<String>> {
     if let Some(src) = &spec.source {
         tags.push(format!("{PREFIX}src={}", source_tag(src)));
     }
-    for (k, v) in spec.tier.iter().flat_map(ResolvedTier::to_map) {
-        tags.push(tag(
-            format!("tier[{k:?}]"),
-            &format!("t/{}", escape(&k)),
-            &escape(&v),
-        )?);
+    if let Some(tier) = &spec.tier {
+        tags.extend(tier_tags(tier)?);
     }
     Ok(tags)
+}
+
+/// The `iolane.dev/t/...` tags of a resolved tier (a volume's tier is replaced by
+/// deleting the old set and adding this one in one `lvchange`).
+pub fn tier_tags(tier: &ResolvedTier) -> Result<Vec<String>> {
+    tier.to_map()
+        .into_iter()
+        .map(|(k, v)| {
+            tag(
+                format!("tier[{k:?}]"),
+                &format!("t/{}", escape(&k)),
+                &escape(&v),
+            )
+        })
+        .collect()
 }
 
 /// A content source as its tag value; the IDs are validated, so they need no escaping.

@@ -70,6 +70,7 @@ async fn controller_and_node_capabilities_and_node_info() {
         C::ListVolumes,
         C::GetCapacity,
         C::ExpandVolume,
+        C::ModifyVolume,
     ]
     .into_iter()
     .map(|t| t as i32)
@@ -129,11 +130,6 @@ async fn controller_and_node_capabilities_and_node_info() {
         .controller_get_volume(csi::ControllerGetVolumeRequest::default())
         .await;
     expect_code(r, unimpl, "ControllerGetVolume");
-    let r = d
-        .controller
-        .controller_modify_volume(csi::ControllerModifyVolumeRequest::default())
-        .await;
-    expect_code(r, unimpl, "ControllerModifyVolume");
 
     use csi::node_service_capability::rpc::Type as N;
     let caps = ok(
