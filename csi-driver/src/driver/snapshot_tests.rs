@@ -78,6 +78,9 @@ impl Backend for Fake {
     async fn expand(&self, _: &str, _: u64) -> Result<u64> {
         unsupported()
     }
+    async fn set_tier(&self, _: &str, _: &iops_controller::ResolvedTier) -> Result<Volume> {
+        unsupported()
+    }
     async fn pools(&self) -> Result<Vec<PoolStatus>> {
         unsupported()
     }
