@@ -23,6 +23,18 @@ K8S_NAMES=()
 
 k8s_log() { echo "$(basename "$0"): [$(($(date +%s) - ${K8S_T0:=$(date +%s)}))s] $*"; }
 
+# The control-plane scripts' first step: refuse to run without root (the node makes loop
+# devices), start the clock of k8s_log, and name the driver binary ($bin; IOLANE_BIN
+# overrides target/debug/iolane). Needs $repo.
+k8s_script_begin() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$(basename "$0"): run as root (the node makes loop devices)" >&2
+        exit 2
+    fi
+    K8S_T0=$(date +%s)
+    bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+}
+
 k8s_build() {
     local line name path
     while read -r name path; do
