@@ -25,7 +25,7 @@ k8s_log() { echo "$(basename "$0"): [$(($(date +%s) - ${K8S_T0:=$(date +%s)}))s]
 
 # The control-plane scripts' first step: refuse to run without root (the node makes loop
 # devices), start the clock of k8s_log, and name the driver binary ($bin; IOLANE_BIN
-# overrides target/debug/iolane). Needs $repo.
+# overrides target/debug/iolane), built when it is missing. Needs $repo.
 k8s_script_begin() {
     if [ "$(id -u)" != 0 ]; then
         echo "$(basename "$0"): run as root (the node makes loop devices)" >&2
@@ -33,6 +33,37 @@ k8s_script_begin() {
     fi
     K8S_T0=$(date +%s)
     bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+    if [ ! -x "$bin" ]; then
+        (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
+    fi
+}
+
+# The objects a cluster has before iolane's PVCs: deploy/base's namespace, CSIDriver and
+# StorageClasses, plus the deploy/base files given (e.g. volumeattributesclasses.yaml),
+# and the `default` service accounts (no controller-manager here makes them).
+k8s_apply_base() {
+    local f args=()
+    for f in namespace.yaml csidriver.yaml storageclasses.yaml "$@"; do
+        args+=(-f "$repo/deploy/base/$f")
+    done
+    kubectl apply "${args[@]}" >/dev/null || return 1
+    kubectl -n iolane create serviceaccount default >/dev/null 2>&1
+    kubectl -n default create serviceaccount default >/dev/null 2>&1
+    return 0
+}
+
+# The node Pod that owns the CSIStorageCapacity objects of node $node (it never runs: the
+# node's POD_NAME names it), as YAML on stdout.
+k8s_node_pod_yaml() {
+    cat <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: iolane-node-test, namespace: iolane}
+spec:
+  nodeName: $node
+  automountServiceAccountToken: false
+  containers: [{name: iolane, image: iolane}]
+POD
 }
 
 k8s_build() {

@@ -23,9 +23,6 @@ repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 k8s_script_begin
-if [ ! -x "$bin" ]; then
-    (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
-fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner"
 k8s_build kube-apiserver kubectl etcd csi-provisioner || exit 1
 
@@ -51,10 +48,8 @@ k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
 k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
 k8s_log "control plane up ($("$K8S_BIN_kube_apiserver" --version))"
 
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" >/dev/null || exit 1
-kubectl -n iolane create serviceaccount default >/dev/null 2>&1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
+k8s_apply_base || exit 1
+k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 # The test node and another node that stays; no kubelet runs, so nothing updates them.
 kubectl apply -f - >/dev/null <<NODES || exit 1
 apiVersion: v1
@@ -64,14 +59,6 @@ metadata: {name: $node, labels: {topology.iolane.dev/node: $node}}
 apiVersion: v1
 kind: Node
 metadata: {name: other-node, labels: {topology.iolane.dev/node: other-node}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: iolane-node-test, namespace: iolane}
-spec:
-  nodeName: $node
-  automountServiceAccountToken: false
-  containers: [{name: iolane, image: iolane}]
 ---
 # A volume of the node that stays (made by hand: no driver runs there).
 apiVersion: v1

@@ -39,8 +39,8 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 k8s_script_begin
 call="$(dirname "$bin")/csi-call"
-if [ ! -x "$bin" ] || [ ! -x "$call" ]; then
-    (cd "$repo" && cargo build -p csi-driver -p iolane-tests --bins --locked) || exit 1
+if [ ! -x "$call" ]; then
+    (cd "$repo" && cargo build -p iolane-tests --bins --locked) || exit 1
 fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner, csi-resizer"
 k8s_build kube-apiserver kubectl etcd csi-provisioner csi-resizer || exit 1
@@ -75,20 +75,8 @@ k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
 k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
 k8s_log "control plane up"
 
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" \
-    -f "$repo/deploy/base/volumeattributesclasses.yaml" >/dev/null || exit 1
-kubectl -n iolane create serviceaccount default >/dev/null 2>&1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
-kubectl apply -f - >/dev/null <<POD || exit 1
-apiVersion: v1
-kind: Pod
-metadata: {name: iolane-node-test, namespace: iolane}
-spec:
-  nodeName: $node
-  automountServiceAccountToken: false
-  containers: [{name: iolane, image: iolane}]
-POD
+k8s_apply_base volumeattributesclasses.yaml || exit 1
+k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 
 # The tiers of the shipped node config, without its device class (loop backend here).
 config="$K8S_DIR/node.toml"
