@@ -17,6 +17,7 @@ mod devices;
 pub mod dm;
 pub mod files;
 pub mod host;
+pub mod instance_lock;
 mod loops;
 pub mod lvm;
 pub mod mounter;
