@@ -338,6 +338,9 @@ impl Backend for LoopBackend {
         }
         // Attached devices learn the size now, whichever call grew the file.
         for dev in self.os.loops_for_file(&image)? {
+            if dev.detaching {
+                continue;
+            }
             if self.os.device_size(&dev.path)? < volume.capacity_bytes {
                 self.os.loop_refresh_size(&dev.path).await?;
             }

@@ -4,7 +4,7 @@ use csi::controller_service_capability::{Rpc, rpc::Type as RpcType};
 use csi_proto::v1 as csi;
 use tonic::{Request, Response, Status};
 
-use super::{convert, rpc};
+use super::{convert, rpc, rpc_detached};
 use crate::driver::{CreateRequest, Driver};
 use crate::error::Error;
 
@@ -39,7 +39,8 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("CreateVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("CreateVolume", async move {
             convert::required("name", &r.name)?;
             let capabilities =
                 convert::capabilities("volume_capabilities", &r.volume_capabilities)?;
@@ -66,12 +67,12 @@ impl csi::controller_server::Controller for ControllerService {
                     })
                     .unwrap_or_default(),
             };
-            let v = self.driver.create_volume(create).await?;
+            let v = driver.create_volume(create).await?;
             Ok(csi::CreateVolumeResponse {
                 volume: Some(convert::volume(
                     &v,
-                    self.driver.volume_context(&v),
-                    &self.driver.topology(),
+                    driver.volume_context(&v),
+                    &driver.topology(),
                 )),
             })
         })
@@ -83,9 +84,10 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("DeleteVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("DeleteVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
-            self.driver.delete_volume(id).await?;
+            driver.delete_volume(id).await?;
             Ok(csi::DeleteVolumeResponse {})
         })
         .await
@@ -253,7 +255,8 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("ControllerExpandVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("ControllerExpandVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             let range = r
                 .capacity_range
@@ -267,7 +270,7 @@ impl csi::controller_server::Controller for ControllerService {
                 ),
                 None => false,
             };
-            let size = self.driver.controller_expand(id, range).await?;
+            let size = driver.controller_expand(id, range).await?;
             Ok(csi::ControllerExpandVolumeResponse {
                 capacity_bytes: convert::bytes(size),
                 // A raw block volume needs only the loop device refreshed, which the node

@@ -120,6 +120,27 @@ pub fn register_rpc_metrics(registry: &mut Registry) {
     );
 }
 
+/// Runs one RPC body that changes state as a task of its own: a client that gives up
+/// (deadline, cancel, closed connection) drops only the wait for it, and the body runs to
+/// its end, finishing or undoing its work, releasing its admission reservation and its
+/// in-flight guard only when its children are done (they are killed when their future is
+/// dropped). The outcome is logged and counted either way.
+async fn rpc_detached<T, F>(name: &'static str, body: F) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(rpc(name, body)).await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(rpc = name, error = %e, "the call's task ended without an answer");
+            Err(Status::internal(format!(
+                "{name} ended without an answer: {e}"
+            )))
+        }
+    }
+}
+
 /// Runs one RPC body, logs its outcome once, and maps the error to a status.
 async fn rpc<T, F>(name: &'static str, body: F) -> Result<Response<T>, Status>
 where

@@ -29,21 +29,26 @@ impl Os {
             }
             let read_only =
                 std::fs::read_to_string(entry.path().join("ro")).is_ok_and(|t| t.trim() == "1");
+            let detaching = std::fs::read_to_string(entry.path().join("loop/autoclear"))
+                .is_ok_and(|t| t.trim() == "1");
             found.push(LoopDevice {
                 path: self.roots.dev.join(&name),
                 read_only,
+                detaching,
             });
         }
         found.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(found)
     }
 
-    /// The first writable loop device backed by `file`.
+    /// The first writable loop device backed by `file` that is not detaching (one that
+    /// is would vanish under a mount: an unstage whose detach was deferred by a reader,
+    /// then a stage whose own probe is the last close).
     pub fn loop_for_file(&self, file: &Path) -> Result<Option<PathBuf>> {
         Ok(self
             .loops_for_file(file)?
             .into_iter()
-            .find(|l| !l.read_only)
+            .find(|l| !l.read_only && !l.detaching)
             .map(|l| l.path))
     }
 
@@ -100,15 +105,18 @@ mod tests {
     fn loop_lookup_on_fake_sysfs() {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
-        for (n, file, ro) in [
-            ("loop0", "/a/one.img", "0"),
-            ("loop7", "/a/two.img (deleted)", "0"),
-            ("loop3", "/a/two.img", "0"),
-            ("loop2", "/a/two.img", "1"),
+        for (n, file, ro, autoclear) in [
+            ("loop0", "/a/one.img", "0", "0"),
+            ("loop7", "/a/two.img (deleted)", "0", "0"),
+            ("loop3", "/a/two.img", "0", "0"),
+            ("loop2", "/a/two.img", "1", "0"),
+            // Detaching (deferred): listed, never chosen for staging.
+            ("loop1", "/a/two.img", "0", "1"),
         ] {
             let d = sys.join("block").join(n).join("loop");
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("backing_file"), format!("{file}\n")).unwrap();
+            std::fs::write(d.join("autoclear"), format!("{autoclear}\n")).unwrap();
             std::fs::write(sys.join("block").join(n).join("ro"), format!("{ro}\n")).unwrap();
         }
         std::fs::create_dir_all(sys.join("block/nvme0n1")).unwrap();
@@ -128,12 +136,19 @@ mod tests {
             all,
             vec![
                 LoopDevice {
+                    path: PathBuf::from("/dev/loop1"),
+                    read_only: false,
+                    detaching: true
+                },
+                LoopDevice {
                     path: PathBuf::from("/dev/loop2"),
-                    read_only: true
+                    read_only: true,
+                    detaching: false
                 },
                 LoopDevice {
                     path: PathBuf::from("/dev/loop3"),
-                    read_only: false
+                    read_only: false,
+                    detaching: false
                 },
             ]
         );

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use iolane_tests::csi;
 use iolane_tests::{
-    Driver, files_under, is_lvm, loops_over_lvs, lvm_volume_lvs, mounts_under, pattern, read_prefix,
+    Driver, POLL_DEADLINE, files_under, is_lvm, loops_for, loops_over_lvs, lvm_volume_lvs,
+    mounts_under, pattern, poll, read_prefix,
 };
 
 use super::{DATA_LEN, Shared, TIER_KEY, Vol};
@@ -45,6 +46,11 @@ fn loops(root: &Path) -> BTreeMap<String, (String, String)> {
         let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
             continue;
         };
+        // Detached while open (autoclear): goes away at its last close; the end of the
+        // campaign waits for that.
+        if fs::read_to_string(e.path().join("loop/autoclear")).is_ok_and(|t| t.trim() == "1") {
+            continue;
+        }
         let backing = backing.trim_end_matches('\n').to_owned();
         let file = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
         if !Path::new(file).starts_with(root) {
@@ -321,6 +327,13 @@ pub(super) async fn leaks(d: &Driver, shared: &Shared) {
         shared.violation(format!(
             "end: mounts left: {:?}",
             m.iter().map(|m| &m.mount_point).collect::<Vec<_>>()
+        ));
+    }
+    let root = shared.root.clone();
+    if !poll(POLL_DEADLINE, || loops_for(&root).is_empty()).await {
+        shared.violation(format!(
+            "end: loop devices left: {:?}",
+            loops_for(&shared.root)
         ));
     }
     if !d.backend_volumes().is_empty() {
