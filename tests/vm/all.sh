@@ -74,7 +74,7 @@ objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
 stamp "boot 1 of 5: tests/vm/lvm-suite.sh"
-bash "$here/run.sh" --disks 2 --timeout 1500 --rwdir "$work" -- \
+bash "$here/run.sh" --disks 2 --timeout 2400 --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
 suite_rc=$?
 if [ "$suite_rc" != 0 ] && ! grep -q '^FAILED ' "$results"; then

@@ -173,3 +173,34 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A client that gives up drops the handler's future: the body must still run to its
+    /// end (with `rpc` instead of `rpc_detached` it stops at its first await).
+    #[tokio::test]
+    async fn a_dropped_detached_call_still_runs_to_its_end() {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let call = rpc_detached("Test", async move {
+            go_rx.await.expect("go");
+            done_tx.send(()).expect("done");
+            Ok(())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), call)
+                .await
+                .is_err(),
+            "the call waits for its body"
+        );
+        go_tx.send(()).expect("the body is still waiting");
+        tokio::time::timeout(Duration::from_secs(5), done_rx)
+            .await
+            .expect("the body ran to its end after its caller gave up")
+            .expect("done");
+    }
+}

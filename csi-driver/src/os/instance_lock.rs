@@ -10,12 +10,12 @@
 //! answered for the volume. LVM closes inherited descriptors (its commands are told not to
 //! warn about them) and serialises itself.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 use super::{Error, Result};
 
@@ -23,10 +23,12 @@ use super::{Error, Result};
 const RETRY: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// The held lock; released when the process and every child that inherited it are gone.
+/// The held lock; released when the process and every child that inherited it are gone
+/// (dropping it only closes this process's descriptor: no explicit unlock, which would
+/// release the children's hold too).
 #[derive(Debug)]
 pub struct InstanceLock {
-    _lock: Flock<File>,
+    _file: File,
 }
 
 /// Takes the lock of `state_dir`, waiting up to `wait` for a previous process (or its
@@ -45,10 +47,10 @@ pub async fn acquire(state_dir: &Path, wait: Duration) -> Result<InstanceLock> {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => {
+        match file.try_lock() {
+            Ok(()) => {
                 // Inherited by every child from here on (std opens with O_CLOEXEC).
-                fcntl(&*lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| {
+                fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| {
                     Error::io("fcntl", &path, std::io::Error::from_raw_os_error(e as i32))
                 })?;
                 if start.elapsed() > RETRY {
@@ -58,16 +60,10 @@ pub async fn acquire(state_dir: &Path, wait: Duration) -> Result<InstanceLock> {
                         "the previous process and its children are done"
                     );
                 }
-                return Ok(InstanceLock { _lock: lock });
+                return Ok(InstanceLock { _file: file });
             }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
-            Err((_, e)) => {
-                return Err(Error::io(
-                    "flock",
-                    &path,
-                    std::io::Error::from_raw_os_error(e as i32),
-                ));
-            }
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(Error::io("flock", &path, e)),
         }
         if start.elapsed() > wait {
             return Err(Error::io(

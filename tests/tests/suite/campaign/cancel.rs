@@ -13,7 +13,10 @@ use super::{Rng, check, env_u64, finish, report, seed, spawn_clients, start};
 async fn cancel_campaign_leaves_every_call_finished_or_undone() {
     require_root!();
     let seed = seed();
-    let rounds = env_u64("IOLANE_CAMPAIGN_CANCEL_ROUNDS", 20);
+    let rounds = env_u64(
+        "IOLANE_CAMPAIGN_CANCEL_ROUNDS",
+        if is_lvm() { 10 } else { 20 },
+    );
     // Deadlines up to this many ms: around the time a call takes.
     let max_ms = env_u64(
         "IOLANE_CAMPAIGN_CANCEL_MS",
@@ -21,7 +24,7 @@ async fn cancel_campaign_leaves_every_call_finished_or_undone() {
     );
     let round_ms = env_u64(
         "IOLANE_CAMPAIGN_ROUND_MS",
-        if is_lvm() { 4000 } else { 600 },
+        if is_lvm() { 3000 } else { 600 },
     );
     note(format!(
         "campaign cancel: seed {seed} (IOLANE_CAMPAIGN_SEED={seed} replays it), {rounds} rounds of up to {round_ms} ms, deadlines up to {max_ms} ms"

@@ -355,7 +355,10 @@ impl Client {
                     }
                 },
             };
-            let deadline = if self.shared.cancel_max_ms > 0 && self.rng.range(0, 3) > 0 {
+            // Once the round loop asks to park, the step is finished without more
+            // cancelling, so the check comes soon (on lvm in the VM a call takes seconds).
+            let cancel = self.shared.cancel_max_ms > 0 && !self.shared.pause.load(Ordering::SeqCst);
+            let deadline = if cancel && self.rng.range(0, 3) > 0 {
                 Duration::from_millis(self.rng.range(1, self.shared.cancel_max_ms))
             } else {
                 RPC_TIMEOUT

@@ -16,7 +16,7 @@ async fn kill9_campaign_loses_and_leaks_nothing() {
     // the emulated VM, loop calls milliseconds.
     let round_ms = env_u64(
         "IOLANE_CAMPAIGN_ROUND_MS",
-        if is_lvm() { 4000 } else { 600 },
+        if is_lvm() { 1500 } else { 600 },
     );
     note(format!(
         "campaign kill9: seed {seed} (IOLANE_CAMPAIGN_SEED={seed} replays it), {kills} kills, rounds up to {round_ms} ms"
