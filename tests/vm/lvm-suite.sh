@@ -2,8 +2,9 @@
 # Runs INSIDE the VM (tests/vm/run.sh --disks 2): the real csi-sanity against `iolane node
 # --lvm-devices /dev/nvme0n1` (tests/k8s/sanity.sh), the conformance suite on the lvm backend
 # (/dev/nvme0n1), then the lvm scenarios of tests/tests/suite/lvm/ (pool full on
-# /dev/nvme1n1, no stale data, SIGKILL during creates), then the kill -9 and cancellation
-# campaigns of tests/tests/suite/campaign/. The reboot scenario needs two boots: reboot.sh.
+# /dev/nvme1n1, no stale data, SIGKILL during creates), then (IOLANE_VM_CAMPAIGN=1) the kill -9
+# and cancellation campaigns of tests/tests/suite/campaign/. The reboot scenario needs two
+# boots: reboot.sh.
 #
 #   tests/vm/lvm-suite.sh BIN_DIR [RESULTS_FILE]
 #
@@ -127,9 +128,13 @@ fi
 
 run_tests conformance 0
 run_tests lvm 1
-# The kill -9 and cancellation campaigns on lvm (tests/tests/suite/campaign/): their output,
-# with the summary lines, is printed.
-run_tests campaign 1 1500
+# The kill -9 and cancellation campaigns on lvm (tests/tests/suite/campaign/), opt-in with
+# IOLANE_VM_CAMPAIGN=1: under software emulation on a loaded 2-core host they take far longer
+# than CI's budget (the cancel campaign alone took 810 s; the 100-kill one did not finish in
+# the boot's time). Their output, with the summary lines, is printed.
+if [ "${IOLANE_VM_CAMPAIGN:-0}" = 1 ]; then
+    run_tests campaign 1 3600
+fi
 
 echo "lvm-suite: LVs left:"
 LC_ALL=C lvs -a -o vg_name,lv_name,lv_attr,lv_size,data_percent,lv_tags 2>&1 | sed 's/^/    /'

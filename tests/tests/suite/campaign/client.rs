@@ -80,7 +80,7 @@ pub(super) async fn run(shared: Arc<Shared>, k: usize, seed: u64) {
         }
         let name = format!("campaign-{k}-{n}");
         // Half the volumes name the tier; the others get it as the only (default) tier.
-        let tier = (k % 2 == 0).then_some("batch");
+        let tier = k.is_multiple_of(2).then_some("batch");
         let size = round_up(
             i64::try_from(16 + c.rng.range(0, 16)).unwrap_or(16) << 20,
             size_unit(),

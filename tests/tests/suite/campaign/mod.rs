@@ -17,7 +17,8 @@
 //!
 //! The random choices come from one seed, printed first (`IOLANE_CAMPAIGN_SEED` replays
 //! it; the timing of the processes is not replayed, so a replay hits nearby points).
-//! Runs on the loop backend on the host and on lvm in the VM (`tests/vm/lvm-suite.sh`).
+//! Runs on the loop backend on the host (`tests/run.sh`) and on lvm in the VM with
+//! `IOLANE_VM_CAMPAIGN=1` (`tests/vm/lvm-suite.sh`).
 
 mod cancel;
 mod check;
