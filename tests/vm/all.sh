@@ -11,7 +11,10 @@
 #      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
 #      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
 #   5. tests/vm/reboot.sh: two boots on the same disk image;
-#   6. one boot (1 NVMe disk) for deploy/tests/uninstall-node-vm.sh (IOLANE_VM_SKIP_UNINSTALL=1
+#   6. one boot (2 NVMe disks, user network) for tests/k8s/kubelet.sh --reduced: a real
+#      kubelet with containerd runs a pod with an iolane PVC (IOLANE_VM_SKIP_KUBELET=1 skips
+#      it; IOLANE_VM_KUBELET_FULL=1 runs the full form: fio at the cap, restart, deletion);
+#   7. one boot (1 NVMe disk) for deploy/tests/uninstall-node-vm.sh (IOLANE_VM_SKIP_UNINSTALL=1
 #      skips it).
 # Prints one line per test as it goes and `N passed, M failed` at the end; exits 1 if
 # anything failed (a boot that fails before its tests report counts as a failure).
@@ -73,9 +76,9 @@ fi
 objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
-stamp "boot 1 of 5: tests/vm/lvm-suite.sh"
+stamp "boot 1 of 6: tests/vm/lvm-suite.sh"
 # The lvm campaigns (IOLANE_VM_CAMPAIGN=1, see lvm-suite.sh) need a longer boot.
-boot1_timeout=1500
+boot1_timeout=2400
 [ "${IOLANE_VM_CAMPAIGN:-0}" = 1 ] && boot1_timeout=6000
 bash "$here/run.sh" --disks 2 --timeout "$boot1_timeout" --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
@@ -86,7 +89,7 @@ fi
 stamp "lvm-suite.sh exited $suite_rc"
 
 if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
-    stamp "boot 2 of 5: tests/vm/tiers.sh"
+    stamp "boot 2 of 6: tests/vm/tiers.sh"
     mkdir -p "$work/tiers"
     bash "$here/run.sh" --disks 1 --timeout 1200 --rwdir "$work" -- \
         env IOLANE_VM_RESULTS="$work/tiers" bash "$here/tiers.sh" "$work/bin" "$results"
@@ -104,16 +107,40 @@ if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
 fi
 
 if [ "${IOLANE_VM_SKIP_REBOOT:-0}" != 1 ]; then
-    stamp "boots 3 and 4 of 5: tests/vm/reboot.sh"
+    stamp "boots 3 and 4 of 6: tests/vm/reboot.sh"
     bash "$here/reboot.sh" "$work/bin" "$results"
     stamp "reboot.sh exited $?"
+fi
+
+# The node side under a real kubelet: tests/k8s/kubelet.sh (host: etcd, kube-apiserver;
+# guest: containerd, kubelet, iolane node on the lvm backend, csi-provisioner). Its reduced
+# form by default (the pod with its iolane volume, io.max, the Kubernetes view); one result
+# line per check, `kubelet::NAME`, with the stage's seconds.
+if [ "${IOLANE_VM_SKIP_KUBELET:-0}" != 1 ] \
+    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"kubelet::"; }; then
+    kmode=--reduced
+    [ "${IOLANE_VM_KUBELET_FULL:-0}" = 1 ] && kmode=""
+    stamp "boot 5 of 6: tests/k8s/kubelet.sh ${kmode:-(full)}"
+    k0=$(date +%s)
+    # shellcheck disable=SC2086 # kmode is one word or none
+    IOLANE_BIN="$work/bin/iolane" bash "$repo/tests/k8s/kubelet.sh" $kmode >"$work/kubelet.log" 2>&1
+    krc=$?
+    sed 's/^/    /' "$work/kubelet.log"
+    ks=$(($(date +%s) - k0))
+    awk -v s="$ks" '$1 == "ok" && $2 ~ /^kubelet::/ {print "ok", $2, s}
+        $1 == "FAILED" && $2 ~ /^kubelet::/ {$1 = ""; sub(/^ /, ""); n = $1; $1 = ""; print "FAILED", n, s $0}' \
+        "$work/kubelet.log" >>"$results"
+    if [ "$krc" != 0 ] && ! grep -q '^FAILED kubelet::' "$results"; then
+        echo "FAILED vm::kubelet $ks (kubelet.sh exit $krc before any check failed)" >>"$results"
+    fi
+    stamp "kubelet.sh exited $krc"
 fi
 
 # deploy/uninstall-node.sh on a real VG and thin pool: refuses while volumes remain, leaves
 # the disk blank. One result line, `uninstall::node`.
 if [ "${IOLANE_VM_SKIP_UNINSTALL:-0}" != 1 ] \
     && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"uninstall::node"; }; then
-    stamp "boot 5 of 5: deploy/tests/uninstall-node-vm.sh"
+    stamp "boot 6 of 6: deploy/tests/uninstall-node-vm.sh"
     u0=$(date +%s)
     bash "$here/run.sh" --disks 1 --timeout 900 -- bash "$repo/deploy/tests/uninstall-node-vm.sh" /dev/nvme0n1 \
         >"$work/uninstall.log" 2>&1

@@ -213,14 +213,16 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
         }
     })?;
     let recorded = runtime.block_on(drive(spec, file, span))?;
-    Ok(BenchReport::new(
+    let mut report = BenchReport::new(
         spec,
         span,
         recorded.per_second,
         recorded.samples,
         &recorded.reads,
         &recorded.writes,
-    ))
+    );
+    report.started_unix_ms = recorded.started_unix_ms;
+    Ok(report)
 }
 
 /// Moves this process (all its threads) into the cgroup v2 directory `dir`.
@@ -318,6 +320,8 @@ struct Recorded {
     samples: Vec<IntervalStats>,
     reads: Histogram,
     writes: Histogram,
+    /// Wall-clock start of the first interval, milliseconds since the Unix epoch.
+    started_unix_ms: u64,
 }
 
 /// State every worker shares. The runtime is single-threaded, so `Cell`/`RefCell` suffice;
@@ -350,6 +354,9 @@ async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, Benc
             samples: vec![IntervalStats::default(); spec.samples()],
             reads: Histogram::new(),
             writes: Histogram::new(),
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }),
         failure: RefCell::new(None),
     };

@@ -90,6 +90,10 @@ pub struct BenchReport {
     /// interval, not rates: times `1000 / interval_ms` for a rate); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<IntervalStats>,
+    /// Wall-clock start of the first interval, milliseconds since the Unix epoch, so the
+    /// samples can be lined up with events outside the run (0 when unknown).
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// Reads completed.
     pub read_ios: u64,
     /// Writes completed.
@@ -161,6 +165,7 @@ impl BenchReport {
             per_second,
             interval_ms: u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
             intervals,
+            started_unix_ms: 0,
         }
     }
 
