@@ -15,6 +15,9 @@
 //! GetCapacity plus the listed sizes equals the figure of the empty pool (no leaked
 //! reservation). A summary line `campaign <mode>: ...` gives the counts and violations.
 //!
+//! [`faults`] replays, on a real kernel, the interleavings behind the faults the campaigns
+//! found, so each stays fixed without waiting for a campaign to hit it again.
+//!
 //! The random choices come from one seed, printed first (`IOLANE_CAMPAIGN_SEED` replays
 //! it; the timing of the processes is not replayed, so a replay hits nearby points).
 //! Runs on the loop backend on the host (`tests/run.sh`) and on lvm in the VM with
@@ -23,6 +26,7 @@
 mod cancel;
 mod check;
 mod client;
+mod faults;
 mod kill9;
 
 use std::collections::{BTreeMap, BTreeSet};
