@@ -101,13 +101,18 @@ start_controller() {
         --kubeconfig "$KUBECONFIG" --modify-timeout 5
     k8s_wait 60 "iolane controller socket" test -S "$ctrl_sock"
 }
+# csi-provisioner exits when it loses its connection to the node socket (the DaemonSet's
+# kubelet restarts it then); the node-down steps below stop and start it with the node.
+start_provisioner() {
+    k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
+        env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
+        "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
+        --node-deployment --enable-capacity --capacity-ownerref-level=0 \
+        --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
+        --immediate-topology=false --timeout=60s --v=2
+}
 start_node || { show_logs; exit 1; }
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --enable-capacity --capacity-ownerref-level=0 \
-    --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+start_provisioner
 start_controller || { show_logs; exit 1; }
 k8s_start csi-resizer "$K8S_DIR/resizer.log" env NAMESPACE=iolane \
     "$K8S_BIN_csi_resizer" --kubeconfig "$KUBECONFIG" --csi-address "$ctrl_sock" \
@@ -258,7 +263,8 @@ fi
 ! event strict TierChanged "" || why="${why:+$why; }a TierChanged Event"
 result refused "$([ -z "$why" ]; echo $?)" "$why"
 
-# no-ack: the node is down.
+# no-ack: the node is down (its pod's sidecar with it).
+k8s_stop csi-provisioner
 k8s_stop iolane
 t0=$(now_ms)
 out="$("$call" "$ctrl_sock" modify "$vol_live" iolane.dev/tier=batch)"
@@ -281,6 +287,7 @@ again=$!
 # node-restart: what was recorded while the node was away.
 t0=$(now_ms)
 start_node || { show_logs; exit 1; }
+start_provisioner
 ms=$(wait_ms 30 capped "$cg_live")
 k8s_log "node-restart: io.max capped $(($(now_ms) - t0)) ms after the node was started again (its start included; ${ms} ms after its socket appeared)"
 wait "$again"
