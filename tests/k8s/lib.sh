@@ -13,6 +13,9 @@
 #   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
 #   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
+#   k8s_start_provisioner ARG...  csi-provisioner with the node DaemonSet's arguments
+#   k8s_apply_base [FILE...]  deploy/base's namespace, CSIDriver, StorageClasses (+ FILEs)
+#   k8s_node_pod_yaml        the node Pod owning the capacity objects, as YAML
 #   k8s_stop NAME            stops one of them now (SIGTERM, SIGKILL after 20 s)
 #   k8s_wait SECONDS WHAT CMD...  polls CMD (every K8S_POLL_SECONDS, default 0.5) until it
 #                            succeeds or the deadline
@@ -50,6 +53,16 @@ k8s_apply_base() {
     kubectl -n iolane create serviceaccount default >/dev/null 2>&1
     kubectl -n default create serviceaccount default >/dev/null 2>&1
     return 0
+}
+
+# csi-provisioner with the node DaemonSet's arguments and environment, on the node socket
+# $sock of node $node, logging to $K8S_DIR/provisioner.log; extra arguments are appended.
+k8s_start_provisioner() {
+    k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
+        env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
+        "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
+        --node-deployment --extra-create-metadata --strict-topology \
+        --immediate-topology=false --timeout=60s --v=2 "$@"
 }
 
 # The node Pod that owns the CSIStorageCapacity objects of node $node (it never runs: the

@@ -81,11 +81,7 @@ other_rv="$(kubectl get pv other-volume -o jsonpath='{.metadata.resourceVersion}
 k8s_start iolane "$K8S_DIR/iolane.log" "$bin" node --endpoint "unix://$sock" --node-id "$node" \
     --state-dir "$state" --path-root "$K8S_DIR" --driver-name csi.iolane.dev --kubernetes off
 k8s_wait 60 "iolane node socket" test -S "$sock" || { show_logs; exit 1; }
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+k8s_start_provisioner
 
 # setup: two PVCs provisioned on the node, bound as the PV controller would, with the
 # finalizers kube-controller-manager (off here) would keep on them.

@@ -67,12 +67,7 @@ k8s_start iolane "$K8S_DIR/iolane.log" "$bin" node --endpoint "unix://$sock" --n
     --kubernetes auto --kubeconfig "$KUBECONFIG"
 k8s_wait 60 "iolane node socket" test -S "$sock" || { show_logs; exit 1; }
 # The DaemonSet's csi-provisioner arguments and environment.
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --enable-capacity --capacity-ownerref-level=0 \
-    --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+k8s_start_provisioner --enable-capacity --capacity-ownerref-level=0 --capacity-poll-interval=30s
 # The central Deployment: `iolane controller` and csi-resizer with its arguments.
 ctrl_sock="$K8S_DIR/controller.sock"
 k8s_start iolane-controller "$K8S_DIR/iolane-controller.log" "$bin" controller \

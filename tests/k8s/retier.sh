@@ -103,14 +103,7 @@ start_controller() {
 }
 # csi-provisioner exits when it loses its connection to the node socket (the DaemonSet's
 # kubelet restarts it then); the node-down steps below stop and start it with the node.
-start_provisioner() {
-    k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-        env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-        "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-        --node-deployment --enable-capacity --capacity-ownerref-level=0 \
-        --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
-        --immediate-topology=false --timeout=60s --v=2
-}
+start_provisioner() { k8s_start_provisioner --enable-capacity --capacity-ownerref-level=0 --capacity-poll-interval=30s; }
 start_node || { show_logs; exit 1; }
 start_provisioner
 start_controller || { show_logs; exit 1; }
