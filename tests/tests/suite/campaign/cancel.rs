@@ -44,17 +44,12 @@ async fn cancel_campaign_leaves_every_call_finished_or_undone() {
     let clients = spawn_clients(&shared, &mut rng);
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(rng.range(round_ms / 2, round_ms))).await;
-        if !shared.park(super::CLIENTS).await {
-            shared.violation(format!(
-                "round {round}: the clients did not reach a step boundary"
-            ));
+        if !shared
+            .checkpoint(&mut d, baseline, &format!("round {round}"), "")
+            .await
+        {
             break;
         }
-        check::round(&mut d, &shared, baseline, &format!("round {round}")).await;
-        if !shared.model().violations.is_empty() {
-            break;
-        }
-        shared.resume();
     }
     finish(&mut d, &shared, clients, baseline).await;
     report(

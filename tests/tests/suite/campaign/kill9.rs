@@ -52,17 +52,17 @@ async fn kill9_campaign_loses_and_leaks_nothing() {
             children_killed += 1;
         }
         d.restart().await;
-        if !shared.park(super::CLIENTS).await {
-            shared.violation(format!(
-                "round {round}: the clients did not reach a step boundary after the restart"
-            ));
+        if !shared
+            .checkpoint(
+                &mut d,
+                baseline,
+                &format!("round {round}"),
+                " after the restart",
+            )
+            .await
+        {
             break;
         }
-        check::round(&mut d, &shared, baseline, &format!("round {round}")).await;
-        if !shared.model().violations.is_empty() {
-            break;
-        }
-        shared.resume();
     }
     finish(&mut d, &shared, clients, baseline).await;
     report(

@@ -178,6 +178,30 @@ impl Shared {
     pub(crate) fn resume(&self) {
         self.pause.store(false, Ordering::SeqCst);
     }
+
+    /// A round's end: parks the clients at a step boundary, checks the invariants (`when`
+    /// names the round) and lets the clients go on. False when the campaign must stop: the
+    /// clients did not park (a violation, `after` says after what) or a check failed.
+    pub(crate) async fn checkpoint(
+        &self,
+        d: &mut Driver,
+        baseline: Option<i64>,
+        when: &str,
+        after: &str,
+    ) -> bool {
+        if !self.park(CLIENTS).await {
+            self.violation(format!(
+                "{when}: the clients did not reach a step boundary{after}"
+            ));
+            return false;
+        }
+        check::round(d, self, baseline, when).await;
+        if !self.model().violations.is_empty() {
+            return false;
+        }
+        self.resume();
+        true
+    }
 }
 
 /// Starts the driver for a campaign: the tier config and a fake cgroup root with one pod
