@@ -13,8 +13,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Packages the conformance suite uses (mkfs.ext4, mkfs.xfs, resize2fs, xfs_growfs, losetup,
-# blkid, mount). Installed only if missing.
-packages=(e2fsprogs xfsprogs util-linux mount)
+# blkid, mount), and python3-venv for the grpcio client's venv. Installed only if missing.
+packages=(e2fsprogs xfsprogs util-linux mount python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -79,6 +79,12 @@ fi
 # (tests/vm/lvm-suite.sh; not by default: too slow under emulation for CI's budget).
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1
+
+# grpcio (gRPC C core, Python's CSI tools) against `iolane node`: it sends the socket's path
+# as `:authority`, which the server must serve, not reset. Its venv is cached
+# (/var/cache/iolane/grpcio-VERSION). Prints `grpcio: N passed, M failed`.
+echo "== grpcio client (tests/grpcio/authority.sh)"
+bash tests/grpcio/authority.sh
 
 # The real CSI sanity suite (kubernetes-csi/csi-test, built from its Go module at the
 # version pinned in tests/k8s/versions.sh, cached by version) against `iolane node` on the

@@ -1,11 +1,12 @@
-//! Serving the CSI services on a Unix socket until SIGTERM or SIGINT.
+//! Serving the CSI services on a Unix socket until SIGTERM or SIGINT. Every connection goes
+//! through [`grpc::authority`], so that clients that send the socket's path as `:authority`
+//! (grpcio, grpc-java) are served.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::driver::Driver;
 use crate::grpc;
@@ -86,7 +87,7 @@ pub async fn serve_until(
         .add_service(identity)
         .add_service(controller)
         .add_service(node)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(grpc::authority::incoming(listener), shutdown)
         .await;
     let _ = fs::remove_file(socket);
     result.map_err(ServeError::from)
@@ -106,7 +107,7 @@ pub async fn serve_central(
     let result = tonic::transport::Server::builder()
         .add_service(identity)
         .add_service(controller)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(grpc::authority::incoming(listener), shutdown)
         .await;
     let _ = fs::remove_file(socket);
     result.map_err(ServeError::from)

@@ -4,6 +4,7 @@
 //! types (validating as it goes), calls [`crate::driver::Driver`], and converts the result;
 //! every error becomes a status in [`error_codes`], and is logged once, here.
 
+pub mod authority;
 mod central;
 pub mod client;
 mod controller;
