@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::driver::Driver;
 use crate::status::StatusSource;
@@ -28,7 +29,7 @@ use crate::status::StatusSource;
 /// The `Content-Type` of `/metrics`: the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// How often [`readiness`] asks the backend.
+/// How often [`watch_readiness`] asks the backend.
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
 
 /// Whether the process is ready: `Err` carries the reason `/healthz` reports.
@@ -164,21 +165,29 @@ async fn status_handler(State(source): State<StatusSource>) -> Response {
     }
 }
 
-/// `/healthz`'s answer: ready while the backend is, asked in the background every few
-/// seconds (the check is async and the endpoint's is not).
-pub fn readiness(driver: &Driver) -> Readiness {
-    let state = Arc::new(Mutex::new(Err::<(), String>("not checked yet".to_owned())));
-    let writer = Arc::clone(&state);
+/// The backend's readiness, asked in the background every few seconds (the check is async
+/// and `/healthz`'s endpoint is not): `Err` with the reason while it is not ready. The
+/// channel starts at `Err("not checked yet")` and every check is sent, changed or not;
+/// [`readiness_of`] serves it to `/healthz`, `k8s::readiness` turns its changes into
+/// Events on the Node.
+pub fn watch_readiness(driver: &Driver) -> watch::Receiver<Result<(), String>> {
+    let (tx, rx) = watch::channel(Err::<(), String>("not checked yet".to_owned()));
     let driver = driver.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(READINESS_PERIOD);
         loop {
             tick.tick().await;
             let now = driver.probe().await;
-            *writer.lock().unwrap_or_else(PoisonError::into_inner) = now;
+            tracing::debug!(ready = now.is_ok(), reason = ?now.as_ref().err(), "backend readiness checked");
+            let _previous = tx.send_replace(now);
         }
     });
-    Arc::new(move || state.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    rx
+}
+
+/// `/healthz`'s answer: the latest check of [`watch_readiness`].
+pub fn readiness_of(rx: watch::Receiver<Result<(), String>>) -> Readiness {
+    Arc::new(move || rx.borrow().clone())
 }
 
 #[cfg(test)]

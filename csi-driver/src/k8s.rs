@@ -1,5 +1,6 @@
 //! Kubernetes look-ups: the `iolane.dev/tier` annotation of a PVC, and the client
-//! `--kubernetes`/`--kubeconfig` ask for ([`pvc_annotations_from_flags`]).
+//! `--kubernetes`/`--kubeconfig` ask for ([`pvc_annotations_from_flags`]). The node's
+//! readiness Events on its Node: [`readiness`].
 //!
 //! CreateVolume gets the PVC's name and namespace from csi-provisioner
 //! (`--extra-create-metadata`: [`keys::PVC_NAME`], [`keys::PVC_NAMESPACE`]) and asks
@@ -24,6 +25,8 @@ use std::time::Duration;
 use iops_controller::keys;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
+
+pub mod readiness;
 
 /// How long a look-up may take when the caller has no better bound.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

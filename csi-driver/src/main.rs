@@ -194,13 +194,19 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Tiering::new(cfg.tier_set()?, pvc),
         Arc::clone(&enforcement),
     );
-    let served_gauges = if let (Some(addr), Some(registry)) = (args.metrics_address, registry) {
+    let kube = k8s::watch_client(args.kubernetes, args.kubeconfig.as_deref()).await?;
+    // Readiness is checked in the background for /healthz and for the Node's Events.
+    let readiness =
+        (args.metrics_address.is_some() || kube.is_some()).then(|| http::watch_readiness(&driver));
+    let served_gauges = if let (Some(addr), Some(registry), Some(ready)) =
+        (args.metrics_address, registry, readiness.clone())
+    {
         let server = HttpServer::bind(addr)
             .await
             .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
         let routes = Routes {
             registry,
-            ready: http::readiness(&driver),
+            ready: http::readiness_of(ready),
         };
         tokio::spawn(async move {
             if let Err(e) = server.serve(routes, std::future::pending()).await {
@@ -245,12 +251,20 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             tracing::warn!(error = %e, "could not adopt publications from the mount table; the reconciler retries")
         }
     }
-    if let Some(client) = k8s::watch_client(args.kubernetes, args.kubeconfig.as_deref()).await? {
+    if let Some(client) = kube {
         let settings = retier::node::Settings {
             driver_name: name.clone(),
             node_id: driver.settings().node_id.clone(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        if let Some(readiness) = readiness {
+            tokio::spawn(k8s::readiness::run(
+                client.clone(),
+                settings.node_id.clone(),
+                settings.instance.clone(),
+                readiness,
+            ));
+        }
         let retierer = driver.clone();
         tokio::spawn(async move {
             retier::node::run(client, retierer, settings).await;

@@ -16,6 +16,10 @@
 #   cleanup   `--node-cleanup=on` started after the deletion (the start-up pass): both
 #             PVCs and both PVs gone, a Warning `NodeDeleted` Event on each of the four
 #   other     a PV pinned to a Node that still exists is untouched by both runs
+#   readiness `iolane node` with the API, on the Node that stays: its backend stops being
+#             ready (state directory moved away): one Warning `BackendNotReady` Event on
+#             the Node with /healthz's reason, still one after two more checks said not
+#             ready; back: one Normal `BackendReady`
 # Environment: IOLANE_K8S_KEEP=DIR (keep logs and state in DIR, for a failed run).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -217,5 +221,66 @@ if [ "$now_rv" = "$other_rv" ] && ! events | grep -q " other-volume "; then
 else
     result other 1 "other-volume changed (resourceVersion $other_rv -> ${now_rv:-gone}) or has an Event"
 fi
+
+# readiness: a second `iolane node`, with the API, as the Node that stays (other-node).
+node_events() { # one line per Event on Node other-node: TYPE REASON COUNT MESSAGE
+    kubectl get events -A -o json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["items"]:
+    o = e.get("involvedObject", {})
+    if o.get("kind") == "Node" and o.get("name") == "other-node":
+        count = (e.get("series") or {}).get("count") or e.get("count") or 1
+        print(e.get("type"), e.get("reason"), count, (e.get("message") or "").replace("\n", " "))
+'
+}
+has_event() { node_events | grep -q "^$1 "; } # TYPE REASON
+checks() { grep -c "\"ready\":$1" "$K8S_DIR/iolane-ready.log"; } # how many checks said true/false
+checks_at_least() { [ "$(checks "$1")" -ge "$2" ]; } # true|false N
+healthz() { curl -s "http://127.0.0.1:$ready_port/healthz"; }
+ready_state="$K8S_DIR/ready-state"
+ready_port="$(k8s_free_port)"
+mkdir -p "$K8S_DIR/ready-root"
+k8s_start iolane-ready "$K8S_DIR/iolane-ready.log" "$bin" node \
+    --endpoint "unix://$K8S_DIR/ready.sock" --node-id other-node --state-dir "$ready_state" \
+    --path-root "$K8S_DIR/ready-root" --driver-name csi.iolane.dev --kubeconfig "$KUBECONFIG" \
+    --metrics-address "127.0.0.1:$ready_port" --status-address "127.0.0.1:$(k8s_free_port)" \
+    --log-format json --log info,csi_driver::http=debug
+why=""
+if ! k8s_wait 60 "the second node's first ready check" checks_at_least true 1; then
+    why="never ready"
+else
+    mv "$ready_state" "$ready_state.away"
+    if ! k8s_wait 60 "a BackendNotReady Event on other-node" has_event "Warning BackendNotReady"; then
+        why="no BackendNotReady Event"
+    else
+        body="$(healthz)"
+        not_ready=$(checks false)
+        # Two more checks that say not ready (5 s apart): no second Event, no count > 1.
+        k8s_wait 60 "two more not-ready checks" checks_at_least false $((not_ready + 2)) ||
+            why="no further checks"
+        line="$(node_events | grep "^Warning BackendNotReady ")"
+        k8s_log "while not ready: /healthz: $body; Event: $line"
+        [ "$(grep -c . <<<"$line")" = 1 ] && [ "$(cut -d' ' -f3 <<<"$line")" = 1 ] ||
+            why="${why:+$why; }not one BackendNotReady Event: $line"
+        grep -qF "state directory $ready_state" <<<"$line" || why="${why:+$why; }the Event has no reason"
+        grep -qF "state directory $ready_state" <<<"$body" || why="${why:+$why; }/healthz has no reason: $body"
+    fi
+    mv "$ready_state.away" "$ready_state"
+    if k8s_wait 60 "a BackendReady Event on other-node" has_event "Normal BackendReady"; then
+        k8s_log "Events on Node other-node:"
+        node_events | sed 's/^/    /'
+        [ "$(node_events | grep -c .)" = 2 ] || why="${why:+$why; }not two Events in all"
+    else
+        why="${why:+$why; }no BackendReady Event after recovery"
+    fi
+fi
+if [ -z "$why" ]; then
+    result readiness 0
+else
+    node_events | sed 's/^/    /'
+    tail -20 "$K8S_DIR/iolane-ready.log" | sed 's/^/    /'
+    result readiness 1 "$why"
+fi
+
 k8s_check_alive || { show_logs; result processes 1 "a component exited"; }
 finish
