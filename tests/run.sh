@@ -75,8 +75,9 @@ fi
 # call retried until it succeeds) and the cancellation campaign (random client deadlines),
 # on the loop backend, the invariants checked after every round; each prints a summary line
 # `campaign kill9: ...` / `campaign cancel: ...` with its seed, counts and violations
-# (IOLANE_CAMPAIGN_SEED replays a seed). On lvm they run in the VM with IOLANE_VM_CAMPAIGN=1
-# (tests/vm/lvm-suite.sh; not by default: too slow under emulation for CI's budget).
+# (IOLANE_CAMPAIGN_SEED replays a seed). On lvm they run in the VM (tests/vm/lvm-suite.sh):
+# the kill -9 campaign bounded by default (4 clients, a 120 s budget), both in full with
+# IOLANE_VM_CAMPAIGN=1 (too slow under emulation for CI's budget).
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1
 

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use crate::csi;
 use crate::csi::identity_client::IdentityClient;
-use crate::{POLL_INTERVAL, START_DEADLINE, binary, command, connect};
+use crate::{POLL_INTERVAL, binary, command, connect, start_deadline};
 
 /// A running `iolane controller` (the central Deployment's role) on a socket in its own
 /// tempdir; killed on drop.
@@ -35,7 +35,7 @@ impl Central {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn iolane controller");
-        let deadline = Instant::now() + START_DEADLINE;
+        let deadline = Instant::now() + start_deadline();
         loop {
             if let Some(status) = child.try_wait().expect("poll iolane") {
                 panic!("iolane controller exited with {status} before serving");
@@ -55,7 +55,8 @@ impl Central {
             }
             assert!(
                 Instant::now() < deadline,
-                "iolane controller did not become ready within {START_DEADLINE:?}"
+                "iolane controller did not become ready within {:?}",
+                start_deadline()
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }

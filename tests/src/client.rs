@@ -8,8 +8,20 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
-/// How long a spawned driver may take to answer its first Probe.
-pub(crate) const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a spawned driver may take to answer its first Probe: 60 s, or
+/// `IOLANE_TEST_START_SECS`. A node restarted after a SIGKILL first waits for its
+/// predecessor's children (up to 330 s: mkfs's limit), which under emulation in the VM can
+/// take minutes: the VM's kill -9 campaign raises it.
+pub(crate) fn start_deadline() -> Duration {
+    let secs = std::env::var("IOLANE_TEST_START_SECS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("IOLANE_TEST_START_SECS={v:?} is not a number: {e}"))
+        })
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
 /// Upper bound for one RPC (the driver gives mkfs 300 s), so a hung call fails the test
 /// instead of hanging it.
 const RPC_TIMEOUT: Duration = Duration::from_secs(330);

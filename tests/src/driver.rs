@@ -15,9 +15,9 @@ use crate::csi::controller_client::ControllerClient;
 use crate::csi::identity_client::IdentityClient;
 use crate::csi::node_client::NodeClient;
 use crate::{
-    LvInfo, LvmClass, NODE_ID, POLL_DEADLINE, POLL_INTERVAL, START_DEADLINE, TestBackend, binary,
-    cleanup, command, connect, detach_loops_over, files_under, loops_for, loops_over_lvs,
-    lvm_sweep, lvm_volume_lvs, mounts_under, note, poll, test_backend,
+    LvInfo, LvmClass, NODE_ID, POLL_DEADLINE, POLL_INTERVAL, TestBackend, binary, cleanup, command,
+    connect, detach_loops_over, files_under, loops_for, loops_over_lvs, lvm_sweep, lvm_volume_lvs,
+    mounts_under, note, poll, start_deadline, test_backend,
 };
 
 /// How long the driver may take to exit after SIGTERM.
@@ -390,7 +390,7 @@ async fn launch(root: &Path, options: &Options) -> (Child, Channel) {
         .stdout(log.try_clone().expect("clone log handle"))
         .stderr(log);
     let mut child = cmd.spawn().expect("spawn iolane");
-    let deadline = Instant::now() + START_DEADLINE;
+    let deadline = Instant::now() + start_deadline();
     loop {
         if let Some(status) = child.try_wait().expect("poll iolane") {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
@@ -412,8 +412,9 @@ async fn launch(root: &Path, options: &Options) -> (Child, Channel) {
             let _ = child.wait();
             let text = fs::read_to_string(&log_path).unwrap_or_default();
             panic!(
-                "iolane did not answer Probe with ready=true on {} within {START_DEADLINE:?}\n{text}",
-                socket.display()
+                "iolane did not answer Probe with ready=true on {} within {:?}\n{text}",
+                socket.display(),
+                start_deadline()
             );
         }
         tokio::time::sleep(POLL_INTERVAL).await;

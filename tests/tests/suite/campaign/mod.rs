@@ -3,7 +3,8 @@
 //! verify, Unpublish, Unstage, Delete), every call retried until it succeeds, while
 //!
 //! - [`kill9`]: the driver is SIGKILLed at a random moment of each round and restarted
-//!   (100 rounds: `IOLANE_CAMPAIGN_KILLS`);
+//!   (100 rounds: `IOLANE_CAMPAIGN_KILLS`; `IOLANE_CAMPAIGN_BUDGET_SECS` stops starting
+//!   rounds after that many seconds);
 //! - [`cancel`]: every call gets a random client-side deadline, so the client gives up on
 //!   calls at random points of their work (`IOLANE_CAMPAIGN_CANCEL_ROUNDS`).
 //!
@@ -20,8 +21,10 @@
 //!
 //! The random choices come from one seed, printed first (`IOLANE_CAMPAIGN_SEED` replays
 //! it; the timing of the processes is not replayed, so a replay hits nearby points).
-//! Runs on the loop backend on the host (`tests/run.sh`) and on lvm in the VM with
-//! `IOLANE_VM_CAMPAIGN=1` (`tests/vm/lvm-suite.sh`).
+//! `IOLANE_CAMPAIGN_CLIENTS` changes the number of clients (8).
+//! Runs on the loop backend on the host (`tests/run.sh`); on lvm in the VM
+//! (`tests/vm/lvm-suite.sh`), the kill -9 campaign in a bounded form by default (4 clients,
+//! a time budget), both in full with `IOLANE_VM_CAMPAIGN=1`.
 
 mod cancel;
 mod check;
@@ -37,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use iolane_tests::{Driver, Options, is_lvm, note};
 
-/// Clients cycling volumes side by side.
+/// Clients cycling volumes side by side, unless `IOLANE_CAMPAIGN_CLIENTS` says otherwise.
 const CLIENTS: usize = 8;
 /// The tier the even-numbered clients' volumes get (odd ones get none).
 const TIERS: &str = "[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
@@ -56,6 +59,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}")),
         Err(_) => default,
     }
+}
+
+/// How many clients: `IOLANE_CAMPAIGN_CLIENTS` (at least 1), else [`CLIENTS`].
+fn clients() -> usize {
+    usize::try_from(env_u64("IOLANE_CAMPAIGN_CLIENTS", CLIENTS as u64).max(1)).unwrap_or(CLIENTS)
 }
 
 /// The campaign's seed: `IOLANE_CAMPAIGN_SEED`, else from the clock.
@@ -115,6 +123,8 @@ pub(crate) struct Shared {
     /// The fake cgroup root; client `k`'s pod is `kubepods/burstable/pod<uid k>`.
     pub(crate) cgroup_root: PathBuf,
     pub(crate) pod_uids: Vec<String>,
+    /// How many clients run ([`clients`]).
+    pub(crate) clients: usize,
     /// Clients park at the next step boundary while set.
     pub(crate) pause: AtomicBool,
     pub(crate) parked: AtomicUsize,
@@ -189,7 +199,7 @@ impl Shared {
         when: &str,
         after: &str,
     ) -> bool {
-        if !self.park(CLIENTS).await {
+        if !self.park(self.clients).await {
             self.violation(format!(
                 "{when}: the clients did not reach a step boundary{after}"
             ));
@@ -212,8 +222,9 @@ async fn start(cancel_max_ms: u64) -> (Driver, Arc<Shared>, tempfile::TempDir) {
         .tempdir()
         .expect("tempdir");
     let cgroup_root = cg.path().canonicalize().expect("canonicalize");
+    let clients = clients();
     let mut pod_uids = Vec::new();
-    for k in 0..CLIENTS {
+    for k in 0..clients {
         let uid = format!("00000000-0000-4000-8000-{k:012}");
         let dir = cgroup_root
             .join("kubepods/burstable")
@@ -235,12 +246,13 @@ async fn start(cancel_max_ms: u64) -> (Driver, Arc<Shared>, tempfile::TempDir) {
         socket: d.socket(),
         cgroup_root,
         pod_uids,
+        clients,
         pause: AtomicBool::new(false),
         parked: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         cancel_max_ms,
         model: Mutex::new(Model {
-            clients: vec![None; CLIENTS],
+            clients: vec![None; clients],
             ..Model::default()
         }),
     });
@@ -249,7 +261,7 @@ async fn start(cancel_max_ms: u64) -> (Driver, Arc<Shared>, tempfile::TempDir) {
 
 /// Spawns the clients, each with its own seed drawn from `rng`.
 fn spawn_clients(shared: &Arc<Shared>, rng: &mut Rng) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..CLIENTS)
+    (0..shared.clients)
         .map(|k| {
             let shared = shared.clone();
             let seed = rng.next();
@@ -281,8 +293,9 @@ fn report(mode: &str, seed: u64, rounds: &str, shared: &Shared, started: Instant
     let m = shared.model();
     let codes: Vec<String> = m.codes.iter().map(|(c, n)| format!("{c}={n}")).collect();
     note(format!(
-        "campaign {mode}: backend={} seed={seed} {rounds} clients={CLIENTS} cycles={} calls_ok={} failed_attempts={} cancelled={} verified={} errors[{}] violations={} in {:.0}s",
+        "campaign {mode}: backend={} seed={seed} {rounds} clients={} cycles={} calls_ok={} failed_attempts={} cancelled={} verified={} errors[{}] violations={} in {:.0}s",
         if is_lvm() { "lvm" } else { "loop" },
+        shared.clients,
         m.cycles,
         m.calls_ok,
         m.attempts_failed,
