@@ -129,7 +129,8 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         enforcement = enforcement.with_metrics(metrics);
     }
     if let Some(config) = cfg.priority.to_config()? {
-        // Opt-in (issue 9): per-device class controllers over the same publications.
+        // On by default (issue 9; `[priority] enabled = false` turns them off): per-device
+        // class controllers over the same publications.
         let topology = iops_controller::priority::Topology::new(
             os.roots().sys.clone(),
             iops_controller::priority::topology::real_device_of(),

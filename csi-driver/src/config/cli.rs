@@ -56,9 +56,8 @@ pub struct DemoArgs {
     /// Seconds each load run lasts.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
-    /// Replace the batch tier's read and write IOPS caps with N (through a demo node
-    /// config), for machines too slow to go above the built-in 2000; default: the
-    /// built-in tier.
+    /// The demo batch tier's static read and write IOPS cap (through a demo node config),
+    /// for machines too slow to go far above the default 2000.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_iops: Option<u64>,
     /// Also write the results as JSON to this file.

@@ -41,8 +41,9 @@ struct Node {
     _sys: tempfile::TempDir,
 }
 
-/// Pod 0: streaming on dm-3; pod 1: batch on dm-4 (both on nvme0n1, 259:0); pod 2: batch
-/// on dm-5 (nvme1n1, 259:1, configured at 4000 IOPS).
+/// Pod 0: streaming on dm-3; pod 1: batch on dm-4 (both on nvme0n1, 259:0); pod 2: a batch
+/// tier with a 2000-IOPS ceiling (`capped`) on dm-5 (nvme1n1, 259:1, configured at 4000
+/// IOPS).
 fn node() -> Node {
     let sys = tempfile::tempdir().unwrap();
     device(sys.path(), "259:0", "nvme0n1", None);
@@ -61,7 +62,23 @@ fn node() -> Node {
     config
         .devices
         .insert("nvme1n1".into(), DeviceModel::uniform_iops(4000.0));
-    let priority = NodePriority::new(config, &TierSet::builtin(), topology);
+    let capped = Tier::flat(
+        "capped",
+        Limits {
+            read_iops: Limit::per_sec(2000),
+            write_iops: Limit::per_sec(2000),
+            ..Limits::UNLIMITED
+        },
+        Priority::Batch,
+    );
+    let tiers: TierSet = toml::from_str::<crate::TierConfig>(
+        "[capped]\npriority = \"batch\"\nread_iops = 2000\nwrite_iops = 2000\n\
+         read_bps = \"max\"\nwrite_bps = \"max\"\n",
+    )
+    .map(|c| TierSet::from_config(&c).unwrap())
+    .unwrap();
+    assert_eq!(tiers.get("capped"), Some(&capped));
+    let priority = NodePriority::new(config, &tiers, topology);
     let fs = Arc::new(FakeCgroupFs::new());
     let root = tempfile::tempdir().unwrap();
     let mut reconciler = Reconciler::new();
@@ -78,7 +95,7 @@ fn node() -> Node {
         .zip([
             ("253:3", Tier::streaming()),
             ("253:4", Tier::batch()),
-            ("253:5", Tier::batch()),
+            ("253:5", capped.clone()),
         ])
         .enumerate()
     {
@@ -106,7 +123,8 @@ fn node() -> Node {
         });
     }
     let report = reconciler.pass_kept(n.root.path(), n.fs.as_ref());
-    assert_eq!(report.applied, 2, "{report:?}"); // streaming's all-max line is in sync
+    // Streaming's and built-in batch's all-max lines are in sync; `capped` is written.
+    assert_eq!(report.applied, 1, "{report:?}");
     n.reconciler = reconciler;
     n
 }
@@ -156,8 +174,8 @@ fn batch_is_held_to_what_streaming_leaves_and_another_device_is_untouched() {
     let nvme0 = &last.devices[0];
     assert!(nvme0.report.streaming_active);
     assert_eq!(nvme0.publications, (1, 1));
-    // Batch gets 1 - 0.5 streaming - 0.10 headroom of the 1000-IOPS device, far under
-    // its 2000-IOPS tier cap; streaming keeps its (absent) caps.
+    // Batch (built in: no ceiling) gets 1 - 0.5 streaming - 0.10 headroom of the
+    // 1000-IOPS device; streaming keeps its (absent) caps.
     let batch = riops(&n, 1, "253:4").get().unwrap();
     assert!((300..=450).contains(&batch), "batch riops {batch}");
     assert_eq!(riops(&n, 0, "253:3"), Limit::Max);

@@ -34,9 +34,13 @@ use iolane_tests::{
 };
 
 /// The batch tier of these tests: 200 read and write IOPS (the VM does about 3,400
-/// uncapped), no bandwidth cap.
+/// uncapped), no bandwidth cap, as a static cap:
 const BATCH_IOPS: u64 = 200;
-const TIERS: &str = "[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
+///
+/// `[priority] enabled = false`: these tests check the static caps (what publish writes, the
+/// reconciler's repair and re-apply); the priority controllers, on by default, are checked
+/// by `priority::` on an IO-bound disk.
+const TIERS: &str = "[priority]\nenabled = false\n\n[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
 const TIER_KEY: &str = "iolane.dev/tier";
 const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
 /// `--reconcile-period` of the VM tests, seconds.
