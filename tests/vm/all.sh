@@ -10,8 +10,12 @@
 #   4. one boot (1 NVMe disk) for tests/vm/tiers.sh: the IO tier tests (io.max on the real
 #      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
 #      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
-#   5. tests/vm/reboot.sh: two boots on the same disk image;
-#   6. one boot (1 NVMe disk) for deploy/tests/uninstall-node-vm.sh (IOLANE_VM_SKIP_UNINSTALL=1
+#   5. one boot (1 NVMe disk that QEMU throttles to $IOLANE_VM_PRIORITY_IOPS, default 400
+#      IOPS) for tests/vm/priority-test.sh: the priority controllers with the default tiers
+#      (`priority::on`) and the static caps as the control, which must fail
+#      (`priority::off-fails`); IOLANE_VM_SKIP_PRIORITY=1 skips it;
+#   6. tests/vm/reboot.sh: two boots on the same disk image;
+#   7. one boot (1 NVMe disk) for deploy/tests/uninstall-node-vm.sh (IOLANE_VM_SKIP_UNINSTALL=1
 #      skips it).
 # Prints one line per test as it goes and `N passed, M failed` at the end; exits 1 if
 # anything failed (a boot that fails before its tests report counts as a failure).
@@ -21,7 +25,8 @@
 # Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh and tiers.sh tests to run, e.g.
 # `csi-sanity` for csi-sanity alone; the
 # reboot test runs unless IOLANE_VM_SKIP_REBOOT=1), IOLANE_VM_SKIP_TIERS=1 (skip the tiers
-# boot), IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
+# boot), IOLANE_VM_SKIP_PRIORITY=1 (skip the priority boot), IOLANE_VM_PRIORITY_IOPS,
+# IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -73,7 +78,7 @@ fi
 objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
-stamp "boot 1 of 5: tests/vm/lvm-suite.sh"
+stamp "boot 1 of 6: tests/vm/lvm-suite.sh"
 bash "$here/run.sh" --disks 2 --timeout 1500 --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
 suite_rc=$?
@@ -83,7 +88,7 @@ fi
 stamp "lvm-suite.sh exited $suite_rc"
 
 if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
-    stamp "boot 2 of 5: tests/vm/tiers.sh"
+    stamp "boot 2 of 6: tests/vm/tiers.sh"
     mkdir -p "$work/tiers"
     bash "$here/run.sh" --disks 1 --timeout 1200 --rwdir "$work" -- \
         env IOLANE_VM_RESULTS="$work/tiers" bash "$here/tiers.sh" "$work/bin" "$results"
@@ -100,8 +105,22 @@ if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
     fi
 fi
 
+# The priority controllers on an IO-bound disk (issue 9). One result line per mode.
+if [ "${IOLANE_VM_SKIP_PRIORITY:-0}" != 1 ] \
+    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails"; }; then
+    piops="${IOLANE_VM_PRIORITY_IOPS:-400}"
+    stamp "boot 3 of 6: tests/vm/priority-test.sh (nvme0n1 throttled to $piops IOPS)"
+    bash "$here/run.sh" --disks 1 --timeout 900 --disk-opts "throttling.iops-total=$piops" --rwdir "$work" -- \
+        env IOLANE_TEST_PRIORITY_IOPS="$piops" bash "$here/priority-test.sh" "$work/bin" "$results"
+    prc=$?
+    if [ "$prc" != 0 ] && ! grep -q '^FAILED priority::' "$results"; then
+        echo "FAILED vm::priority 0 (run.sh exit $prc before any test failed)" >>"$results"
+    fi
+    stamp "priority-test.sh exited $prc"
+fi
+
 if [ "${IOLANE_VM_SKIP_REBOOT:-0}" != 1 ]; then
-    stamp "boots 3 and 4 of 5: tests/vm/reboot.sh"
+    stamp "boots 4 and 5 of 6: tests/vm/reboot.sh"
     bash "$here/reboot.sh" "$work/bin" "$results"
     stamp "reboot.sh exited $?"
 fi
@@ -110,7 +129,7 @@ fi
 # the disk blank. One result line, `uninstall::node`.
 if [ "${IOLANE_VM_SKIP_UNINSTALL:-0}" != 1 ] \
     && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"uninstall::node"; }; then
-    stamp "boot 5 of 5: deploy/tests/uninstall-node-vm.sh"
+    stamp "boot 6 of 6: deploy/tests/uninstall-node-vm.sh"
     u0=$(date +%s)
     bash "$here/run.sh" --disks 1 --timeout 900 -- bash "$repo/deploy/tests/uninstall-node-vm.sh" /dev/nvme0n1 \
         >"$work/uninstall.log" 2>&1

@@ -216,6 +216,7 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
     Ok(BenchReport::new(
         spec,
         span,
+        recorded.started_unix_ms,
         recorded.per_second,
         recorded.samples,
         &recorded.reads,
@@ -318,6 +319,8 @@ struct Recorded {
     samples: Vec<IntervalStats>,
     reads: Histogram,
     writes: Histogram,
+    /// Wall-clock start of the run, milliseconds since the Unix epoch.
+    started_unix_ms: u64,
 }
 
 /// State every worker shares. The runtime is single-threaded, so `Cell`/`RefCell` suffice;
@@ -338,6 +341,9 @@ struct Shared<'a> {
 async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, BenchError> {
     let seconds = usize::try_from(spec.seconds()).unwrap_or(usize::MAX);
     let start = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let shared = Shared {
         spec,
         file: tokio_uring::fs::File::from_std(file),
@@ -350,6 +356,7 @@ async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, Benc
             samples: vec![IntervalStats::default(); spec.samples()],
             reads: Histogram::new(),
             writes: Histogram::new(),
+            started_unix_ms,
         }),
         failure: RefCell::new(None),
     };
