@@ -9,8 +9,9 @@
 //! 1. every publication whose pod cgroup is found is one controller input, keyed on
 //!    (pod cgroup, volume device): its class from its tier's priority, its ceiling the
 //!    tier's caps recorded at publish ([`NodePriority::record`]), its counters the pod's
-//!    `io.stat` for the volume's device, its in-flight count and weighted milliseconds
-//!    from the volume device's sysfs `stat`;
+//!    `io.stat` for the volume's device; for a streaming publication also its in-flight
+//!    count and weighted milliseconds from the volume device's sysfs `stat` (a batch one
+//!    counts as active while its counters moved within the last second);
 //! 2. publications are grouped by the physical devices under their volume device
 //!    ([`Topology::physical`], looked up once per volume device); each group has its own
 //!    [`DeviceController`], created with the configured capacity of the device (by
@@ -239,7 +240,19 @@ impl NodePriority {
                     continue;
                 }
             };
-            let vstat = self.topology.stat(dev).ok();
+            let class = self
+                .classes
+                .get(&p.publication.tier)
+                .copied()
+                .unwrap_or(Priority::Streaming);
+            // The volume device's queue matters for streaming only (the backlog test); a
+            // batch publication counts as active from its counters (below), which saves a
+            // sysfs read per batch publication per pass.
+            let vstat = if class == Priority::Streaming {
+                self.topology.stat(dev).ok()
+            } else {
+                None
+            };
             let last_moved = match self.moved.get(&key) {
                 Some((before, at)) if *before == counters => *at,
                 _ => now,
@@ -248,11 +261,6 @@ impl NodePriority {
             // Recent IO counts as IO in flight (queued in blk-throttle, which the
             // device's in-flight count does not see).
             let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
-            let class = self
-                .classes
-                .get(&p.publication.tier)
-                .copied()
-                .unwrap_or(Priority::Streaming);
             volume_devs.push(dev);
             groups
                 .entry(set)
