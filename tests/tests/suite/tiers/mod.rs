@@ -12,9 +12,10 @@
 //!   its limit, streaming well above it), the reconciler repairing a line written behind the
 //!   driver's back, re-applying after SIGKILL and restart, and the line gone after
 //!   unpublish. They return with a printed reason outside lvm mode or without cgroup v2 io.
-//! - `priority::vm_*`: the priority controllers (`[priority]`, issue 9) on a disk QEMU
-//!   throttles (`tests/vm/priority.sh`, not `tiers.sh`): streaming keeps its solo rate
-//!   against four batch volumes, and batch alone gets the device.
+//! - `priority::vm_*`: the priority controllers (`[priority]`, on by default, issue 9) on a
+//!   disk QEMU throttles (`tests/vm/priority-test.sh`, a boot of its own in `all.sh`, not
+//!   `tiers.sh`): streaming keeps its solo rate and latency against four batch volumes,
+//!   batch alone gets the device, the floor and the reaction times.
 //!
 //! Environment: `IOLANE_TEST_BENCH_SECS` (seconds per load run, default 5).
 

@@ -18,8 +18,9 @@
 //!   of the device, within 20 %); how far above it is printed (blk-throttle overshoots the
 //!   few IOPS per volume a 400-IOPS disk's floor gives);
 //! - reaction, from the 100 ms samples lined up by the benches' start times: streaming at
-//!   >= 0.90 of solo (mean of 3 samples) within 1 s of starting next to saturating batch;
-//!   batch back at >= 0.85 of the device (mean of 3 samples) within 2 s of streaming's end.
+//!   >= 0.90 of solo within 1 s of starting next to saturating batch, and batch back at
+//!   >= 0.85 of the device within 2 s of streaming's end (the time is the start of the
+//!   first 300 ms window whose mean reaches the line).
 //!
 //! Outside the VM (no lvm, no cgroup v2 io, or no throttled disk) it returns with a printed
 //! reason, like the other `vm_*` tests.
@@ -117,7 +118,8 @@ fn class_samples(runs: &[Run], t0_ms: u64) -> Vec<f64> {
     out
 }
 
-/// Milliseconds from the first sample until the mean of 3 samples in a row reaches `line`.
+/// Milliseconds from the first sample to the start of the first window of 3 samples whose
+/// mean reaches `line`.
 fn reaction_ms(samples: &[f64], line: f64) -> Option<usize> {
     samples
         .windows(3)
