@@ -49,9 +49,9 @@ fn thread_cpu() -> Duration {
 
 fn write(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).unwrap();
+        fs::create_dir_all(dir).expect("test fixture");
     }
-    fs::write(path, text).unwrap();
+    fs::write(path, text).expect("test fixture");
 }
 
 struct Node {
@@ -69,9 +69,9 @@ struct Node {
 fn mem_tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
+        tempfile::tempdir_in(shm).expect("test fixture")
     } else {
-        tempfile::tempdir().unwrap()
+        tempfile::tempdir().expect("test fixture")
     }
 }
 
@@ -101,7 +101,7 @@ fn node(n: usize) -> Node {
     for i in 0..n {
         let dev = DeviceNumber {
             major: 253,
-            minor: u32::try_from(i).unwrap(),
+            minor: u32::try_from(i).expect("test fixture"),
         };
         let dir = block.join(dev.to_string());
         write(&dir.join("uevent"), &format!("DEVNAME=dm-{i}\n"));
@@ -128,7 +128,7 @@ fn node(n: usize) -> Node {
         reconciler.upsert(Publication {
             volume_id: format!("iol-{i}"),
             target_path: target,
-            pod_uid: PodUid::parse(&uid).unwrap(),
+            pod_uid: PodUid::parse(&uid).expect("test fixture"),
             device: dev,
             tier: tier.to_owned(),
             limits: Limits::UNLIMITED,
@@ -187,7 +187,7 @@ fn measure(n: usize, passes: u64) -> (Duration, Duration, usize) {
             recon += thread_cpu() - t0;
         }
     }
-    let per = |d: Duration, k: u64| d / u32::try_from(k).unwrap();
+    let per = |d: Duration, k: u64| d / u32::try_from(k).expect("test fixture");
     (per(prio, passes), per(recon, passes.div_ceil(10)), written)
 }
 

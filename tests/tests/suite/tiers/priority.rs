@@ -17,10 +17,10 @@
 //! - while streaming saturates the device, the batch class gets at least its floor (0.05
 //!   of the device, within 20 %); how far above it is printed (blk-throttle overshoots the
 //!   few IOPS per volume a 400-IOPS disk's floor gives);
-//! - reaction, from the 100 ms samples lined up by the benches' start times: streaming at
-//!   >= 0.90 of solo within 1 s of starting next to saturating batch, and batch back at
-//!   >= 0.85 of the device within 2 s of streaming's end (the time is the start of the
-//!   first 300 ms window whose mean reaches the line).
+//! - reaction, from the 100 ms samples lined up by the benches' start times: streaming
+//!   at 0.90 of solo or more within 1 s of starting next to saturating batch, and batch
+//!   back at 0.85 of the device or more within 2 s of streaming's end (the time is the
+//!   start of the first 300 ms window whose mean reaches the line).
 //!
 //! Outside the VM (no lvm, no cgroup v2 io, or no throttled disk) it returns with a printed
 //! reason, like the other `vm_*` tests.
