@@ -40,6 +40,12 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+# The priority controllers' CPU per pass at 200 publications (issue 9), printed: the test
+# ran above with its output hidden; this prints its figures against the reconciler's pass
+# measured in the same run (docs/priority.md, *Cost*).
+echo "== priority controllers' cost (iops-controller/tests/priority_cost.rs)"
+cargo test -p iops-controller --locked --test priority_cost -- --nocapture 2>&1 | grep '^priority cost'
+
 # The real CSI sanity suite (kubernetes-csi/csi-test, built from its Go module at the
 # version pinned in tests/k8s/versions.sh, cached by version) against `iolane node` on the
 # loop backend, no skip list: prints csi-sanity's `Ran N of M Specs` and counts.
