@@ -63,6 +63,12 @@ bash tests/k8s/provision.sh
 # --node-cleanup=on (PVCs and PVs gone, Events written). Prints `N passed, M failed`.
 echo "== node cleanup (tests/k8s/nodes.sh)"
 bash tests/k8s/nodes.sh
+# Live re-tiering on the same control plane: ControllerModifyVolume through csi-resizer and
+# direct calls, PVC annotation changes, the allow-list, a node down and a controller
+# restarted mid-request, each published volume's stand-in pod io.max checked. Prints the
+# latencies and `N passed, M failed`.
+echo "== re-tiering (tests/k8s/retier.sh)"
+bash tests/k8s/retier.sh
 
 # The Kubernetes manifests and the Helm chart, offline: every overlay and the chart
 # rendered, validated against the Kubernetes 1.34 and 1.36 schemas (strict), diffed against

@@ -14,6 +14,9 @@ pub enum Error {
     /// The volume ID is well formed but no such volume exists on this node.
     #[error("volume {0} not found")]
     VolumeNotFound(String),
+    /// The snapshot ID is well formed but no such snapshot exists on this node.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
     /// A path the request names does not exist.
     #[error("{field} {path} does not exist")]
     PathNotFound { field: &'static str, path: String },
@@ -39,7 +42,7 @@ pub enum Error {
     /// be created or adopted at start-up); retrying after the operator fixes it may work.
     #[error("{0}")]
     NotReady(String),
-    /// A ListVolumes starting token this driver did not issue.
+    /// A ListVolumes or ListSnapshots starting token this driver did not issue.
     #[error("starting_token {0:?} was not issued by this driver")]
     BadToken(String),
     /// An OS effect failed (command, mount, file).

@@ -50,6 +50,22 @@ pub async fn pvc_annotations_from_flags(
     Ok(Some(std::sync::Arc::new(client)))
 }
 
+/// The client the node's re-tiering watch uses, under the same rule as
+/// [`pvc_annotations_from_flags`]: none with `--kubernetes=off` or outside a cluster
+/// without `--kubeconfig`.
+pub async fn watch_client(
+    mode: crate::config::KubeMode,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<Option<kube::Client>, String> {
+    if mode == crate::config::KubeMode::Off
+        || (kubeconfig.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none())
+    {
+        tracing::info!("no Kubernetes API: volumes are not re-tiered live");
+        return Ok(None);
+    }
+    client(kubeconfig).await.map(Some)
+}
+
 /// The client configuration of the kubeconfig file at `path` (its current context).
 pub async fn kubeconfig_file(path: &std::path::Path) -> Result<kube::Config, String> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)

@@ -16,7 +16,7 @@ use csi_driver::http::{self, HttpServer, Routes};
 use csi_driver::os::{Os, Roots, SystemRunner};
 use csi_driver::status::{PoolGauges, StatusCache, StatusSource, pool_gauges};
 use csi_driver::tiering::Tiering;
-use csi_driver::{bench, grpc, k8s, node_cleanup, server, status, validate};
+use csi_driver::{bench, grpc, k8s, node_cleanup, retier, server, status, validate};
 use iops_controller::{Enforcement, EnforcementMetrics, RealCgroupFs};
 use tracing_subscriber::EnvFilter;
 
@@ -79,6 +79,25 @@ fn init_tracing(format: LogFormat, filter: &str) {
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let socket = config::socket_path(&args.endpoint)?;
     let name = config::driver_name(&args.driver_name)?.to_owned();
+    let cfg = match &args.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    let tiers = cfg.tier_set()?;
+    // ControllerModifyVolume records requests on PVs: it needs the API when there is one.
+    let modifier =
+        if args.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            let client = k8s::client(args.kubeconfig.as_deref()).await?;
+            Some(retier::central::Modifier::new(
+                client,
+                name.clone(),
+                tiers.clone(),
+                Duration::from_secs(args.modify_timeout),
+            ))
+        } else {
+            tracing::info!("no Kubernetes API: ControllerModifyVolume answers UNAVAILABLE");
+            None
+        };
     if args.node_cleanup == NodeCleanup::Off {
         tracing::info!("--node-cleanup=off: volumes of deleted nodes are left alone");
     } else {
@@ -95,7 +114,8 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
             tracing::error!("node cleanup stopped: the node watch ended");
         });
     }
-    server::serve_central(&name, &socket).await?;
+    let controller = grpc::CentralControllerService::new(tiers, modifier);
+    server::serve_central(&name, &socket, controller).await?;
     Ok(())
 }
 
@@ -209,6 +229,18 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             status_cache,
             period,
         ));
+    }
+    if let Some(client) = k8s::watch_client(args.kubernetes, args.kubeconfig.as_deref()).await? {
+        let settings = retier::node::Settings {
+            driver_name: name.clone(),
+            node_id: driver.settings().node_id.clone(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let retierer = driver.clone();
+        tokio::spawn(async move {
+            retier::node::run(client, retierer, settings).await;
+            tracing::error!("re-tiering stopped: the PV/PVC watch ended");
+        });
     }
     let mounts = driver.clone();
     tokio::spawn(enforcement.run(period, move || {

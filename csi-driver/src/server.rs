@@ -94,9 +94,13 @@ pub async fn serve_until(
 
 /// Serves the central controller's Identity and Controller (`iolane controller`) until
 /// SIGTERM/SIGINT, then removes the socket.
-pub async fn serve_central(plugin_name: &str, socket: &Path) -> Result<(), ServeError> {
+pub async fn serve_central(
+    plugin_name: &str,
+    socket: &Path,
+    controller: grpc::CentralControllerService,
+) -> Result<(), ServeError> {
     let listener = bind(socket)?;
-    let (identity, controller) = grpc::central_services(plugin_name);
+    let (identity, controller) = grpc::central_services(plugin_name, controller);
     let shutdown = shutdown_signal()?;
     tracing::info!(socket = %socket.display(), "serving the central CSI controller");
     let result = tonic::transport::Server::builder()

@@ -50,6 +50,30 @@ impl Tiering {
         Ok(checked.with_pvc(&self.tiers, pvc_tier.as_deref())?)
     }
 
+    /// Checks `mutable_parameters` alone (keys and tier names, against this config's
+    /// tiers): INVALID_ARGUMENT naming the key.
+    pub fn check_mutable(&self, mutable: &BTreeMap<String, String>) -> Result<()> {
+        iops_controller::resolve::check(
+            &self.tiers,
+            &iops_controller::ClassTier::default(),
+            Some(mutable),
+        )?;
+        Ok(())
+    }
+
+    /// Re-resolution of a stored volume from layers known already (the node's PV/PVC
+    /// watch): its stored StorageClass parameters, the PVC annotation as watched, and the
+    /// VolumeAttributesClass parameters in force. The same precedence as at CreateVolume.
+    pub fn resolve_layers(
+        &self,
+        parameters: &Parameters,
+        pvc_tier: Option<&str>,
+        mutable: Option<&BTreeMap<String, String>>,
+    ) -> std::result::Result<ResolvedTier, iops_controller::ResolveError> {
+        iops_controller::resolve::check(&self.tiers, &parameters.tier, mutable)?
+            .with_pvc(&self.tiers, pvc_tier)
+    }
+
     /// The caps of `volume` now: its stored tier as this node defines it, scaled to its
     /// size. A volume without a stored tier (created before tiers were stored) gets the
     /// tier its stored parameters resolve to; a stored tier the node config no longer
@@ -198,6 +222,7 @@ mod tests {
             fs_type: None,
             parameters: Parameters::default(),
             tier: stored(&[(keys::TIER, "streaming"), (keys::PRIORITY, "streaming")]),
+            source: None,
         };
         assert_eq!(t.limits_of(&v), ("streaming".to_owned(), Limits::UNLIMITED));
         v.tier = stored(&[

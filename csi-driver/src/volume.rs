@@ -279,12 +279,81 @@ const RESERVED_PREFIX: &str = "csi.storage.k8s.io/";
 /// after a crash finds the volume it started, and safe as a file name.
 pub fn volume_id_for(name: &str) -> String {
     let digest = Sha256::digest(name.as_bytes());
-    let mut id = String::with_capacity(4 + 32);
-    id.push_str("iol-");
+    let mut id = String::with_capacity(VOLUME_PREFIX.len() + 32);
+    id.push_str(VOLUME_PREFIX);
     for b in &digest[..16] {
         id.push_str(&format!("{b:02x}"));
     }
     id
+}
+
+/// The ID iolane gives the snapshot named `name`: like [`volume_id_for`] with its own
+/// prefix, so a snapshot ID is never a volume ID (and an `iol-*` sweep never sees one).
+pub fn snapshot_id_for(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut id = String::with_capacity(SNAPSHOT_PREFIX.len() + 32);
+    id.push_str(SNAPSHOT_PREFIX);
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// Prefix of every volume ID (and of the LV holding the volume).
+pub const VOLUME_PREFIX: &str = "iol-";
+
+/// Prefix of every snapshot ID (and of the LV holding the snapshot).
+pub const SNAPSHOT_PREFIX: &str = "iolsnap-";
+
+/// What a new volume is made from (CSI `volume_content_source`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentSource {
+    /// A snapshot, by snapshot ID.
+    Snapshot(String),
+    /// Another volume, by volume ID.
+    Volume(String),
+}
+
+impl ContentSource {
+    /// The snapshot or volume ID.
+    pub fn id(&self) -> &str {
+        match self {
+            ContentSource::Snapshot(id) | ContentSource::Volume(id) => id,
+        }
+    }
+
+    /// The request field the ID came from, for error messages.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ContentSource::Snapshot(_) => "volume_content_source.snapshot.snapshot_id",
+            ContentSource::Volume(_) => "volume_content_source.volume.volume_id",
+        }
+    }
+}
+
+/// A point-in-time copy of a volume, as a backend stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    /// The volume it was taken of (which may since have been deleted).
+    pub source_volume_id: String,
+    pub size_bytes: u64,
+    /// When it was taken, in nanoseconds since the Unix epoch.
+    pub created_ns: u64,
+    /// The source's filesystem, if it was created for one.
+    pub fs_type: Option<FsType>,
+}
+
+/// What CreateSnapshot asks of a backend, after validation.
+#[derive(Debug, Clone)]
+pub struct SnapshotSpec {
+    pub id: String,
+    pub name: String,
+    pub source_volume_id: String,
+    /// Nanoseconds since the Unix epoch, stored as the creation time.
+    pub created_ns: u64,
 }
 
 /// A volume as a backend stores it.
@@ -302,6 +371,9 @@ pub struct Volume {
     /// (loop metadata) as [`ResolvedTier::to_map`]'s flat map.
     #[serde(default, with = "stored_tier", skip_serializing_if = "Option::is_none")]
     pub tier: Option<ResolvedTier>,
+    /// What the volume was made from, if it was a clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ContentSource>,
 }
 
 /// What CreateVolume asks of a backend, after validation and sizing.
@@ -316,6 +388,8 @@ pub struct CreateSpec {
     /// The resolved tier, stored with the volume (`None` only where a caller has none to
     /// give, e.g. a backend's own tests).
     pub tier: Option<ResolvedTier>,
+    /// What the new volume is made from; `None` for an empty volume.
+    pub source: Option<ContentSource>,
 }
 
 /// A stored tier in its flat string form (the loop backend's metadata file).

@@ -61,7 +61,11 @@ KUBELET_DIRS = (f"{KUBELET_ROOT}/pods", f"{KUBELET_ROOT}/plugins/kubernetes.io/c
 PLUGIN_DIR = f"{KUBELET_ROOT}/plugins/{DRIVER_NAME}"
 
 # Kinds defined by CRDs, skipped by schema validation (and only these).
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+             ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass")}
+# The fields of a VolumeSnapshotClass (snapshot.storage.k8s.io/v1, the external-snapshotter
+# CRD): no schema of it is at hand offline, so `snapshots_wiring` checks these by hand.
+SNAPSHOT_CLASS_FIELDS = {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}
 
 # csi-provisioner in distributed mode: every one of these, exactly as written.
 PROVISIONER_FLAGS = (
@@ -299,6 +303,44 @@ def provisioner_flags(objs: list[dict[str, Any]]) -> list[str]:
         got = env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         if got != fieldpath:
             problems.append(f"csi-provisioner env {name} is not the downward-API field {fieldpath}")
+    return problems
+
+
+@check
+def snapshots_wiring(objs: list[dict[str, Any]]) -> list[str]:
+    """csi-snapshotter in distributed mode beside the driver, and a well-formed
+    VolumeSnapshotClass of this driver (checked field by field: it is a CRD kind)."""
+    problems = []
+    ds = find(objs, "DaemonSet", NODE_DAEMONSET)
+    c = container_by_image(ds, "/csi-snapshotter:")
+    if c is None:
+        problems.append(f"DaemonSet {NODE_DAEMONSET} has no csi-snapshotter container")
+    else:
+        args = c.get("args") or []
+        if "--node-deployment" not in args:
+            problems.append("csi-snapshotter lacks --node-deployment")
+        if flag_value(args, "--csi-address") != "/csi/csi.sock":
+            problems.append("csi-snapshotter --csi-address is not /csi/csi.sock")
+        env = {e.get("name"): e for e in c.get("env") or []}
+        got = env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if got != "spec.nodeName":
+            problems.append("csi-snapshotter env NODE_NAME is not the downward-API field spec.nodeName")
+    classes = [o for o in objs if o.get("kind") == "VolumeSnapshotClass"]
+    if not classes:
+        problems.append("no VolumeSnapshotClass")
+    for o in classes:
+        if o.get("apiVersion") != "snapshot.storage.k8s.io/v1":
+            problems.append(f"{name_of(o)}: apiVersion {o.get('apiVersion')!r}")
+        unknown = sorted(set(o) - SNAPSHOT_CLASS_FIELDS)
+        if unknown:
+            problems.append(f"{name_of(o)}: unknown fields {unknown}")
+        if o.get("driver") != DRIVER_NAME:
+            problems.append(f"{name_of(o)}: driver is {o.get('driver')!r}, want {DRIVER_NAME}")
+        if o.get("deletionPolicy") not in ("Delete", "Retain"):
+            problems.append(f"{name_of(o)}: deletionPolicy {o.get('deletionPolicy')!r}")
+        params = o.get("parameters", {})
+        if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+            problems.append(f"{name_of(o)}: parameters must map strings to strings")
     return problems
 
 
@@ -659,6 +701,12 @@ BREAKAGES: list[tuple[str, str, Callable[[list[dict[str, Any]]], None]]] = [
     ("provisioner_flags", "ownerref level 1",
      lambda o: _prov(o).update(args=[a.replace("level=0", "level=1") for a in _prov(o)["args"]])),
     ("provisioner_flags", "POD_NAME missing", lambda o: _env_drop(_prov(o), "POD_NAME")),
+    ("snapshots_wiring", "snapshotter not distributed",
+     lambda o: container_by_image(_ds(o), "/csi-snapshotter:")["args"].remove("--node-deployment")),
+    ("snapshots_wiring", "snapshot class of another driver",
+     lambda o: next(x for x in o if x.get("kind") == "VolumeSnapshotClass").update(driver="other.csi.io")),
+    ("snapshots_wiring", "snapshot class with a misspelt field",
+     lambda o: next(x for x in o if x.get("kind") == "VolumeSnapshotClass").update(deletionPolcy="Delete")),
     ("images_pinned", "driver image :latest",
      lambda o: _c(o, DRIVER_CONTAINER).update(image="ghcr.io/iolane/iolane:latest")),
     ("images_pinned", "untagged sidecar",

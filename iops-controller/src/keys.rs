@@ -67,3 +67,19 @@ pub const BATCH: &str = "batch";
 /// nobody classified must not be able to take the device from them. Being uncapped is
 /// something a StorageClass asks for.
 pub const DEFAULT_TIER: &str = BATCH;
+
+/// PV annotation: the `mutable_parameters` of the latest ControllerModifyVolume, as a JSON
+/// object with sorted keys, written by `iolane controller` (the desired state).
+pub const DESIRED_PARAMETERS: &str = "iolane.dev/desired-parameters";
+/// PV annotation: the generation of [`DESIRED_PARAMETERS`], a positive integer that grows
+/// by one with each different request.
+pub const DESIRED_GENERATION: &str = "iolane.dev/desired-generation";
+/// PV annotation: who asked for [`DESIRED_PARAMETERS`] (the VolumeAttributesClass the
+/// claim names), for the Event the owning node writes.
+pub const DESIRED_BY: &str = "iolane.dev/desired-by";
+/// PV annotation: the last [`DESIRED_GENERATION`] the owning node applied (its
+/// acknowledgement), written by that node only.
+pub const APPLIED_GENERATION: &str = "iolane.dev/applied-generation";
+/// PV annotation: `<generation>: <reason>` when the owning node refused that generation
+/// (a tier its config does not define), written by that node only.
+pub const REFUSED_GENERATION: &str = "iolane.dev/refused-generation";

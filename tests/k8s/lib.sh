@@ -8,18 +8,32 @@
 #
 #   k8s_build NAME...        build/reuse the binaries; sets K8S_BIN_<name> (dashes -> _)
 #   k8s_certs                CA, apiserver serving cert, admin client cert, SA key pair
+#                            (K8S_EXTRA_SAN=IP:10.0.2.2 adds a name to the serving cert)
 #   k8s_start_etcd           etcd on 127.0.0.1 (free ports), data in $K8S_DIR/etcd
 #   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
 #   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
 #   k8s_stop NAME            stops one of them now (SIGTERM, SIGKILL after 20 s)
-#   k8s_wait SECONDS WHAT CMD...  polls CMD (0.5 s) until it succeeds or the deadline
+#   k8s_wait SECONDS WHAT CMD...  polls CMD (every K8S_POLL_SECONDS, default 0.5) until it
+#                            succeeds or the deadline
 #   kubectl ...              the built kubectl on that kubeconfig
 K8S_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 K8S_PIDS=()
 K8S_NAMES=()
 
 k8s_log() { echo "$(basename "$0"): [$(($(date +%s) - ${K8S_T0:=$(date +%s)}))s] $*"; }
+
+# The control-plane scripts' first step: refuse to run without root (the node makes loop
+# devices), start the clock of k8s_log, and name the driver binary ($bin; IOLANE_BIN
+# overrides target/debug/iolane). Needs $repo.
+k8s_script_begin() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$(basename "$0"): run as root (the node makes loop devices)" >&2
+        exit 2
+    fi
+    K8S_T0=$(date +%s)
+    bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+}
 
 k8s_build() {
     local line name path
@@ -103,7 +117,7 @@ k8s_wait() {
             return 1
         fi
         k8s_check_alive || { echo "while waiting for $what" >&2; return 1; }
-        sleep 0.5
+        sleep "${K8S_POLL_SECONDS:-0.5}"
     done
 }
 
@@ -123,7 +137,7 @@ k8s_certs() {
                 -out "$1.crt" -days 2 -extfile "$1.ext"
         }
         sign apiserver /CN=kube-apiserver \
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc${K8S_EXTRA_SAN:+,$K8S_EXTRA_SAN}
 extendedKeyUsage=serverAuth"
         sign admin "/O=system:masters/CN=iolane-test-admin" "extendedKeyUsage=clientAuth"
         openssl ecparam -genkey -name prime256v1 -noout -out sa.key
@@ -194,8 +208,8 @@ kubectl() { "$K8S_BIN_kubectl" --kubeconfig "$K8S_DIR/kubeconfig" "$@"; }
 
 # k8s_test_setup PREFIX: what every control-plane test script starts with. Sets K8S_DIR (a
 # fresh temp dir, or IOLANE_K8S_KEEP=DIR to keep logs and state), `node`, `sock` and `state`
-# for the iolane node, a clean-up at exit (every process started here, the loop devices
-# over files under K8S_DIR, the dir unless kept), and the counters `passed`/`failed` that
+# for the iolane node, a clean-up at exit (every process started here, the mounts under
+# K8S_DIR, the loop devices over files under it, the dir unless kept), and the counters `passed`/`failed` that
 # `result NAME STATUS [WHY]` feeds, printing `ok PREFIX::NAME` or `FAILED PREFIX::NAME (WHY)`.
 k8s_test_setup() {
     K8S_RESULT_PREFIX=$1
@@ -212,7 +226,12 @@ k8s_test_setup() {
 
 k8s_test_cleanup() {
     k8s_stop_all
-    local l
+    local l m
+    # What a test published (bind mounts of device nodes under K8S_DIR), deepest first, so
+    # the loop devices can go and nothing mounted is left for a later run to trip over.
+    for m in $(findmnt -rn -o TARGET | grep -F "$K8S_DIR/" | sort -r); do
+        umount "$m" || umount -l "$m"
+    done
     for l in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$K8S_DIR/" 'index($2, d) == 1 {print $1}'); do
         losetup -d "$l"
     done

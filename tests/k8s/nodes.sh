@@ -22,13 +22,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
-if [ "$(id -u)" != 0 ]; then
-    echo "nodes.sh: run as root (the node makes loop devices)" >&2
-    exit 2
-fi
-K8S_T0=$(date +%s)
-
-bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+k8s_script_begin
 if [ ! -x "$bin" ]; then
     (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
 fi

@@ -25,6 +25,8 @@
 #   expand        the bound PVC asks for 128Mi: csi-resizer calls ControllerExpandVolume on
 #                 `iolane controller`, which answers node_expansion_required: the PV says
 #                 128Mi and the PVC has FileSystemResizePending (no kubelet to finish it)
+#   vac-create    a PVC naming the VolumeAttributesClass iolane-streaming (deploy/base) at
+#                 creation gets a PV that names the class, with the VAC's tier
 #   delete        PVC deleted + PV Released: the PV disappears, the backend has no image
 # Environment: IOLANE_K8S_KEEP=DIR (keep logs and state in DIR, for a failed run).
 set -uo pipefail
@@ -32,13 +34,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
-if [ "$(id -u)" != 0 ]; then
-    echo "provision.sh: run as root (the node makes loop devices)" >&2
-    exit 2
-fi
-K8S_T0=$(date +%s)
-
-bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+k8s_script_begin
 if [ ! -x "$bin" ]; then
     (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
 fi
@@ -205,6 +201,50 @@ if kubectl -n default patch pvc data --type=merge -p '{"spec":{"resources":{"req
     fi
 else
     result expand 1 "the resize request was refused"
+fi
+
+# vac-create: a claim that names a VolumeAttributesClass at creation. csi-provisioner
+# refuses it unless the node socket reports MODIFY_VOLUME (the claim then stays Pending);
+# with it, the VAC's parameters reach CreateVolume as mutable_parameters and win over the
+# StorageClass tier (iolane-batch + VAC iolane-streaming: a streaming volume), and the PV
+# names the class.
+kubectl apply -f "$repo/deploy/base/volumeattributesclasses.yaml" >/dev/null || exit 1
+kubectl apply -f - >/dev/null <<PVC
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: vac
+  namespace: default
+  annotations:
+    volume.kubernetes.io/selected-node: $node
+    volume.kubernetes.io/storage-provisioner: csi.iolane.dev
+spec:
+  storageClassName: iolane-batch
+  volumeAttributesClassName: iolane-streaming
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+PVC
+vac_pv="pvc-$(kubectl -n default get pvc vac -o jsonpath='{.metadata.uid}')"
+start=$(date +%s%N)
+if k8s_wait 60 "PV $vac_pv" kubectl get pv "$vac_pv"; then
+    k8s_log "PV $vac_pv (VAC at creation) after $((($(date +%s%N) - start) / 1000000)) ms"
+    got="$(kubectl get pv "$vac_pv" -o jsonpath='{.spec.volumeAttributesClassName} {.spec.csi.volumeAttributes.iolane\.dev/tier}')"
+    if [ "$got" = "iolane-streaming streaming" ]; then
+        result vac-create 0
+    else
+        result vac-create 1 "PV class and tier: $got (want iolane-streaming streaming)"
+    fi
+else
+    kubectl -n default get pvc vac -o yaml | sed 's/^/    /'
+    kubectl -n default get events --field-selector involvedObject.name=vac \
+        -o custom-columns=REASON:.reason,MESSAGE:.message | sed 's/^/    /'
+    result vac-create 1 "no PV: the claim stays $(kubectl -n default get pvc vac -o jsonpath='{.status.phase}')"
+fi
+kubectl -n default delete pvc vac --wait=false >/dev/null
+if kubectl get pv "$vac_pv" >/dev/null 2>&1; then
+    kubectl patch pv "$vac_pv" --subresource=status --type=merge -p '{"status":{"phase":"Released"}}' >/dev/null
+    k8s_wait 60 "PV $vac_pv to be deleted" bash -c "! \"$K8S_BIN_kubectl\" --kubeconfig \"$KUBECONFIG\" get pv \"$vac_pv\"" ||
+        result vac-delete 1 "PV $vac_pv still there"
 fi
 
 # delete: the PVC goes; the PV controller would mark the PV Released; csi-provisioner then

@@ -105,6 +105,9 @@ echo "sanity.sh: iolane node up in $(($(date +%s) - t0)) s ($backend)"
 # 64 MiB volumes: big enough for ext4 and for the lvm backend's 4 MiB extents, small
 # enough that every spec's mkfs is quick; expansion asks for twice that.
 size=$((64 * 1024 * 1024))
+# The VolumeAttributesClass parameters csi-sanity creates and modifies volumes with (its
+# MODIFY_VOLUME specs): a tier the node knows.
+printf 'iolane.dev/tier: streaming\n' >"$tmp/mutable.yaml"
 # shellcheck disable=SC2086 # IOLANE_SANITY_ARGS is a list of arguments
 "$sanity" \
     --csi.endpoint "unix://$sock" \
@@ -112,6 +115,7 @@ size=$((64 * 1024 * 1024))
     --csi.stagingdir "$tmp/csi-staging" \
     --csi.testvolumesize "$size" \
     --csi.testvolumeexpandsize "$((2 * size))" \
+    --csi.testvolumemutableparameters "$tmp/mutable.yaml" \
     --csi.junitfile "$log/junit.xml" \
     --ginkgo.no-color \
     --ginkgo.timeout 30m \
@@ -137,9 +141,9 @@ if [ -n "$left" ]; then
     rc=1
 fi
 if [ -n "$lvm_devices" ]; then
-    lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol-/')"
+    lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol(snap)?-/')"
     if [ -n "$lvs" ]; then
-        echo "sanity.sh: FAILED: volumes left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
+        echo "sanity.sh: FAILED: volumes or snapshots left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
         rc=1
     fi
 fi

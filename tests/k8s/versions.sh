@@ -11,7 +11,7 @@ IOLANE_GO="${IOLANE_GO:-/usr/local/go/bin/go}"
 
 # csi-sanity: the CSI sanity suite (kubernetes-csi/csi-test). v5.6.0 is the newest served.
 CSI_TEST_VERSION=v5.6.0
-# kube-apiserver and kubectl: k8s.io/kubernetes at a release. Its staging modules (k8s.io/api, ...)
+# kube-apiserver, kubectl and kubelet: k8s.io/kubernetes at a release. Its staging modules (k8s.io/api, ...)
 # are replaced by the same release's v0.X.Y (build.sh writes the wrapper module).
 KUBERNETES_VERSION=v1.34.4
 # etcd for kube-apiserver. Debian 12's etcd-server (3.4.23) does serve kube-apiserver 1.34.4
@@ -32,10 +32,11 @@ k8s_component() {
     csi-sanity) echo "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity github.com/kubernetes-csi/csi-test/v5 $CSI_TEST_VERSION" ;;
     kube-apiserver) echo "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes $KUBERNETES_VERSION" ;;
     kubectl) echo "k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes $KUBERNETES_VERSION" ;;
+    kubelet) echo "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes $KUBERNETES_VERSION" ;;
     etcd) echo "go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 $ETCD_VERSION" ;;
     csi-provisioner) echo "github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner github.com/kubernetes-csi/external-provisioner/v6 $CSI_PROVISIONER_VERSION" ;;
     csi-resizer) echo "github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer github.com/kubernetes-csi/external-resizer/v2 $CSI_RESIZER_VERSION" ;;
     *) return 1 ;;
     esac
 }
-K8S_COMPONENTS="csi-sanity kube-apiserver kubectl etcd csi-provisioner csi-resizer"
+K8S_COMPONENTS="csi-sanity kube-apiserver kubectl etcd csi-provisioner csi-resizer kubelet"

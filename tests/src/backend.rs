@@ -19,6 +19,8 @@ pub const DEFAULT_VG: &str = "iolane";
 pub const DEFAULT_CLASS: &str = "default";
 /// Prefix of the LV names of volumes.
 pub const LV_PREFIX: &str = "iol-";
+/// Prefix of the LVs the lvm backend makes for snapshots.
+pub const SNAPSHOT_PREFIX: &str = "iolsnap-";
 /// The extent size of a VG `vgcreate` makes: what LVM rounds LV sizes up to.
 pub const LVM_EXTENT: i64 = 4 << 20;
 

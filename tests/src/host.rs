@@ -108,6 +108,19 @@ pub(crate) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     Command::new(program)
 }
 
+/// Runs a host program; its stdout, or why it failed (for clean-ups, which must not panic).
+pub fn try_run(program: &str, args: &[&str]) -> Result<String, String> {
+    match command(program).args(args).env("LC_ALL", "C").output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{program} {args:?}: {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{program} {args:?}: {e}")),
+    }
+}
+
 /// Runs a host program and returns its stdout; panics with its stderr unless it exits 0.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = command(program)

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::{LV_PREFIX, command, detach_loop, unmount_devices};
+use crate::{LV_PREFIX, SNAPSHOT_PREFIX, command, detach_loop, unmount_devices};
 
 /// One row of the harness's own `lvs` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,11 +145,20 @@ pub(crate) fn detach_loops_over(lvs: &[LvInfo]) -> Vec<String> {
     done
 }
 
-/// Removes every `iol-*` LV of `vgs` (after unmounting and detaching whatever uses it), so
-/// the next test starts from empty VGs; returns what it did. Not a driver call: the driver
-/// under test may be dead or wrong.
+/// The `iolsnap-*` LVs of `vgs`: the snapshots.
+pub fn lvm_snapshot_lvs(vgs: &[String]) -> Vec<LvInfo> {
+    lvm_lvs(vgs)
+        .into_iter()
+        .filter(|l| l.name.starts_with(SNAPSHOT_PREFIX))
+        .collect()
+}
+
+/// Removes every `iol-*` and `iolsnap-*` LV of `vgs` (after unmounting and detaching
+/// whatever uses it), so the next test starts from empty VGs; returns what it did. Not a
+/// driver call: the driver under test may be dead or wrong.
 pub fn lvm_sweep(vgs: &[String]) -> Vec<String> {
-    let lvs = lvm_volume_lvs(vgs);
+    let mut lvs = lvm_volume_lvs(vgs);
+    lvs.extend(lvm_snapshot_lvs(vgs));
     if lvs.is_empty() {
         return Vec::new();
     }

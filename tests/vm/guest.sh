@@ -39,6 +39,15 @@ if ! grep -qw io /sys/fs/cgroup/cgroup.subtree_control; then
     echo +io >/sys/fs/cgroup/cgroup.subtree_control || fail "cannot enable +io"
 fi
 
+# run.sh --network user: QEMU's user network, configured as its DHCP server would.
+if [ "${IOLANE_VM_NETWORK:-}" = user ]; then
+    dev="$(ls /sys/class/net | grep -v '^lo$' | head -1)"
+    [ -n "$dev" ] || fail "no network interface for --network user"
+    ip link set "$dev" up || fail "ip link set $dev up failed"
+    ip addr add 10.0.2.15/24 dev "$dev" || fail "ip addr add failed"
+    ip route add default via 10.0.2.2 || fail "ip route add default failed"
+fi
+
 if ! touch /etc/lvm/.iolane-probe 2>/dev/null; then
     mount -t tmpfs -o mode=0755 tmpfs /etc/lvm || fail "cannot make /etc/lvm writable"
 fi

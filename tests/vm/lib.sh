@@ -8,9 +8,12 @@ IOLANE_VNG_VERSION="1.42"
 # Debian packages the VM needs on the host. The guest boots the host's own root read-only,
 # so the guest's tools (lvm2, mkfs, fio, ...) are exactly what is installed here.
 # busybox-static: virtme builds an initramfs with it, since Debian's kernel has 9p and
-# virtio as modules.
+# virtio as modules. containerd and runc: the container runtime of the kubelet test
+# (tests/k8s/kubelet.sh), which also builds its images from busybox-static and fio. On a
+# host with systemd, installing containerd also starts a containerd service there; the
+# test never uses it (its containerd runs in the VM with its own paths).
 IOLANE_VM_PACKAGES=(qemu-system-x86 linux-image-amd64 lvm2 thin-provisioning-tools
-    xfsprogs e2fsprogs fio kmod util-linux busybox-static)
+    xfsprogs e2fsprogs fio kmod util-linux busybox-static containerd runc)
 
 # Prints the newest /boot/vmlinuz-* that has a matching /lib/modules/<version> directory
 # (the guest loads dm-thin-pool and nvme from there). `sort -V` orders 6.1.0-9 < 6.1.0-10.

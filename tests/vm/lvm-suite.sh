@@ -23,13 +23,16 @@
 # matching tests),
 # IOLANE_VM_SUITE_VERBOSE=1 (print every test's output, not only the failures'),
 # IOLANE_TEST_LVM_DEVICES (default /dev/nvme0n1), IOLANE_TEST_LVM_SMALL_DEVICE (default
-# /dev/nvme1n1), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600).
+# /dev/nvme1n1), IOLANE_VM_TEST_TIMEOUT (seconds per test, default 600),
+# IOLANE_VM_SANITY_TIMEOUT (seconds for csi-sanity, default 1200: with snapshots advertised
+# it runs 67 specs, mostly LVM commands back to back).
 # Exit status: 0 if every test passed, 1 otherwise.
 set -uo pipefail
 bin="${1:?usage: lvm-suite.sh BIN_DIR [RESULTS_FILE]}"
 results="${2:-${IOLANE_VM_RESULTS:-/tmp}/lvm-suite.results}"
 filter="${IOLANE_VM_SUITE_FILTER:-}"
 per_test="${IOLANE_VM_TEST_TIMEOUT:-600}"
+sanity_timeout="${IOLANE_VM_SANITY_TIMEOUT:-1200}"
 
 # The guest reads host files over 9p, page by page: copied into the guest's /tmp (RAM),
 # the binaries start and run measurably faster.
@@ -109,7 +112,7 @@ run_tests() {
 # on its disk: see above).
 if [ -z "$filter" ] || grep -qE -- "$filter" <<<"csi-sanity::lvm"; then
     start=$(date +%s)
-    IOLANE_CSI_SANITY="$bin/csi-sanity" timeout -k 10 "$per_test" \
+    IOLANE_CSI_SANITY="$bin/csi-sanity" timeout -k 10 "$sanity_timeout" \
         bash "$IOLANE_REPO/tests/k8s/sanity.sh" --lvm-devices "${IOLANE_TEST_LVM_DEVICES%%,*}"
     rc=$?
     secs=$(($(date +%s) - start))

@@ -4,10 +4,15 @@
 # host's kernel and the host's root filesystem read-only, with N empty NVMe disks attached.
 #
 #   tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS]
-#                   [--disk-opts OPTS] [--rwdir HOST_DIR]... -- CMD...
+#                   [--disk-opts OPTS] [--network user] [--rwdir HOST_DIR]... -- CMD...
 #
 # --disk-opts OPTS is appended to every disk's QEMU -drive options (comma-separated, e.g.
 # `throttling.iops-total=1500` for a disk whose capacity is IO-bound, not CPU-bound).
+# --network user gives the guest QEMU's user-mode network, configured statically by the guest
+# wrapper (eth0 10.0.2.15/24, default route via 10.0.2.2: what QEMU's DHCP server hands
+# out; virtme-ng's own DHCP is off, since under load it once left the guest without a
+# route); the host's loopback is then 10.0.2.2 from the guest (tests/k8s/kubelet.sh reaches
+# its API server so).
 #
 # The command's exit status becomes this script's exit status; its output streams here.
 # In the guest:
@@ -37,7 +42,7 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 
 usage() {
-    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--disk-opts OPTS] [--rwdir DIR]... -- CMD..." >&2
+    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--disk-opts OPTS] [--network user] [--rwdir DIR]... -- CMD..." >&2
     exit 2
 }
 
@@ -47,6 +52,7 @@ memory=2G
 timeout_s="${IOLANE_VM_TIMEOUT:-900}"
 extra_rw=()
 disk_opts=""
+network=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --disks) disks="${2:?}"; shift 2 ;;
@@ -54,6 +60,7 @@ while [ $# -gt 0 ]; do
         --memory) memory="${2:?}"; shift 2 ;;
         --timeout) timeout_s="${2:?}"; shift 2 ;;
         --disk-opts) disk_opts=",${2:?}"; shift 2 ;;
+        --network) network="${2:?}"; shift 2 ;;
         --rwdir) extra_rw+=("$(cd "${2:?}" && pwd)"); shift 2 ;;
         --) shift; break ;;
         -h|--help) usage ;;
@@ -124,10 +131,10 @@ done
 printf '%s\0' "$@" >"$ctl/argv"
 {
     printf '%s\0' "IOLANE_VM_DISKS=$disks" "IOLANE_VM_RESULTS=$results" "IOLANE_REPO=$repo" \
-        "IOLANE_VM_CWD=$PWD" "PATH=$PATH"
+        "IOLANE_VM_CWD=$PWD" "IOLANE_VM_NETWORK=$network" "PATH=$PATH"
     while IFS= read -r -d '' kv; do
         case "$kv" in
-            IOLANE_VM_DISKS=*|IOLANE_VM_RESULTS=*|IOLANE_REPO=*|IOLANE_VM_CWD=*) ;;
+            IOLANE_VM_DISKS=*|IOLANE_VM_RESULTS=*|IOLANE_REPO=*|IOLANE_VM_CWD=*|IOLANE_VM_NETWORK=*) ;;
             IOLANE_*=*) printf '%s\0' "$kv" ;;
         esac
     done < <(env -0)
@@ -137,6 +144,7 @@ vng_args=(--run "$kernel" --disable-kvm --memory "$memory" --cpus 2
     --rwdir "$ctl" --rwdir "$results"
     --exec "bash $(printf '%q' "$here/guest.sh") $(printf '%q' "$ctl")")
 for d in "${extra_rw[@]}"; do vng_args+=(--rwdir "$d"); done
+[ -z "$network" ] || vng_args+=(--network "$network" --no-dhcp)
 if [ ${#qemu_opts[@]} -gt 0 ]; then
     vng_args+=("--qemu-opts=${qemu_opts[*]}") # "=": the value starts with "-"
 fi

@@ -238,6 +238,12 @@ impl Backend for LoopBackend {
             return Ok(Created::Existing(existing));
         }
         Self::refuse_device_class(&spec.parameters)?;
+        if spec.source.is_some() {
+            return Err(Error::invalid(
+                "volume_content_source",
+                "the loop backend makes no volumes from snapshots or volumes (use a device class of the lvm backend)",
+            ));
+        }
         let volumes = self.all()?;
         let cap = self.compute_capacity(&volumes)?;
         if spec.size > cap.available {
@@ -264,6 +270,7 @@ impl Backend for LoopBackend {
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
             tier: spec.tier.clone(),
+            source: None,
         };
         if let Err(e) = self.write_meta(&volume) {
             let _ = fs::remove_file(&image);
@@ -343,6 +350,17 @@ impl Backend for LoopBackend {
             }
         }
         Ok(volume.capacity_bytes)
+    }
+
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume> {
+        let mut volume = self
+            .read_meta(id)?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if volume.tier.as_ref() != Some(tier) {
+            volume.tier = Some(tier.clone());
+            self.write_meta(&volume)?;
+        }
+        Ok(volume)
     }
 
     async fn condition(&self, _id: &str) -> Result<Option<String>> {
@@ -459,6 +477,7 @@ mod tests {
             fs_type: None,
             parameters: Parameters::default(),
             tier: None,
+            source: None,
         }
     }
 

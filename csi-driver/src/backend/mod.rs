@@ -8,8 +8,9 @@ pub mod lvm;
 
 use std::path::PathBuf;
 
+use crate::error::Error;
 use crate::error::Result;
-use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
+use crate::volume::{Capacity, CreateSpec, Parameters, Snapshot, SnapshotSpec, Volume};
 
 /// What [`Backend::create`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,22 @@ pub enum Created {
     New(Volume),
     /// A volume with the requested ID existed already.
     Existing(Volume),
+}
+
+/// What [`Backend::create_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedSnapshot {
+    /// It took this snapshot.
+    New(Snapshot),
+    /// A snapshot with the requested ID existed already.
+    Existing(Snapshot),
+}
+
+/// The answer of a backend without snapshots to a snapshot call.
+fn no_snapshots(kind: &str) -> Error {
+    Error::Unsupported(format!(
+        "the {kind} backend has no snapshots (use a device class of the lvm backend)"
+    ))
 }
 
 /// A place that stores thin volumes and exposes each as a block device.
@@ -49,6 +66,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn capacity(&self, parameters: &Parameters) -> Result<Capacity>;
     /// Grows a volume to at least `size` bytes and returns its new size.
     async fn expand(&self, id: &str, size: u64) -> Result<u64>;
+    /// Replaces the volume's stored tier (live re-tiering) atomically: one `lvchange`
+    /// swapping its tier tags, or the loop metadata rewritten through its atomic write.
+    /// Returns the volume as now stored.
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume>;
     /// Usage of every pool volumes are carved from (`iolane status`).
     async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>>;
     /// What is wrong with the volume's storage now, if anything (NodeGetVolumeStats
@@ -72,4 +93,29 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn release_read_only(&self, id: &str, device: &std::path::Path) -> Result<()>;
     /// Makes all of the volume's block devices go away (a no-op where they are permanent).
     async fn detach(&self, id: &str) -> Result<()>;
+
+    /// Whether this backend takes snapshots and makes volumes from snapshots and volumes
+    /// (CreateVolume with a `volume_content_source`); the controller reports the
+    /// snapshot and clone capabilities only then.
+    fn snapshots(&self) -> bool {
+        false
+    }
+    /// The snapshot with this ID, if it exists.
+    async fn get_snapshot(&self, _id: &str) -> Result<Option<Snapshot>> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Every snapshot, in no particular order.
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Takes the snapshot, unless one with this ID exists already: then that one is
+    /// returned untouched and the caller decides whether it matches the request. A
+    /// missing source volume is NOT_FOUND.
+    async fn create_snapshot(&self, _spec: &SnapshotSpec) -> Result<CreatedSnapshot> {
+        Err(no_snapshots(self.kind()))
+    }
+    /// Removes a snapshot (its blocks discarded); returns whether there was one.
+    async fn delete_snapshot(&self, _id: &str) -> Result<bool> {
+        Err(no_snapshots(self.kind()))
+    }
 }

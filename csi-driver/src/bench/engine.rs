@@ -213,7 +213,7 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
         }
     })?;
     let recorded = runtime.block_on(drive(spec, file, span))?;
-    Ok(BenchReport::new(
+    let report = BenchReport::new(
         spec,
         span,
         recorded.started_unix_ms,
@@ -221,7 +221,8 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
         recorded.samples,
         &recorded.reads,
         &recorded.writes,
-    ))
+    );
+    Ok(report)
 }
 
 /// Moves this process (all its threads) into the cgroup v2 directory `dir`.

@@ -145,6 +145,17 @@ pub struct ControllerArgs {
     /// service account is used.
     #[arg(long, env = "IOLANE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The node config (TOML, the nodes' ConfigMap): its tiers are what
+    /// ControllerModifyVolume checks `mutable_parameters` against. Without it, the
+    /// built-in tiers.
+    #[arg(long, env = "IOLANE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds ControllerModifyVolume waits for the owning node to acknowledge the
+    /// request recorded on the PV before answering UNAVAILABLE (1-600); keep it below
+    /// csi-resizer's --timeout.
+    #[arg(long, env = "IOLANE_MODIFY_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub modify_timeout: u64,
 }
 
 /// Flags of `iolane node`.

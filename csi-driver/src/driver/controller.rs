@@ -1,5 +1,5 @@
 //! The controller side of the driver: CreateVolume, DeleteVolume, ValidateVolumeCapabilities,
-//! ListVolumes, GetCapacity and ControllerExpandVolume.
+//! ListVolumes, GetCapacity and ControllerExpandVolume (snapshots: `snapshots.rs`).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::os::FsType;
 use crate::validate;
 use crate::volume::{
-    AccessType, Capability, CapacityRange, CreateSpec, Parameters, Volume, volume_id_for,
+    AccessType, Capability, CapacityRange, ContentSource, CreateSpec, Parameters, Volume,
+    volume_id_for,
 };
 
 /// Prefix of the ListVolumes tokens this driver issues; anything else is refused.
@@ -35,6 +36,8 @@ pub struct CreateRequest {
     pub mutable_parameters: Option<BTreeMap<String, String>>,
     /// Topology segments the volume must be reachable from (empty = anywhere).
     pub requisite: Vec<BTreeMap<String, String>>,
+    /// CSI `volume_content_source`: make the volume from a snapshot or another volume.
+    pub source: Option<ContentSource>,
 }
 
 impl Driver {
@@ -55,16 +58,36 @@ impl Driver {
                 )));
             }
         }
-        let fs_type = single_fs_type(&req.capabilities)?;
+        let mut fs_type = single_fs_type(&req.capabilities)?;
         let mounts = req
             .capabilities
             .iter()
             .any(|c| matches!(c.access, AccessType::Mount { .. }));
-        let min = if mounts {
+        let mut min = if mounts {
             fs_type.unwrap_or(FsType::Ext4).min_size()
         } else {
             self.backend.granularity()
         };
+        if let Some(src) = &req.source {
+            let (size, fs) = self.content_source(src).await?;
+            if let (Some(want), Some(have)) = (fs_type, fs)
+                && want != have
+            {
+                return Err(Error::invalid(
+                    "volume_capabilities",
+                    format!(
+                        "ask for {}, but {} {} holds {}",
+                        want.as_str(),
+                        src.field(),
+                        src.id(),
+                        have.as_str()
+                    ),
+                ));
+            }
+            fs_type = fs_type.or(fs);
+            // A clone holds all of its source, and may be larger (it grows at NodeStage).
+            min = min.max(size);
+        }
         let size = req.range.pick(self.backend.granularity(), min)?;
         let tier = self
             .tiering
@@ -80,6 +103,7 @@ impl Driver {
             fs_type,
             parameters,
             tier: Some(tier),
+            source: req.source,
         };
         // The backend looks the ID up itself (before admission), so a repeat costs one
         // lookup, not two.
@@ -91,6 +115,34 @@ impl Driver {
             Created::Existing(existing) => {
                 check_repeat(&spec, &existing)?;
                 Ok(existing)
+            }
+        }
+    }
+
+    /// The size and filesystem of what a clone is made from; NOT_FOUND when it is missing.
+    async fn content_source(&self, src: &ContentSource) -> Result<(u64, Option<FsType>)> {
+        if !self.backend.snapshots() {
+            return Err(Error::invalid(
+                "volume_content_source",
+                format!(
+                    "the {} backend makes no volumes from snapshots or volumes (use a device class of the lvm backend)",
+                    self.backend.kind()
+                ),
+            ));
+        }
+        validate::volume_id(src.field(), src.id())?;
+        match src {
+            ContentSource::Snapshot(id) => {
+                let s = self
+                    .backend
+                    .get_snapshot(id)
+                    .await?
+                    .ok_or_else(|| Error::SnapshotNotFound(id.clone()))?;
+                Ok((s.size_bytes, s.fs_type))
+            }
+            ContentSource::Volume(id) => {
+                let v = self.volume(id).await?;
+                Ok((v.capacity_bytes, v.fs_type))
             }
         }
     }
@@ -219,6 +271,12 @@ fn check_repeat(spec: &CreateSpec, existing: &Volume) -> Result<()> {
     if existing.parameters != spec.parameters {
         return Err(Error::AlreadyExists(format!(
             "volume {:?} already exists with other parameters",
+            spec.name
+        )));
+    }
+    if existing.source != spec.source {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists with another volume_content_source",
             spec.name
         )));
     }

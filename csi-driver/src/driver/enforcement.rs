@@ -162,7 +162,7 @@ impl Driver {
     }
 }
 
-fn log_outcome(p: &Publication, outcome: ReconcileOutcome, reason: Option<&str>) {
+pub(super) fn log_outcome(p: &Publication, outcome: ReconcileOutcome, reason: Option<&str>) {
     match outcome {
         ReconcileOutcome::Applied | ReconcileOutcome::InSync => tracing::info!(
             volume.id = %p.volume_id, pod = %p.pod_uid, tier = %p.tier, device = %p.device,

@@ -2,7 +2,8 @@
 //! been validated and converted. The gRPC adapters in `grpc/` call only this.
 //!
 //! This module holds the [`Driver`] itself, its settings and the helpers both sides share;
-//! the calls live in `controller` (CreateVolume .. ControllerExpandVolume), `node`
+//! the calls live in `controller` (CreateVolume .. ControllerExpandVolume), `snapshots`
+//! (CreateSnapshot, DeleteSnapshot, ListSnapshots), `node`
 //! (NodeStage .. NodeExpandVolume) and `enforcement` (io.max glue: reconcile, status).
 
 use std::collections::BTreeMap;
@@ -23,9 +24,15 @@ mod enforcement;
 mod node;
 #[cfg(test)]
 mod node_tests;
+mod retier;
+#[cfg(test)]
+mod snapshot_tests;
+mod snapshots;
 
 pub use controller::{CreateRequest, VolumePage};
 pub use node::{Usage, VolumeStats};
+pub use retier::Retiered;
+pub use snapshots::{SnapshotFilter, SnapshotPage};
 
 /// Static settings of a driver instance.
 #[derive(Debug, Clone)]
@@ -82,6 +89,11 @@ impl Driver {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The backend's short name (`loop`, `lvm`).
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
     }
 
     /// The topology segment of this node.

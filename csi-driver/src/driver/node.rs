@@ -104,7 +104,17 @@ impl Driver {
                 if cap.mode.read_only() {
                     options.push("ro".to_owned());
                 }
+                // A clone's xfs carries its source's UUID, which xfs refuses to mount
+                // twice on one node.
+                if volume.source.is_some() && fs == FsType::Xfs {
+                    options.push("nouuid".to_owned());
+                }
                 self.mounter.mount_fs(&dev, &staging, fs, &options).await?;
+                // A clone may be larger than its source: its filesystem grows to the
+                // device (a no-op once it has).
+                if volume.source.is_some() && !cap.mode.read_only() {
+                    self.os.grow_fs(&dev, &staging, fs).await?;
+                }
                 tracing::info!(volume.id = %id, path = %staging.display(), fs = fs.as_str(), "staged volume");
                 Ok(())
             }
@@ -369,6 +379,13 @@ impl Driver {
                 Error::FailedPrecondition(format!("cannot grow a {} filesystem", m.fs_type))
             })?;
             self.os.grow_fs(&dev, &path, fs).await?;
+        }
+        // Per-GiB caps scale with the size: every publication gets the caps it has now.
+        if let Some(grown) = self.backend.get(id).await? {
+            let publications = self.refresh_caps(&grown);
+            if publications > 0 {
+                tracing::info!(volume.id = %id, publications, "caps re-computed for the new size");
+            }
         }
         tracing::info!(volume.id = %id, size, "expanded volume on node");
         Ok(size)

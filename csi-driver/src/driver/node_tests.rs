@@ -64,6 +64,7 @@ impl Backend for FakeBackend {
             fs_type: None,
             parameters: Parameters::default(),
             tier: None,
+            source: None,
         }))
     }
     async fn list(&self) -> Result<Vec<Volume>> {
@@ -79,6 +80,9 @@ impl Backend for FakeBackend {
         Self::unsupported()
     }
     async fn expand(&self, _: &str, _: u64) -> Result<u64> {
+        Self::unsupported()
+    }
+    async fn set_tier(&self, _: &str, _: &iops_controller::ResolvedTier) -> Result<Volume> {
         Self::unsupported()
     }
     async fn pools(&self) -> Result<Vec<PoolStatus>> {

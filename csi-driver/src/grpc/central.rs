@@ -3,7 +3,10 @@
 //! creation happens there (csi-provisioner in node-deployment mode talks to the node's own
 //! socket). What must be central is volume expansion, because csi-resizer has no per-node
 //! mode: this service checks the request and answers `node_expansion_required`, and the
-//! owning node grows the LV and the filesystem in NodeExpandVolume.
+//! owning node grows the LV and the filesystem in NodeExpandVolume. The same holds for
+//! ControllerModifyVolume (VolumeAttributesClass changes): this service validates the
+//! request and hands it to [`crate::retier::central`], which records it on the PV and
+//! answers once the owning node acknowledged it.
 
 use csi::controller_service_capability::{Rpc, rpc::Type as RpcType};
 use csi_proto::v1 as csi;
@@ -16,9 +19,23 @@ use crate::error::Error;
 /// extents are multiples of it). The owning node reports the exact size it grew to.
 const GRANULARITY: u64 = 1 << 20;
 
-/// Controller of the central Deployment: capabilities and expansion only.
-#[derive(Debug, Default)]
-pub struct CentralControllerService;
+/// Controller of the central Deployment: capabilities, expansion and modification.
+#[derive(Debug)]
+pub struct CentralControllerService {
+    /// The tiers of the node config, for checking `mutable_parameters`.
+    tiers: iops_controller::TierSet,
+    /// `None` without a Kubernetes API: ControllerModifyVolume is then UNAVAILABLE.
+    modifier: Option<crate::retier::central::Modifier>,
+}
+
+impl CentralControllerService {
+    pub fn new(
+        tiers: iops_controller::TierSet,
+        modifier: Option<crate::retier::central::Modifier>,
+    ) -> Self {
+        CentralControllerService { tiers, modifier }
+    }
+}
 
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!(
@@ -92,11 +109,14 @@ impl csi::controller_server::Controller for CentralControllerService {
     ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
         rpc("ControllerGetCapabilities", async {
             Ok(csi::ControllerGetCapabilitiesResponse {
-                capabilities: vec![csi::ControllerServiceCapability {
-                    r#type: Some(csi::controller_service_capability::Type::Rpc(Rpc {
-                        r#type: RpcType::ExpandVolume as i32,
-                    })),
-                }],
+                capabilities: [RpcType::ExpandVolume, RpcType::ModifyVolume]
+                    .into_iter()
+                    .map(|t| csi::ControllerServiceCapability {
+                        r#type: Some(csi::controller_service_capability::Type::Rpc(Rpc {
+                            r#type: t as i32,
+                        })),
+                    })
+                    .collect(),
             })
         })
         .await
@@ -164,9 +184,29 @@ impl csi::controller_server::Controller for CentralControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _req: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(unimplemented("ControllerModifyVolume"))
+        let r = req.into_inner();
+        rpc("ControllerModifyVolume", async {
+            convert::volume_id("volume_id", &r.volume_id)?;
+            let parameters = convert::map(&r.mutable_parameters);
+            // Bad input is refused before anything is looked up or recorded.
+            iops_controller::resolve::check(
+                &self.tiers,
+                &iops_controller::ClassTier::default(),
+                Some(&parameters),
+            )?;
+            let Some(modifier) = &self.modifier else {
+                return Err(Error::NotReady(
+                    "no Kubernetes API: `iolane controller` records ControllerModifyVolume \
+                     on the volume's PV"
+                        .to_owned(),
+                ));
+            };
+            modifier.modify(&r.volume_id, parameters).await?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
+        .await
     }
 }
 

@@ -5,10 +5,12 @@ use csi_proto::v1 as csi;
 use tonic::{Request, Response, Status};
 
 use super::{convert, rpc};
-use crate::driver::{CreateRequest, Driver};
+use crate::driver::{CreateRequest, Driver, SnapshotFilter};
 use crate::error::Error;
 
-/// Controller: create, delete, list, capacity, validate, expand.
+/// Controller: create (also from a snapshot or volume), delete, list, capacity,
+/// validate, expand, modify (on this node), and the snapshot RPCs where the backend
+/// has snapshots.
 #[derive(Debug)]
 pub struct ControllerService {
     driver: Driver,
@@ -20,16 +22,37 @@ impl ControllerService {
     }
 }
 
-/// The controller RPCs this driver implements; nothing else is advertised.
-const CAPABILITIES: [RpcType; 4] = [
+/// The controller RPCs this driver implements on every backend.
+/// MODIFY_VOLUME: csi-provisioner in node mode refuses a claim that names a
+/// VolumeAttributesClass unless the node socket reports it.
+const CAPABILITIES: [RpcType; 5] = [
     RpcType::CreateDeleteVolume,
     RpcType::ListVolumes,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
+    RpcType::ModifyVolume,
+];
+
+/// What a backend with snapshots adds (the lvm backend); nothing else is advertised.
+const SNAPSHOT_CAPABILITIES: [RpcType; 3] = [
+    RpcType::CreateDeleteSnapshot,
+    RpcType::ListSnapshots,
+    RpcType::CloneVolume,
 ];
 
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported by iolane"))
+}
+
+impl ControllerService {
+    /// The answer to a snapshot RPC on a backend without snapshots (which does not
+    /// advertise them).
+    fn no_snapshots(&self, what: &str) -> Status {
+        Status::unimplemented(format!(
+            "{what} is not supported by the {} backend (snapshots need a device class of the lvm backend)",
+            self.driver.backend_kind()
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -43,11 +66,7 @@ impl csi::controller_server::Controller for ControllerService {
             convert::required("name", &r.name)?;
             let capabilities =
                 convert::capabilities("volume_capabilities", &r.volume_capabilities)?;
-            if r.volume_content_source.is_some() {
-                return Err(Error::Unsupported(
-                    "volume_content_source: snapshots and clones are not supported".to_owned(),
-                ));
-            }
+            let source = convert::content_source(r.volume_content_source.as_ref())?;
             let create = CreateRequest {
                 name: r.name.clone(),
                 range: convert::capacity_range(r.capacity_range.as_ref())?,
@@ -65,6 +84,7 @@ impl csi::controller_server::Controller for ControllerService {
                             .collect()
                     })
                     .unwrap_or_default(),
+                source,
             };
             let v = self.driver.create_volume(create).await?;
             Ok(csi::CreateVolumeResponse {
@@ -209,6 +229,11 @@ impl csi::controller_server::Controller for ControllerService {
             Ok(csi::ControllerGetCapabilitiesResponse {
                 capabilities: CAPABILITIES
                     .iter()
+                    .chain(
+                        SNAPSHOT_CAPABILITIES
+                            .iter()
+                            .filter(|_| self.driver.snapshots()),
+                    )
                     .map(|t| csi::ControllerServiceCapability {
                         r#type: Some(csi::controller_service_capability::Type::Rpc(Rpc {
                             r#type: *t as i32,
@@ -222,23 +247,71 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _req: Request<csi::CreateSnapshotRequest>,
+        req: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        Err(unimplemented("CreateSnapshot"))
+        if !self.driver.snapshots() {
+            return Err(self.no_snapshots("CreateSnapshot"));
+        }
+        let r = req.into_inner();
+        rpc("CreateSnapshot", async {
+            convert::required("name", &r.name)?;
+            convert::required("source_volume_id", &r.source_volume_id)?;
+            let s = self
+                .driver
+                .create_snapshot(&r.name, &r.source_volume_id, &convert::map(&r.parameters))
+                .await?;
+            Ok(csi::CreateSnapshotResponse {
+                snapshot: Some(convert::snapshot(&s)),
+            })
+        })
+        .await
     }
 
     async fn delete_snapshot(
         &self,
-        _req: Request<csi::DeleteSnapshotRequest>,
+        req: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        Err(unimplemented("DeleteSnapshot"))
+        if !self.driver.snapshots() {
+            return Err(self.no_snapshots("DeleteSnapshot"));
+        }
+        let r = req.into_inner();
+        rpc("DeleteSnapshot", async {
+            convert::required("snapshot_id", &r.snapshot_id)?;
+            self.driver.delete_snapshot(&r.snapshot_id).await?;
+            Ok(csi::DeleteSnapshotResponse {})
+        })
+        .await
     }
 
     async fn list_snapshots(
         &self,
-        _req: Request<csi::ListSnapshotsRequest>,
+        req: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Err(unimplemented("ListSnapshots"))
+        if !self.driver.snapshots() {
+            return Err(self.no_snapshots("ListSnapshots"));
+        }
+        let r = req.into_inner();
+        rpc("ListSnapshots", async {
+            let filter = SnapshotFilter {
+                snapshot_id: &r.snapshot_id,
+                source_volume_id: &r.source_volume_id,
+            };
+            let page = self
+                .driver
+                .list_snapshots(filter, r.max_entries, &r.starting_token)
+                .await?;
+            Ok(csi::ListSnapshotsResponse {
+                entries: page
+                    .snapshots
+                    .iter()
+                    .map(|s| csi::list_snapshots_response::Entry {
+                        snapshot: Some(convert::snapshot(s)),
+                    })
+                    .collect(),
+                next_token: page.next_token.unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn get_snapshot(
@@ -287,8 +360,15 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _req: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(unimplemented("ControllerModifyVolume"))
+        let r = req.into_inner();
+        rpc("ControllerModifyVolume", async {
+            self.driver
+                .modify_volume(&r.volume_id, &convert::map(&r.mutable_parameters))
+                .await?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
+        .await
     }
 }

@@ -9,7 +9,9 @@ use csi_proto::v1 as csi;
 use crate::error::{Error, Result};
 use crate::os::FsType;
 use crate::validate;
-use crate::volume::{AccessMode, AccessType, Capability, CapacityRange, Volume};
+use crate::volume::{
+    AccessMode, AccessType, Capability, CapacityRange, ContentSource, Snapshot, Volume,
+};
 
 /// A required, well-formed volume ID.
 pub fn volume_id<'a>(field: &str, id: &'a str) -> Result<&'a str> {
@@ -135,6 +137,66 @@ pub fn pod_uid(context: &HashMap<String, String>) -> Result<Option<iops_controll
         .transpose()
 }
 
+/// CSI `volume_content_source`: `None` when absent, and an error naming the field when it
+/// is given without a snapshot or volume ID.
+pub fn content_source(src: Option<&csi::VolumeContentSource>) -> Result<Option<ContentSource>> {
+    use csi::volume_content_source::Type;
+    let Some(src) = src else {
+        return Ok(None);
+    };
+    let source = match &src.r#type {
+        None => {
+            return Err(Error::invalid(
+                "volume_content_source",
+                "must name a snapshot or a volume",
+            ));
+        }
+        Some(Type::Snapshot(s)) => {
+            required("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+            ContentSource::Snapshot(s.snapshot_id.clone())
+        }
+        Some(Type::Volume(v)) => {
+            required("volume_content_source.volume.volume_id", &v.volume_id)?;
+            ContentSource::Volume(v.volume_id.clone())
+        }
+    };
+    validate::volume_id(source.field(), source.id())?;
+    Ok(Some(source))
+}
+
+/// A domain content source as the CSI message.
+fn content_source_message(src: &ContentSource) -> csi::VolumeContentSource {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    csi::VolumeContentSource {
+        r#type: Some(match src {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
+        }),
+    }
+}
+
+/// A domain snapshot as the CSI `Snapshot` message (always ready: a thin snapshot is
+/// complete once it exists).
+pub fn snapshot(s: &Snapshot) -> csi::Snapshot {
+    let secs = s.created_ns / 1_000_000_000;
+    let nanos = s.created_ns % 1_000_000_000;
+    csi::Snapshot {
+        size_bytes: bytes(s.size_bytes),
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_volume_id.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+            nanos: i32::try_from(nanos).unwrap_or(0),
+        }),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
 /// A domain volume as the CSI `Volume` message.
 pub fn volume(
     v: &Volume,
@@ -145,7 +207,7 @@ pub fn volume(
         capacity_bytes: i64::try_from(v.capacity_bytes).unwrap_or(i64::MAX),
         volume_id: v.id.clone(),
         volume_context: context.into_iter().collect(),
-        content_source: None,
+        content_source: v.source.as_ref().map(content_source_message),
         accessible_topology: vec![csi::Topology {
             segments: topology
                 .iter()

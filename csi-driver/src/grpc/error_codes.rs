@@ -19,7 +19,9 @@ impl From<Error> for Status {
 pub fn code_of(e: &Error) -> Code {
     match e {
         Error::InvalidArgument { .. } | Error::Unsupported(_) => Code::InvalidArgument,
-        Error::VolumeNotFound(_) | Error::PathNotFound { .. } => Code::NotFound,
+        Error::VolumeNotFound(_) | Error::SnapshotNotFound(_) | Error::PathNotFound { .. } => {
+            Code::NotFound
+        }
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::InFlight(_) | Error::BadToken(_) => Code::Aborted,
@@ -79,6 +81,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::VolumeNotFound("v".into()), Code::NotFound),
+            (Error::SnapshotNotFound("s".into()), Code::NotFound),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
             (
                 Error::ResourceExhausted("x".into()),

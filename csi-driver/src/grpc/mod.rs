@@ -54,13 +54,14 @@ pub fn services(
 /// The tonic services of the central controller endpoint (`iolane controller`).
 pub fn central_services(
     plugin_name: &str,
+    controller: CentralControllerService,
 ) -> (
     IdentityServer<IdentityService>,
     ControllerServer<CentralControllerService>,
 ) {
     (
         IdentityServer::new(IdentityService::new(plugin_name.to_owned())),
-        ControllerServer::new(CentralControllerService),
+        ControllerServer::new(controller),
     )
 }
 

@@ -68,14 +68,38 @@ impl Os {
     }
 
     /// Detaches a loop device (the kernel defers it while the device is still open).
+    /// A device that is no longer bound to any file when `losetup` fails (a deferred
+    /// detach that completed between the lookup and this call: `losetup` then answers
+    /// ENXIO) counts as detached, so the caller's retry is not needed.
     pub async fn loop_detach(&self, device: &Path) -> Result<()> {
-        self.run_ok(
-            Cmd::new("losetup", SHORT_TIMEOUT)
-                .arg("--detach")
-                .arg(device),
-        )
-        .await?;
-        Ok(())
+        match self
+            .run_ok(
+                Cmd::new("losetup", SHORT_TIMEOUT)
+                    .arg("--detach")
+                    .arg(device),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(_) if !self.loop_bound(device) => {
+                tracing::debug!(device = %device.display(), "loop device already detached");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the loop device `device` is bound to a backing file now (its
+    /// `/sys/block/loopN/loop` directory exists only while it is).
+    fn loop_bound(&self, device: &Path) -> bool {
+        device.file_name().is_some_and(|name| {
+            self.roots
+                .sys
+                .join("block")
+                .join(name)
+                .join("loop/backing_file")
+                .exists()
+        })
     }
 
     /// Makes a loop device pick up its backing file's new size.
@@ -137,5 +161,34 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A failed `losetup --detach` of a device no longer bound to a file (its deferred
+    /// detach finished first) is success; of a device still bound, the error.
+    #[tokio::test]
+    async fn detach_of_an_unbound_device_is_success_and_of_a_bound_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(sys.join("block/loop4/loop")).unwrap();
+        std::fs::write(sys.join("block/loop4/loop/backing_file"), "/a/b.img\n").unwrap();
+        std::fs::create_dir_all(sys.join("block/loop5")).unwrap();
+        let runner = Arc::new(command::RecordingRunner::default());
+        let enxio = || command::Output {
+            status: Some(1),
+            stdout: String::new(),
+            stderr: "losetup: detach failed: No such device or address\n".to_owned(),
+        };
+        runner.answer("losetup --detach /dev/loop5", enxio());
+        runner.answer("losetup --detach /dev/loop4", enxio());
+        let roots = Roots {
+            proc: dir.path().join("proc"),
+            sys,
+            dev: PathBuf::from("/dev"),
+        };
+        let os = Os::new(runner.clone(), roots);
+        os.loop_detach(Path::new("/dev/loop5")).await.unwrap();
+        let err = os.loop_detach(Path::new("/dev/loop4")).await.unwrap_err();
+        assert!(err.to_string().contains("losetup"), "{err}");
+        assert_eq!(runner.calls().len(), 2);
     }
 }

@@ -144,6 +144,33 @@ impl Os {
         Ok(())
     }
 
+    /// Creates `lv`, a thin snapshot of the thin LV `vg/origin`, carrying `tags`, in one
+    /// command. A snapshot (`active` false) keeps LVM's activation-skip flag and stays
+    /// inactive; a clone (`active` true) is made without the flag and activated. No size
+    /// is given: with one, LVM would make an old-style COW snapshot instead of a thin one.
+    pub async fn create_thin_snapshot(
+        &self,
+        vg: &str,
+        origin: &str,
+        lv: &str,
+        tags: &[String],
+        active: bool,
+    ) -> Result<()> {
+        let mut cmd = Cmd::new("lvcreate", LVM_TIMEOUT)
+            .arg("--snapshot")
+            .arg("--setactivationskip")
+            .arg(yn(!active))
+            .arg("--activate")
+            .arg(yn(active))
+            .arg("-n")
+            .arg(lv);
+        for t in tags {
+            cmd = cmd.arg("--addtag").arg(t);
+        }
+        self.run_ok(cmd.arg(format!("{vg}/{origin}"))).await?;
+        Ok(())
+    }
+
     /// Activates an LV, even one flagged to skip activation.
     pub async fn activate_lv(&self, vg: &str, lv: &str) -> Result<()> {
         self.run_ok(
@@ -165,6 +192,26 @@ impl Os {
                 .arg(format!("{vg}/{lv}")),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Replaces tags of an LV in one `lvchange` (LVM commits the VG metadata once, so the
+    /// LV carries either the old tags or the new ones): `delete` go, `add` come.
+    pub async fn retag_lv(
+        &self,
+        vg: &str,
+        lv: &str,
+        delete: &[String],
+        add: &[String],
+    ) -> Result<()> {
+        let mut cmd = Cmd::new("lvchange", LVM_TIMEOUT);
+        for t in delete {
+            cmd = cmd.arg("--deltag").arg(t);
+        }
+        for t in add {
+            cmd = cmd.arg("--addtag").arg(t);
+        }
+        self.run_ok(cmd.arg(format!("{vg}/{lv}"))).await?;
         Ok(())
     }
 
@@ -265,6 +312,12 @@ mod tests {
         )
         .await
         .unwrap();
+        os.create_thin_snapshot("iolane", "iol-1", "iolsnap-2", &["a=1".into()], false)
+            .await
+            .unwrap();
+        os.create_thin_snapshot("iolane", "iolsnap-2", "iol-3", &[], true)
+            .await
+            .unwrap();
         os.extend_lv("iolane", "iol-1", 8 << 20).await.unwrap();
         os.remove_lv("iolane", "iol-1").await.unwrap();
         assert_eq!(
@@ -273,6 +326,8 @@ mod tests {
                 "lvs --reportformat json --units b --nosuffix -o lv_name,lv_size vg1 vg2",
                 "lvcreate -T -l 95%VG --chunksize 128k --zero n --errorwhenfull y iolane/pool",
                 "lvcreate --type thin -V 4194304b --thinpool pool -n iol-1 --addtag a=1 --addtag b iolane",
+                "lvcreate --snapshot --setactivationskip y --activate n -n iolsnap-2 --addtag a=1 iolane/iol-1",
+                "lvcreate --snapshot --setactivationskip n --activate y -n iol-3 iolane/iolsnap-2",
                 "lvextend -L 8388608b iolane/iol-1",
                 "lvremove -y iolane/iol-1",
             ]

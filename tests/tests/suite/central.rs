@@ -1,5 +1,8 @@
 //! `iolane controller`, the central Deployment's endpoint beside csi-resizer: it serves
-//! Identity and ControllerExpandVolume only, and always leaves the growing to the node.
+//! Identity, ControllerExpandVolume (it always leaves the growing to the node) and
+//! ControllerModifyVolume's input checks; with no Kubernetes API (as here) a valid
+//! ControllerModifyVolume is UNAVAILABLE, never OK (tests/k8s/retier.sh runs it against
+//! a real API server).
 
 use iolane_tests::csi;
 use iolane_tests::{Central, GIB, MIB, volume_id_for};
@@ -20,7 +23,7 @@ fn expand(id: &str, required: i64, limit: i64) -> csi::ControllerExpandVolumeReq
 }
 
 #[tokio::test]
-async fn central_controller_advertises_and_answers_expansion_only() {
+async fn central_controller_advertises_and_answers_expansion_and_checks_modification() {
     let central = Central::start().await;
     let mut identity = IdentityClient::new(central.channel.clone());
     let mut controller = ControllerClient::new(central.channel.clone());
@@ -45,10 +48,8 @@ async fn central_controller_advertises_and_answers_expansion_only() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        types,
-        vec![csi::controller_service_capability::rpc::Type::ExpandVolume as i32]
-    );
+    use csi::controller_service_capability::rpc::Type as C;
+    assert_eq!(types, vec![C::ExpandVolume as i32, C::ModifyVolume as i32]);
 
     let id = volume_id_for("pvc-grow");
     let r = controller
@@ -81,6 +82,41 @@ async fn central_controller_advertises_and_answers_expansion_only() {
             .controller_expand_volume(req.clone())
             .await
             .expect_err("bad ControllerExpandVolume must fail");
+        assert_eq!(e.code(), code, "{req:?}: {}", e.message());
+        assert!(e.message().contains(field), "{req:?}: {}", e.message());
+    }
+
+    let modify = |id: &str, key: &str, value: &str| csi::ControllerModifyVolumeRequest {
+        volume_id: id.to_owned(),
+        mutable_parameters: [(key.to_owned(), value.to_owned())].into(),
+        ..Default::default()
+    };
+    for (req, code, field) in [
+        (
+            modify("", "iolane.dev/tier", "batch"),
+            Code::InvalidArgument,
+            "volume_id",
+        ),
+        (
+            modify(&id, "iolane.dev/tier", "gold"),
+            Code::InvalidArgument,
+            "iolane.dev/tier",
+        ),
+        (
+            modify(&id, "XXX_FakeKey", "x"),
+            Code::InvalidArgument,
+            "XXX_FakeKey",
+        ),
+        (
+            modify(&id, "iolane.dev/tier", "batch"),
+            Code::Unavailable,
+            "Kubernetes API",
+        ),
+    ] {
+        let e = controller
+            .controller_modify_volume(req.clone())
+            .await
+            .expect_err("ControllerModifyVolume without an API must not answer OK");
         assert_eq!(e.code(), code, "{req:?}: {}", e.message());
         assert!(e.message().contains(field), "{req:?}: {}", e.message());
     }

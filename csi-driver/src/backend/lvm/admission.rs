@@ -45,7 +45,13 @@ impl LvmBackend {
                 .values()
                 .filter(|e| e.class == class)
                 .map(|e| e.volume.capacity_bytes)
-                .sum();
+                .sum::<u64>()
+                + index
+                    .snapshots
+                    .values()
+                    .filter(|e| e.class == class)
+                    .map(|e| e.bytes)
+                    .sum::<u64>();
             (facts, indexed + index.reserved_in(class, None))
         };
         let status = self

@@ -48,7 +48,10 @@ impl LvmBackend {
     ) -> Result<std::collections::BTreeMap<String, String>> {
         let rows = self.report_all().await?;
         let mut out = std::collections::BTreeMap::new();
-        for lv in rows.iter().filter(|l| tags::is_ours(&l.tags)) {
+        for lv in rows
+            .iter()
+            .filter(|l| l.name.starts_with(super::LV_PREFIX) && tags::is_ours(&l.tags))
+        {
             let Some(class) = self.class_of(lv) else {
                 continue;
             };

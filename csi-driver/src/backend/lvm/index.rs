@@ -17,13 +17,17 @@
 //! `attach`, `attached`, `devices`, `delete` and `expand` answer from the index; `list`
 //! (ListVolumes) stays authoritative and rebuilds the index from its report, and
 //! `condition` and `capacity` still read LVM.
+//!
+//! Snapshots (`iolsnap-*` LVs) are indexed beside the volumes, so that admission counts
+//! their virtual bytes without a report; every snapshot call still reads LVM (they are
+//! rare), and each of its reports corrects the snapshot index.
 
 use std::collections::HashMap;
 
 use super::report::{Lv, extent_of};
-use super::{DeviceClass, LvmBackend, tags};
+use super::{DeviceClass, LV_PREFIX, LvmBackend, tags};
 use crate::error::{Error, Result};
-use crate::volume::{Volume, volume_id_for};
+use crate::volume::{SNAPSHOT_PREFIX, Snapshot, Volume, snapshot_id_for, volume_id_for};
 
 /// One volume of the index.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +38,17 @@ pub(super) struct Entry {
     pub(super) volume: Volume,
     /// Whether the LV was active when last seen; an inactive LV has no device node.
     pub(super) active: bool,
+}
+
+/// One snapshot of the index.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SnapEntry {
+    /// Position of its class in `LvmBackend::classes`.
+    pub(super) class: usize,
+    pub(super) vg: String,
+    pub(super) snapshot: Snapshot,
+    /// Its virtual size (what admission counts).
+    pub(super) bytes: u64,
 }
 
 /// Figures of a class's pool from the last report of its VG.
@@ -50,6 +65,8 @@ pub(super) struct PoolFacts {
 #[derive(Debug, Default)]
 pub(super) struct Index {
     pub(super) volumes: HashMap<String, Entry>,
+    /// Snapshot ID -> snapshot, as of the last report or the backend's own calls.
+    pub(super) snapshots: HashMap<String, SnapEntry>,
     /// Admitted creates whose `lvcreate` is running: volume ID -> (class, virtual bytes).
     /// Admission counts them, so the admission lock need not be held across the command.
     pub(super) reserved: HashMap<String, (usize, u64)>,
@@ -58,9 +75,12 @@ pub(super) struct Index {
 }
 
 impl Index {
-    /// Whether an LV name is an indexed volume or a create in flight (not foreign).
+    /// Whether an LV name is an indexed volume or snapshot or a create in flight (not
+    /// foreign).
     pub(super) fn known(&self, name: &str) -> bool {
-        self.volumes.contains_key(name) || self.reserved.contains_key(name)
+        self.volumes.contains_key(name)
+            || self.snapshots.contains_key(name)
+            || self.reserved.contains_key(name)
     }
 
     /// Virtual bytes of `class`'s in-flight creates whose LV is not in `rows` yet.
@@ -85,7 +105,7 @@ impl LvmBackend {
     /// The index entry an LV of a report stands for: `None` if it is not an iolane volume
     /// of a ready class, an error if its tags cannot be read.
     pub(super) fn entry_of(&self, lv: &Lv) -> Option<Result<Entry>> {
-        if !tags::is_ours(&lv.tags) {
+        if !tags::is_ours(&lv.tags) || !lv.name.starts_with(LV_PREFIX) {
             return None;
         }
         let class = self.class_index_of(lv)?;
@@ -95,6 +115,57 @@ impl LvmBackend {
             volume,
             active: lv.active(),
         }))
+    }
+
+    /// The snapshot index entry an LV of a report stands for: `None` if it is not an
+    /// iolane snapshot of a ready class, an error if its tags cannot be read.
+    pub(super) fn snap_entry_of(&self, lv: &Lv) -> Option<Result<SnapEntry>> {
+        if !tags::is_ours(&lv.tags) || !lv.name.starts_with(SNAPSHOT_PREFIX) {
+            return None;
+        }
+        let class = self.class_index_of(lv)?;
+        Some(Self::snapshot_of(lv).map(|snapshot| SnapEntry {
+            class,
+            vg: lv.vg.clone(),
+            snapshot,
+            bytes: lv.size,
+        }))
+    }
+
+    /// Replaces the snapshot index with the snapshots of a report of every ready class's
+    /// VG, and returns them.
+    pub(super) fn absorb_snapshots(&self, rows: &[Lv]) -> Vec<SnapEntry> {
+        let mut fresh = HashMap::new();
+        for lv in rows {
+            match self.snap_entry_of(lv) {
+                Some(Ok(e)) => {
+                    fresh.insert(lv.name.clone(), e);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(lv.name = %lv.name, vg = %lv.vg, error = %e, "not indexing a snapshot LV whose iolane tags cannot be read");
+                }
+                None => {}
+            }
+        }
+        let out = fresh.values().cloned().collect();
+        self.index().snapshots = fresh;
+        out
+    }
+
+    /// The snapshot an iolane snapshot LV stands for, rebuilt from its name and tags.
+    pub(super) fn snapshot_of(lv: &Lv) -> Result<Snapshot> {
+        let bad = |reason: String| Error::Metadata {
+            path: format!("lv {}/{}", lv.vg, lv.name),
+            reason,
+        };
+        let s = tags::decode_snapshot(&lv.name, &lv.tags).map_err(bad)?;
+        if snapshot_id_for(&s.name) != lv.name {
+            return Err(bad(format!(
+                "the snapshot name tag {:?} does not hash to the LV name",
+                s.name
+            )));
+        }
+        Ok(s)
     }
 
     /// Brings the index in line with a report of every ready class's VG: every iolane
@@ -115,6 +186,7 @@ impl LvmBackend {
                 None => {}
             }
         }
+        self.absorb_snapshots(rows);
         let mut index = self.index();
         let stale: Vec<String> = index
             .volumes
@@ -216,6 +288,7 @@ impl LvmBackend {
             fs_type: t.fs_type,
             parameters: t.parameters,
             tier: t.tier,
+            source: t.source,
         })
     }
 }

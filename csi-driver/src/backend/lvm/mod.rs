@@ -17,7 +17,7 @@
 //! Code map: this file holds [`LvmBackend`] and its [`Backend`] impl, which delegates to
 //! `setup.rs` (start-up: pool adoption or creation, the sweep), `index.rs` (the volume
 //! index), `admission.rs` (pool usage and the limits on it), `volumes.rs` (get, list,
-//! create, delete, expand, capacity), `health.rs` (pool usage for `iolane status`, volume
+//! create, delete, expand, capacity), `snapshots.rs` (snapshots and clones), `health.rs` (pool usage for `iolane status`, volume
 //! conditions) and `devices.rs` (block devices of volumes); [`report`] parses LVM's
 //! reports, [`tags`] converts volumes to and from LV tags, and `class.rs` holds
 //! [`DeviceClass`], the settings of a class in the node config, and their checks.
@@ -29,6 +29,7 @@ mod health;
 mod index;
 pub mod report;
 mod setup;
+mod snapshots;
 pub mod tags;
 mod volumes;
 
@@ -38,11 +39,12 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::{Backend, Created};
+use crate::backend::CreatedSnapshot;
 use crate::error::{Error, Result};
 use crate::os::dm::ThinPoolStatus;
 use crate::os::lvm::Report;
 use crate::os::{self, Os};
-use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
+use crate::volume::{Capacity, CreateSpec, Parameters, Snapshot, SnapshotSpec, Volume};
 pub use class::{DEFAULT_CLASS, DeviceClass, WipePolicy};
 pub(crate) use class::{validate_classes, validate_devices};
 use index::Index;
@@ -51,7 +53,7 @@ use report::{LV_FIELDS, Lv, parse_lvs};
 /// The extent size `vgcreate` gives a new VG: the granularity before any pool is known.
 const DEFAULT_EXTENT: u64 = 4 << 20;
 /// Prefix of the LV names iolane gives volumes (see `volume_id_for`).
-const LV_PREFIX: &str = "iol-";
+const LV_PREFIX: &str = crate::volume::VOLUME_PREFIX;
 
 /// One device class and what start-up made of it.
 #[derive(Debug)]
@@ -189,7 +191,10 @@ impl Backend for LvmBackend {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<Created> {
-        self.create_volume(spec).await
+        match &spec.source {
+            Some(src) => self.create_clone(spec, src).await,
+            None => self.create_volume(spec).await,
+        }
     }
 
     async fn delete(&self, id: &str) -> Result<bool> {
@@ -202,6 +207,10 @@ impl Backend for LvmBackend {
 
     async fn expand(&self, id: &str, size: u64) -> Result<u64> {
         self.expand_volume(id, size).await
+    }
+
+    async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume> {
+        self.set_volume_tier(id, tier).await
     }
 
     async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
@@ -239,6 +248,26 @@ impl Backend for LvmBackend {
     async fn detach(&self, _id: &str) -> Result<()> {
         // Thin LVs stay active for their whole life (see `devices.rs`).
         Ok(())
+    }
+
+    fn snapshots(&self) -> bool {
+        true
+    }
+
+    async fn get_snapshot(&self, id: &str) -> Result<Option<Snapshot>> {
+        self.get_snapshot_lv(id).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.list_snapshot_lvs().await
+    }
+
+    async fn create_snapshot(&self, spec: &SnapshotSpec) -> Result<CreatedSnapshot> {
+        self.create_snapshot_lv(spec).await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        self.delete_snapshot_lv(id).await
     }
 }
 

@@ -73,6 +73,7 @@ impl LvmBackend {
             },
             index: std::sync::Mutex::new(Index {
                 volumes: HashMap::new(),
+                snapshots: HashMap::new(),
                 reserved: HashMap::new(),
                 pools,
             }),

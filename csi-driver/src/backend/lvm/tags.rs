@@ -11,6 +11,19 @@
 //! iolane.dev/t/<escaped key>=<escaped value>   the resolved tier, one per entry of
 //!                                      `ResolvedTier::to_map` (tier, priority, overrides);
 //!                                      read back typed (`ResolvedTier::from_map`)
+//! iolane.dev/src=snapshot/<id>|volume/<id>     only for a clone: what it was made from
+//! ```
+//!
+//! A snapshot is a thin LV named by its snapshot ID (`iolsnap-` + 32 hex digits), made by
+//! one `lvcreate -s` with all of its tags:
+//!
+//! ```text
+//! iolane.dev/v=1
+//! iolane.dev/snap=<escaped CSI snapshot name>
+//! iolane.dev/source=<source volume ID>
+//! iolane.dev/created=<nanoseconds since the Unix epoch>
+//! iolane.dev/size=<bytes>              the source's size when it was taken
+//! iolane.dev/fs=ext4|xfs               the source's filesystem, if it has one
 //! ```
 //!
 //! LVM tags may only hold `[A-Za-z0-9_+.-/=!:&#]` and at most 1024 bytes. Values are
@@ -23,7 +36,8 @@ use iops_controller::ResolvedTier;
 
 use crate::error::{Error, Result};
 use crate::os::FsType;
-use crate::volume::{CreateSpec, Parameters};
+use crate::validate;
+use crate::volume::{ContentSource, CreateSpec, Parameters, Snapshot, SnapshotSpec};
 
 /// Every iolane tag starts with this.
 pub const PREFIX: &str = "iolane.dev/";
@@ -41,6 +55,8 @@ pub struct Tagged {
     pub parameters: Parameters,
     /// The resolved tier; `None` when the LV carries none.
     pub tier: Option<ResolvedTier>,
+    /// What a clone was made from.
+    pub source: Option<ContentSource>,
 }
 
 fn safe(b: u8) -> bool {
@@ -121,14 +137,102 @@ pub fn encode(spec: &CreateSpec) -> Result<Vec<String>> {
             &escape(&v),
         )?);
     }
-    for (k, v) in spec.tier.iter().flat_map(ResolvedTier::to_map) {
-        tags.push(tag(
-            format!("tier[{k:?}]"),
-            &format!("t/{}", escape(&k)),
-            &escape(&v),
-        )?);
+    if let Some(src) = &spec.source {
+        tags.push(format!("{PREFIX}src={}", source_tag(src)));
+    }
+    if let Some(tier) = &spec.tier {
+        tags.extend(tier_tags(tier)?);
     }
     Ok(tags)
+}
+
+/// The `iolane.dev/t/...` tags of a resolved tier (a volume's tier is replaced by
+/// deleting the old set and adding this one in one `lvchange`).
+pub fn tier_tags(tier: &ResolvedTier) -> Result<Vec<String>> {
+    tier.to_map()
+        .into_iter()
+        .map(|(k, v)| {
+            tag(
+                format!("tier[{k:?}]"),
+                &format!("t/{}", escape(&k)),
+                &escape(&v),
+            )
+        })
+        .collect()
+}
+
+/// A content source as its tag value; the IDs are validated, so they need no escaping.
+fn source_tag(src: &ContentSource) -> String {
+    match src {
+        ContentSource::Snapshot(id) => format!("snapshot/{id}"),
+        ContentSource::Volume(id) => format!("volume/{id}"),
+    }
+}
+
+fn parse_source(value: &str) -> Option<ContentSource> {
+    let (kind, id) = value.split_once('/')?;
+    validate::volume_id("src", id).ok()?;
+    match kind {
+        "snapshot" => Some(ContentSource::Snapshot(id.to_owned())),
+        "volume" => Some(ContentSource::Volume(id.to_owned())),
+        _ => None,
+    }
+}
+
+/// The tags of a new snapshot of a volume of `size` bytes with filesystem `fs`.
+pub fn encode_snapshot(spec: &SnapshotSpec, size: u64, fs: Option<FsType>) -> Result<Vec<String>> {
+    let mut tags = vec![
+        format!("{PREFIX}v={VERSION}"),
+        tag("name".to_owned(), "snap", &escape(&spec.name))?,
+        format!("{PREFIX}source={}", spec.source_volume_id),
+        format!("{PREFIX}created={}", spec.created_ns),
+        format!("{PREFIX}size={size}"),
+    ];
+    if let Some(fs) = fs {
+        tags.push(format!("{PREFIX}fs={}", fs.as_str()));
+    }
+    Ok(tags)
+}
+
+/// Reads the tags of the snapshot LV `id` back. Errors say which tag is wrong.
+pub fn decode_snapshot(id: &str, tags: &[String]) -> Result<Snapshot, String> {
+    let mut version = None;
+    let mut name = None;
+    let mut source = None;
+    let mut created = None;
+    let mut size = None;
+    let mut fs_type = None;
+    for t in tags {
+        let Some(rest) = t.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let bad = || format!("tag {t:?} is malformed");
+        let (key, value) = rest.split_once('=').ok_or_else(bad)?;
+        match key {
+            "v" => version = Some(value.parse::<u32>().map_err(|_| bad())?),
+            "snap" => name = Some(unescape(value).ok_or_else(bad)?),
+            "source" => {
+                validate::volume_id("source", value).map_err(|_| bad())?;
+                source = Some(value.to_owned());
+            }
+            "created" => created = Some(value.parse::<u64>().map_err(|_| bad())?),
+            "size" => size = Some(value.parse::<u64>().map_err(|_| bad())?),
+            "fs" => fs_type = Some(FsType::parse(value).ok_or_else(bad)?),
+            _ => return Err(format!("tag {t:?} is not one a snapshot carries")),
+        }
+    }
+    if version != Some(VERSION) {
+        return Err(format!("no {PREFIX}v={VERSION} tag"));
+    }
+    let missing = |k: &str| format!("no {PREFIX}{k} tag");
+    Ok(Snapshot {
+        id: id.to_owned(),
+        name: name.ok_or_else(|| missing("snap"))?,
+        source_volume_id: source.ok_or_else(|| missing("source"))?,
+        created_ns: created.ok_or_else(|| missing("created"))?,
+        size_bytes: size.ok_or_else(|| missing("size"))?,
+        fs_type,
+    })
 }
 
 /// Whether an LV carries any iolane tag.
@@ -144,6 +248,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
     let mut fs_type = None;
     let mut params = BTreeMap::new();
     let mut tier = BTreeMap::new();
+    let mut source = None;
     for t in tags {
         let Some(rest) = t.strip_prefix(PREFIX) else {
             continue;
@@ -155,6 +260,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
             "name" => name = Some(unescape(value).ok_or_else(bad)?),
             "required" => required = Some(value.parse::<u64>().map_err(|_| bad())?),
             "fs" => fs_type = Some(FsType::parse(value).ok_or_else(bad)?),
+            "src" => source = Some(parse_source(value).ok_or_else(bad)?),
             _ => {
                 let unknown = || format!("tag {t:?} is not one this driver knows");
                 let (map, k) = if let Some(k) = key.strip_prefix("p/") {
@@ -186,6 +292,7 @@ pub fn decode(tags: &[String]) -> Result<Tagged, String> {
         fs_type,
         parameters,
         tier,
+        source,
     })
 }
 
@@ -215,6 +322,7 @@ mod tests {
                 ("iolane.dev/read-iops".to_owned(), "200".to_owned()),
             ]))
             .unwrap(),
+            source: None,
         }
     }
 
@@ -290,6 +398,7 @@ mod tests {
                 fs_type: Some(FsType::Xfs),
                 parameters: s.parameters.clone(),
                 tier: s.tier.clone(),
+                source: None,
             }
         );
     }
@@ -330,5 +439,49 @@ mod tests {
         v2[0] = "iolane.dev/v=2".to_owned();
         assert!(decode(&v2).unwrap_err().contains("version 2"));
         assert!(decode(&base[1..]).unwrap_err().contains("iolane.dev/v"));
+    }
+
+    #[test]
+    fn clone_and_snapshot_tags_round_trip() {
+        let mut s = spec("clone", &[]);
+        s.source = Some(ContentSource::Snapshot(crate::volume::snapshot_id_for("s")));
+        let tags = encode(&s).unwrap();
+        assert!(
+            tags.iter()
+                .any(|t| t.starts_with("iolane.dev/src=snapshot/iolsnap-"))
+        );
+        assert_eq!(decode(&tags).unwrap().source, s.source);
+
+        let snap = SnapshotSpec {
+            id: crate::volume::snapshot_id_for("snap, with ünïcode"),
+            name: "snap, with ünïcode".to_owned(),
+            source_volume_id: volume_id_for("v"),
+            created_ns: 1_700_000_000_123_456_789,
+        };
+        let tags = encode_snapshot(&snap, 64 << 20, Some(FsType::Ext4)).unwrap();
+        for t in &tags {
+            assert!(lvm_charset(t) && t.len() <= MAX_TAG_LEN, "{t}");
+        }
+        assert_eq!(
+            decode_snapshot(&snap.id, &tags).unwrap(),
+            Snapshot {
+                id: snap.id.clone(),
+                name: snap.name.clone(),
+                source_volume_id: snap.source_volume_id.clone(),
+                size_bytes: 64 << 20,
+                created_ns: snap.created_ns,
+                fs_type: Some(FsType::Ext4),
+            }
+        );
+        // A volume's tags are not a snapshot's, nor the other way round.
+        assert!(decode_snapshot(&snap.id, &encode(&s).unwrap()).is_err());
+        assert!(decode(&tags).is_err());
+        let mut bad = tags.clone();
+        bad.push("iolane.dev/created=yesterday".to_owned());
+        assert!(
+            decode_snapshot(&snap.id, &bad)
+                .unwrap_err()
+                .contains("created")
+        );
     }
 }

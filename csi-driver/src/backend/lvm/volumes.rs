@@ -1,10 +1,10 @@
-//! The volume operations of the lvm backend: get, list, create, delete, expand and the
-//! capacity left, each against the index and admission.
+//! The volume operations of the lvm backend: get, list, create, delete, expand, the tier
+//! swap of live re-tiering and the capacity left, each against the index and admission.
 
 use super::admission::{admit, capacity_of, usage};
 use super::index::Entry;
 use super::report::Lv;
-use super::{Created, DeviceClass, LvmBackend, tags};
+use super::{Created, DeviceClass, LV_PREFIX, LvmBackend, tags};
 use crate::error::{Error, Result};
 use crate::volume::{Capacity, CreateSpec, Parameters, Volume};
 
@@ -80,10 +80,9 @@ impl LvmBackend {
         let rows = self.report_all().await?;
         self.absorb_all(&rows);
         let mut out = Vec::new();
-        for lv in rows
-            .iter()
-            .filter(|l| tags::is_ours(&l.tags) && self.class_of(l).is_some())
-        {
+        for lv in rows.iter().filter(|l| {
+            l.name.starts_with(LV_PREFIX) && tags::is_ours(&l.tags) && self.class_of(l).is_some()
+        }) {
             match Self::volume_of(lv) {
                 Ok(v) => out.push(v),
                 Err(e) => {
@@ -146,6 +145,7 @@ impl LvmBackend {
             fs_type: spec.fs_type,
             parameters: spec.parameters.clone(),
             tier: spec.tier.clone(),
+            source: None,
         };
         {
             let mut index = self.index();
@@ -181,6 +181,37 @@ impl LvmBackend {
         let mut u = usage(&class.cfg, &rows)?;
         u.provisioned += self.index().reserved_in(ci, Some(&rows));
         Ok(capacity_of(&class.cfg, &u))
+    }
+
+    /// [`Backend::set_tier`](super::Backend::set_tier): the old tier tags out and the new
+    /// ones in, in one `lvchange`; the index follows.
+    pub(super) async fn set_volume_tier(
+        &self,
+        id: &str,
+        tier: &iops_controller::ResolvedTier,
+    ) -> Result<Volume> {
+        let e = self
+            .lookup(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        if e.volume.tier.as_ref() == Some(tier) {
+            return Ok(e.volume);
+        }
+        let old = match &e.volume.tier {
+            Some(t) => tags::tier_tags(t)?,
+            None => Vec::new(),
+        };
+        let new = tags::tier_tags(tier)?;
+        let delete: Vec<String> = old.iter().filter(|t| !new.contains(t)).cloned().collect();
+        let add: Vec<String> = new.iter().filter(|t| !old.contains(t)).cloned().collect();
+        self.os.retag_lv(&e.vg, id, &delete, &add).await?;
+        let mut volume = e.volume;
+        volume.tier = Some(tier.clone());
+        if let Some(x) = self.index().volumes.get_mut(id) {
+            x.volume.tier = Some(tier.clone());
+        }
+        tracing::debug!(volume.id = %id, vg = %e.vg, tier = %tier.name, "replaced the tier tags");
+        Ok(volume)
     }
 
     /// [`Backend::expand`](super::Backend::expand).

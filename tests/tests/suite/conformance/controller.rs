@@ -1,5 +1,6 @@
 //! The rest of the Controller service's volume calls: DeleteVolume (idempotency, path
-//! traversal), ValidateVolumeCapabilities and ListVolumes (paging and tokens).
+//! traversal), ValidateVolumeCapabilities, ListVolumes (paging and tokens) and
+//! ControllerModifyVolume on the node's own socket.
 
 use super::*;
 
@@ -283,4 +284,100 @@ async fn list_volumes_paging_and_tokens() {
         delete(&mut d, &id).await;
     }
     assert!(d.backend_state().is_empty());
+}
+
+/// The tier ListVolumes reports for `id` (its stored tier, in `volume_context`).
+async fn listed_tier(d: &mut Driver, id: &str) -> Option<String> {
+    let r = d
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await;
+    ok(r, "ListVolumes")
+        .entries
+        .into_iter()
+        .filter_map(|e| e.volume)
+        .find(|v| v.volume_id == id)
+        .and_then(|v| v.volume_context.get("iolane.dev/tier").cloned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modify_volume_checks_its_input_then_re_tiers_the_volume() {
+    require_root!();
+    let mut d = Driver::start().await;
+    let modify = |id: &str, pairs: &[(&str, &str)]| csi::ControllerModifyVolumeRequest {
+        volume_id: id.to_owned(),
+        mutable_parameters: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let v = create(&mut d, "retier", &mount_cap(""), 64 * MIB).await;
+    assert_eq!(
+        listed_tier(&mut d, &v.volume_id).await.as_deref(),
+        Some("batch")
+    );
+
+    for (req, code, field) in [
+        (modify("", &[]), Code::InvalidArgument, "volume_id"),
+        (modify("../x", &[]), Code::InvalidArgument, "volume_id"),
+        (modify(UNKNOWN_ID, &[]), Code::NotFound, UNKNOWN_ID),
+        (
+            modify(&v.volume_id, &[("XXX_FakeKey", "x")]),
+            Code::InvalidArgument,
+            "XXX_FakeKey",
+        ),
+        (
+            modify(&v.volume_id, &[("iolane.dev/tier", "gold")]),
+            Code::InvalidArgument,
+            "iolane.dev/tier",
+        ),
+        (
+            modify(&v.volume_id, &[("iolane.dev/read-iops", "-1")]),
+            Code::InvalidArgument,
+            "iolane.dev/read-iops",
+        ),
+        // Not a mutable parameter: the priority follows the tier.
+        (
+            modify(&v.volume_id, &[("iolane.dev/priority", "streaming")]),
+            Code::InvalidArgument,
+            "iolane.dev/priority",
+        ),
+    ] {
+        let r = d.controller.controller_modify_volume(req.clone()).await;
+        let s = expect_code(r, code, &format!("ControllerModifyVolume {req:?}"));
+        assert!(s.message().contains(field), "{req:?}: {}", s.message());
+    }
+    // Nothing changed by the refused requests.
+    assert_eq!(
+        listed_tier(&mut d, &v.volume_id).await.as_deref(),
+        Some("batch")
+    );
+
+    // No parameters: nothing to change. A tier: stored, and the same again is a no-op.
+    ok(
+        d.controller
+            .controller_modify_volume(modify(&v.volume_id, &[]))
+            .await,
+        "ControllerModifyVolume without parameters",
+    );
+    for i in 0..2 {
+        ok(
+            d.controller
+                .controller_modify_volume(modify(&v.volume_id, &[("iolane.dev/tier", "streaming")]))
+                .await,
+            &format!("ControllerModifyVolume streaming #{i}"),
+        );
+        assert_eq!(
+            listed_tier(&mut d, &v.volume_id).await.as_deref(),
+            Some("streaming")
+        );
+    }
+    // The stored tier survives a restart.
+    d.restart().await;
+    assert_eq!(
+        listed_tier(&mut d, &v.volume_id).await.as_deref(),
+        Some("streaming")
+    );
+    delete(&mut d, &v.volume_id).await;
 }

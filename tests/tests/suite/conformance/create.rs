@@ -261,10 +261,29 @@ async fn create_volume_rejects_bad_arguments_and_creates_nothing() {
             },
         )),
     });
+    let unknown_snapshot = r.clone();
+    if !is_lvm() {
+        cases.push((
+            "content source (the loop backend has no snapshots or clones)",
+            r,
+            "volume_content_source",
+        ));
+    }
+    let mut r = good();
+    r.volume_content_source = Some(csi::VolumeContentSource { r#type: None });
+    cases.push(("content source naming nothing", r, "volume_content_source"));
+    let mut r = good();
+    r.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: "../x".to_owned(),
+            },
+        )),
+    });
     cases.push((
-        "content source (clones are not supported)",
+        "content source with a malformed volume ID",
         r,
-        "volume_content_source",
+        "volume_content_source.volume.volume_id",
     ));
 
     for (what, req, field) in cases {
@@ -278,6 +297,15 @@ async fn create_volume_rejects_bad_arguments_and_creates_nothing() {
             "CreateVolume with {what}: message {:?} does not name {field:?}",
             s.message()
         );
+    }
+    if is_lvm() {
+        // Well formed, but no such snapshot on this node.
+        let s = expect_code(
+            d.controller.create_volume(unknown_snapshot).await,
+            Code::NotFound,
+            "CreateVolume from a snapshot that does not exist",
+        );
+        assert!(s.message().contains("snap-1"), "{:?}", s.message());
     }
     assert_nothing_created(&d, &state, "after invalid CreateVolume calls").await;
     assert!(list_ids(&mut d).await.is_empty());

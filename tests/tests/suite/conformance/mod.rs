@@ -28,8 +28,8 @@ use iolane_tests::csi;
 use iolane_tests::{
     CAP_SYS_RESOURCE, Driver, GIB, MIB, NODE_ID, Options, TOPOLOGY_KEY, block_cap,
     block_device_size, capability, create_request, entries_under, expect_code, files_under,
-    has_capability, have_program, mount_at, mount_cap, mounts, node_topology, ok, pattern, poll,
-    publish_request, read_prefix, repeats, require_root, round_up, sha256, size_unit, skip,
+    has_capability, have_program, is_lvm, mount_at, mount_cap, mounts, node_topology, ok, pattern,
+    poll, publish_request, read_prefix, repeats, require_root, round_up, sha256, size_unit, skip,
     stage_request, unpublish_request, unstage_request, with_mode, write_synced,
 };
 

@@ -1,6 +1,6 @@
 //! lvm backend scenarios that only a real kernel with dm-thin can run (the VM of
 //! `tests/vm/`): a full thin pool, no stale data across delete and create, SIGKILL in the
-//! middle of a stream of creates, and a reboot (two boots on the same disks, run by
+//! middle of a stream of creates, snapshots and clones (`snapshots.rs`), and a reboot (two boots on the same disks, run by
 //! `tests/vm/reboot.sh`). Every test returns early with a printed reason unless
 //! `IOLANE_TEST_BACKEND=lvm` (see `iolane_tests::test_backend`); the tests share the VGs, so
 //! they run one at a time (`--test-threads 1`).
@@ -17,6 +17,7 @@
 mod pool_full;
 mod reboot;
 mod sigkill;
+mod snapshots;
 mod stale_data;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,9 +29,10 @@ use std::time::{Duration, Instant};
 use iolane_tests::csi;
 use iolane_tests::{
     AlignedBuf, DEFAULT_VG, Driver, GIB, LVM_EXTENT, LvmClass, MIB, Options, TestBackend,
-    block_cap, create_request, lvm_lvs, lvm_volume_lvs, mount_cap, note, ok, open_direct, pattern,
-    poll, publish_request, read_direct, require_lvm, run, sha256, stage_request, test_backend,
-    unpublish_request, unstage_request, volume_id_for, write_direct, write_synced,
+    block_cap, create_request, lvm_lvs, lvm_snapshot_lvs, lvm_volume_lvs, mount_cap, note, ok,
+    open_direct, pattern, poll, publish_request, read_direct, require_lvm, run, sha256,
+    stage_request, test_backend, unpublish_request, unstage_request, volume_id_for, write_direct,
+    write_synced,
 };
 use tonic::Code;
 

@@ -1,13 +1,16 @@
-//! No stale data: a new volume never reads what a deleted volume (or a raw LV) wrote to
-//! the same extents of the small pool.
+//! No stale data: a new volume never reads what a deleted volume wrote to the same chunks
+//! of the small pool, with the pool's zeroing of new chunks turned off during the driver's
+//! run, so that only the driver's discard protects the next tenant. A control run with the
+//! discard left out (raw LVM, in a sibling pool of the same chunk size and zeroing off, on
+//! the same device) must show leaked data, so the check can fail at all.
 
 use super::*;
 
 /// The byte the old volume is filled with.
-const OLD_BYTE: u8 = 0x5a;
+pub(super) const OLD_BYTE: u8 = 0x5a;
 
 /// Fills `len` bytes of `dev` with [`OLD_BYTE`] (O_DIRECT, 1 MiB at a time) and fsyncs.
-fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
+pub(super) fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
     let f = open_direct(dev, true)?;
     let mut buf = AlignedBuf::new(1 << 20);
     buf.as_mut_slice().fill(OLD_BYTE);
@@ -20,21 +23,21 @@ fn fill_old(dev: &Path, len: usize) -> std::io::Result<()> {
 
 /// What a fresh volume holds after a 4 KiB marker was written into each of its chunks.
 #[derive(Debug, Default)]
-struct Stale {
-    chunks: usize,
+pub(super) struct Stale {
+    pub(super) chunks: usize,
     /// Chunks with a non-zero byte the volume never wrote.
-    stale: usize,
+    pub(super) stale: usize,
     /// Of those, chunks whose stray bytes are the old volume's ([`OLD_BYTE`]).
-    old: usize,
-    first: Option<usize>,
+    pub(super) old: usize,
+    pub(super) first: Option<usize>,
     /// Non-zero bytes before any marker was written.
-    unwritten_nonzero: Option<usize>,
+    pub(super) unwritten_nonzero: Option<usize>,
 }
 
 /// Reads `len` bytes of a fresh volume (must be zeros), writes a 4 KiB marker at the start
 /// of each `chunk` (so the pool provisions every chunk, reusing freed blocks when the pool
 /// has no others), and reads everything back: the rest of each chunk must be zeros.
-fn probe_stale(dev: &Path, len: usize, chunk: usize) -> std::io::Result<Stale> {
+pub(super) fn probe_stale(dev: &Path, len: usize, chunk: usize) -> std::io::Result<Stale> {
     let mut out = Stale::default();
     let step = 1 << 20;
     for off in (0..len).step_by(step) {
@@ -73,7 +76,10 @@ fn probe_stale(dev: &Path, len: usize, chunk: usize) -> std::io::Result<Stale> {
     Ok(out)
 }
 
-/// `lvcreate`/`lvremove` straight, for the control run.
+/// The control's own thin pool in the small VG (same device, chunk size, zeroing off).
+const CONTROL_POOL: &str = "control";
+
+/// `lvcreate`/`lvremove` straight in the control pool, for the control run.
 fn raw_lv(create: bool, name: &str, size: usize) {
     if create {
         run(
@@ -85,7 +91,7 @@ fn raw_lv(create: bool, name: &str, size: usize) {
                 "-V",
                 &format!("{size}b"),
                 "--thinpool",
-                "pool",
+                CONTROL_POOL,
                 "-n",
                 name,
                 SMALL_VG,
@@ -129,36 +135,11 @@ async fn lvm_new_volume_never_reads_a_deleted_volumes_data() {
         discard_max.trim()
     ));
 
-    // Control: the same sequence with raw LVM, no discard and the pool's zeroing off. It
-    // shows that this pool and device would hand a deleted LV's bytes to the next one, so
-    // that the check below can fail at all.
+    // The driver, with the pool's zeroing off: CreateVolume, fill, DeleteVolume,
+    // CreateVolume of the same size.
     let pool_lv = format!("{SMALL_VG}/pool");
     let zeroing = pool.attr.as_bytes().get(7) == Some(&b'z');
-    run("lvchange", &["-q", "--zero", "n", &pool_lv]);
-    raw_lv(true, "control-old", size);
-    let old_dev = PathBuf::from(format!("/dev/{SMALL_VG}/control-old"));
-    fill_old(&old_dev, size).expect("fill the control's old LV");
-    raw_lv(false, "control-old", 0);
-    raw_lv(true, "control-new", size);
-    let control = probe_stale(
-        Path::new(&format!("/dev/{SMALL_VG}/control-new")),
-        size,
-        chunk,
-    )
-    .expect("probe the control's new LV");
-    raw_lv(false, "control-new", 0);
-    run(
-        "lvchange",
-        &["-q", "--zero", if zeroing { "y" } else { "n" }, &pool_lv],
-    );
-    note(format!(
-        "control (lvremove without discard, pool zeroing off): {control:?}"
-    ));
-    if control.stale == 0 {
-        note("the control leaked nothing: on this pool and device the check below cannot fail");
-    }
-
-    // The driver: CreateVolume, fill, DeleteVolume, CreateVolume of the same size.
+    let _zero = ZeroingOff::new(&pool_lv, zeroing);
     let cap = block_cap();
     let size_i = i64::try_from(size).expect("fits");
     let old = create(&mut d, "stale-old", &cap, size_i).await;
@@ -175,6 +156,45 @@ async fn lvm_new_volume_never_reads_a_deleted_volumes_data() {
     unpublish_unstage(&mut d, &new.volume_id, &staging, &target).await;
     delete(&mut d, &new.volume_id).await;
     d.assert_no_leaks("after the stale-data test").await;
+
+    // Control: the same sequence with raw LVM and no discard, in a pool of its own.
+    run(
+        "lvcreate",
+        &[
+            "-q",
+            "-T",
+            "-L",
+            &format!("{}b", pool.size),
+            "--chunksize",
+            &format!("{}k", chunk / 1024),
+            "--zero",
+            "n",
+            &format!("{SMALL_VG}/{CONTROL_POOL}"),
+        ],
+    );
+    raw_lv(true, "control-old", size);
+    let old_dev = PathBuf::from(format!("/dev/{SMALL_VG}/control-old"));
+    fill_old(&old_dev, size).expect("fill the control's old LV");
+    raw_lv(false, "control-old", 0);
+    raw_lv(true, "control-new", size);
+    let control = probe_stale(
+        Path::new(&format!("/dev/{SMALL_VG}/control-new")),
+        size,
+        chunk,
+    )
+    .expect("probe the control's new LV");
+    raw_lv(false, "control-new", 0);
+    run(
+        "lvremove",
+        &["-q", "-y", &format!("{SMALL_VG}/{CONTROL_POOL}")],
+    );
+    note(format!(
+        "control (lvremove without discard, zeroing off): {control:?}"
+    ));
+    assert!(
+        control.old > 0,
+        "the control leaked nothing: on this pool and device the check cannot fail ({control:?})"
+    );
     assert!(
         got.unwritten_nonzero.is_none(),
         "the new volume reads non-zero bytes before anything was written to it (first at offset {:?})",
@@ -188,4 +208,33 @@ async fn lvm_new_volume_never_reads_a_deleted_volumes_data() {
         got.first,
         got.old
     );
+}
+
+/// Turns a thin pool's zeroing of new chunks off, and back to `restore` when dropped (also
+/// when the test fails).
+pub(super) struct ZeroingOff {
+    pool: String,
+    restore: bool,
+}
+
+impl ZeroingOff {
+    pub(super) fn new(pool: &str, restore: bool) -> ZeroingOff {
+        run("lvchange", &["-q", "--zero", "n", pool]);
+        ZeroingOff {
+            pool: pool.to_owned(),
+            restore,
+        }
+    }
+}
+
+impl Drop for ZeroingOff {
+    fn drop(&mut self) {
+        let z = if self.restore { "y" } else { "n" };
+        if let Err(e) = iolane_tests::try_run("lvchange", &["-q", "--zero", z, &self.pool]) {
+            note(format!(
+                "could not set zeroing of {} back to {z}: {e}",
+                self.pool
+            ));
+        }
+    }
 }

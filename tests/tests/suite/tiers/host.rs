@@ -1,5 +1,6 @@
 //! The `publish_*` tests: a tempdir cgroup root of plain files, so the `io.max` line the
-//! driver writes at publish (and removes at unpublish) is the file's whole content.
+//! driver writes at publish (and removes at unpublish, re-computes after an expansion) is
+//! the file's whole content.
 
 use super::*;
 
@@ -232,4 +233,118 @@ async fn publish_writes_the_tiers_four_caps_for_the_volumes_own_device_and_unpub
         );
     }
     d.assert_no_leaks("after the tier volumes are gone").await;
+}
+
+/// A tier with per-GiB IOPS caps: 100 reads and 50 writes per GiB.
+const PER_GIB_TIERS: &str = "[tiers.perf]\npriority = \"batch\"\nread_bps = \"max\"\nwrite_bps = \"max\"\nper_gib = { read_iops = 100, write_iops = 50, floor_gib = 1, ceiling_gib = 100 }\n";
+
+#[tokio::test]
+async fn publish_caps_follow_the_size_after_node_expand_volume() {
+    require_root!();
+    let cg = tempfile::tempdir().expect("tempdir");
+    let cg_root = cg.path().canonicalize().expect("canonicalize");
+    let mut d = Driver::start_with(Options {
+        args: vec!["--cgroup-root".into(), cg_root.display().to_string()],
+        config: Some(PER_GIB_TIERS.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let pod = uuid();
+    let pod_cg = fake_pod_cgroup(&cg_root, &pod);
+    let mut req = create_request("tier-grow", vec![block_cap()], GIB, 0);
+    req.parameters = params(&[(TIER_KEY, "perf")]);
+    let vol = ok(d.controller.create_volume(req).await, "CreateVolume perf")
+        .volume
+        .expect("volume");
+    let staging = d.make_staging("tier-grow");
+    ok(
+        d.node
+            .node_stage_volume(stage_request(&vol.volume_id, &staging, &block_cap()))
+            .await,
+        "NodeStage",
+    );
+    let dir = d
+        .root()
+        .join("kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv-grow");
+    fs::create_dir_all(&dir).expect("create publish dir");
+    let target = dir.join(&pod);
+    let mut publish = publish_request(
+        &vol.volume_id,
+        &staging,
+        &target.to_string_lossy(),
+        &block_cap(),
+        false,
+    );
+    publish
+        .volume_context
+        .insert(POD_UID_KEY.into(), pod.clone());
+    ok(d.node.node_publish_volume(publish).await, "NodePublish");
+    let dev = stat_dev(&target);
+    let caps_now = |riops: &str, wiops: &str| {
+        let text = cat_io_max(&pod_cg);
+        let line = line_of(&text, &dev).unwrap_or_else(|| panic!("no line in {text:?}"));
+        assert_caps(
+            &line,
+            &dev,
+            [
+                ("rbps", "max"),
+                ("wbps", "max"),
+                ("riops", riops),
+                ("wiops", wiops),
+            ],
+        );
+    };
+    caps_now("100", "50");
+
+    // Grown to 3 GiB: the controller side, then the node's own expansion re-caps the pod.
+    let range = Some(csi::CapacityRange {
+        required_bytes: 3 * GIB,
+        limit_bytes: 0,
+    });
+    ok(
+        d.controller
+            .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                capacity_range: range,
+                ..Default::default()
+            })
+            .await,
+        "ControllerExpandVolume",
+    );
+    ok(
+        d.node
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_path: target.to_string_lossy().into_owned(),
+                capacity_range: range,
+                volume_capability: Some(block_cap()),
+                ..Default::default()
+            })
+            .await,
+        "NodeExpandVolume",
+    );
+    caps_now("300", "150");
+
+    ok(
+        d.node
+            .node_unpublish_volume(unpublish_request(&vol.volume_id, &target.to_string_lossy()))
+            .await,
+        "NodeUnpublish",
+    );
+    ok(
+        d.node
+            .node_unstage_volume(unstage_request(&vol.volume_id, &staging))
+            .await,
+        "NodeUnstage",
+    );
+    ok(
+        d.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        "DeleteVolume",
+    );
+    d.assert_no_leaks("after the expansion caps test").await;
 }

@@ -11,7 +11,9 @@
 //!   (`tests/vm/tiers.sh`): the cap measured with `iolane bench` (batch within 0.9-1.02x of
 //!   its limit, streaming well above it), the reconciler repairing a line written behind the
 //!   driver's back, re-applying after SIGKILL and restart, and the line gone after
-//!   unpublish. They return with a printed reason outside lvm mode or without cgroup v2 io.
+//!   unpublish; and (`retier::vm_*`) a running load's rate following a live re-tier to
+//!   uncapped and back within a second, from per-100 ms samples. They return with a printed
+//!   reason outside lvm mode or without cgroup v2 io.
 //! - `priority::vm_*`: the priority controllers (`[priority]`, on by default, issue 9) on a
 //!   disk QEMU throttles (`tests/vm/priority-test.sh`, a boot of its own in `all.sh`, not
 //!   `tiers.sh`): streaming keeps its solo rate and latency against four batch volumes,
@@ -21,7 +23,10 @@
 
 mod host;
 mod priority;
+// `vm` first: its `require_vm!` is used by `retier`.
+#[macro_use]
 mod vm;
+mod retier;
 
 use std::collections::HashMap;
 use std::fs;

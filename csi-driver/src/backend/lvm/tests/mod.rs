@@ -5,6 +5,7 @@
 mod admission;
 mod index;
 mod setup;
+mod snapshots;
 mod volumes;
 
 use std::sync::Arc;
@@ -136,6 +137,7 @@ fn spec(name: &str, size: u64) -> CreateSpec {
         fs_type: Some(FsType::Ext4),
         parameters: Parameters::default(),
         tier: None,
+        source: None,
     }
 }
 
