@@ -9,7 +9,7 @@
 //! floor = 0.05          # the batch class never gets less of a device while streaming runs
 //! headroom = 0.10       # kept free beyond what active streaming uses
 //! period_ms = 100       # how often the law runs
-//! default_iops = 2000   # where a device with no override starts (corrected online)
+//! default_iops = 2000   # where a device with no override or calibration starts (corrected online)
 //!
 //! [priority.devices.nvme0n1]      # or "259:0"
 //! iops = 1500                     # read and write IOPS; or read_iops / write_iops
@@ -167,6 +167,8 @@ impl PrioritySection {
             period: Duration::from_millis(self.period_ms),
             devices,
             default_model: DeviceModel::uniform_iops(default_iops),
+            // The node sets the state directory's store (`iolane bench --calibrate`).
+            calibrations: None,
         };
         Ok(self.enabled.then_some(config))
     }

@@ -139,15 +139,28 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
     if !after.devices.is_empty() {
         let _ = writeln!(
             out,
-            "{:<16} {:>12} {:>6} {:>10} {:>9} {:>7} {:>6} {:>9}",
-            "DEVICE", "CAPACITY", "SCALE", "STREAMING", "BATCH", "BUDGET", "SATUR", "VOLUMES"
+            "{:<16} {:>12} {:<10} {:>6} {:>10} {:>9} {:>7} {:>6} {:>9}",
+            "DEVICE",
+            "CAPACITY",
+            "FROM",
+            "SCALE",
+            "STREAMING",
+            "BATCH",
+            "BUDGET",
+            "SATUR",
+            "VOLUMES"
         );
         for d in &after.devices {
             let _ = writeln!(
                 out,
-                "{:<16} {:>7.0} IOPS {:>6.2} {:>10} {:>9.2} {:>7.2} {:>6} {:>3} s/{} b",
+                "{:<16} {:>7.0} IOPS {:<10} {:>6.2} {:>10} {:>9.2} {:>7.2} {:>6} {:>3} s/{} b",
                 d.name,
                 d.capacity_read_iops,
+                if d.capacity_source.is_empty() {
+                    "-"
+                } else {
+                    d.capacity_source.as_str()
+                },
                 d.capacity_scale,
                 format!(
                     "{:.2}{}",
@@ -307,6 +320,7 @@ mod tests {
                 capacity_read_iops: 400_000.0,
                 capacity_write_iops: 100_000.0,
                 capacity_scale: 1.0,
+                capacity_source: "calibrated".to_owned(),
                 streaming_use: 0.62,
                 batch_use: 0.05,
                 streaming_active: true,
@@ -332,7 +346,14 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("nvme0n1"))
             .unwrap_or_else(|| panic!("no device line:\n{text}"));
-        for want in ["400000 IOPS", "0.62 act", "0.05", "0.28", "1 s/4 b"] {
+        for want in [
+            "400000 IOPS",
+            "calibrated",
+            "0.62 act",
+            "0.05",
+            "0.28",
+            "1 s/4 b",
+        ] {
             assert!(device.contains(want), "{want:?} not in {device:?}");
         }
         // A snapshot round-trips through its JSON form.

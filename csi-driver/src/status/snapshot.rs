@@ -34,6 +34,11 @@ pub struct DeviceStatus {
     pub capacity_write_iops: f64,
     /// The online correction (1.0 = as calibrated or configured).
     pub capacity_scale: f64,
+    /// Where the capacity the controller started from came from: `config` (the node
+    /// config's `[priority.devices.*]`), `calibrated` (`iolane bench --calibrate`) or
+    /// `default` (`default_iops`).
+    #[serde(default)]
+    pub capacity_source: String,
     /// Use in the last period, fractions of the device.
     pub streaming_use: f64,
     pub batch_use: f64,
@@ -53,6 +58,7 @@ impl From<&iops_controller::priority::DeviceState> for DeviceStatus {
             capacity_read_iops: r.capacity.read_iops,
             capacity_write_iops: r.capacity.write_iops,
             capacity_scale: r.capacity_scale,
+            capacity_source: d.source.as_str().to_owned(),
             streaming_use: r.streaming_use,
             batch_use: r.batch_use,
             streaming_active: r.streaming_active,

@@ -33,6 +33,7 @@ use crate::device::DeviceNumber;
 use crate::reconcile::Reconciler;
 use crate::tier::{Limits, Priority, TierSet};
 
+use super::calibration::CalibrationStore;
 use super::controller::{Counters, DeviceController, DeviceReport, DeviceSample, Params};
 use super::model::DeviceModel;
 use super::topology::Topology;
@@ -55,6 +56,30 @@ pub struct PriorityConfig {
     pub devices: BTreeMap<String, DeviceModel>,
     /// The capacity of a device with no override.
     pub default_model: DeviceModel,
+    /// Where `iolane bench --calibrate` stored device capacities (the node's state
+    /// directory), read when a device's controller is created; `None`: no calibrations.
+    pub calibrations: Option<CalibrationStore>,
+}
+
+/// Where the capacity a device's controller started from came from, in precedence order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacitySource {
+    /// The node config's `[priority.devices.*]`.
+    Config,
+    /// `iolane bench --calibrate`, stored in the state directory.
+    Calibrated,
+    /// `default_iops`.
+    Default,
+}
+
+impl CapacitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacitySource::Config => "config",
+            CapacitySource::Calibrated => "calibrated",
+            CapacitySource::Default => "default",
+        }
+    }
 }
 
 impl Default for PriorityConfig {
@@ -64,6 +89,7 @@ impl Default for PriorityConfig {
             period: Duration::from_millis(100),
             devices: BTreeMap::new(),
             default_model: DeviceModel::uniform_iops(DEFAULT_START_IOPS),
+            calibrations: None,
         }
     }
 }
@@ -80,6 +106,8 @@ pub struct DeviceState {
     /// The device's kernel name (or `MAJ:MIN`), `+`-joined when a volume spans several.
     pub name: String,
     pub report: DeviceReport,
+    /// Where the capacity the controller started from came from.
+    pub source: CapacitySource,
     /// Publications on the device by class: (streaming, batch).
     pub publications: (usize, usize),
 }
@@ -94,6 +122,13 @@ pub struct PriorityPass {
     pub devices: Vec<DeviceState>,
 }
 
+/// One physical device's controller, with what is looked up once when it is created.
+struct Device {
+    controller: DeviceController<Key>,
+    name: String,
+    source: CapacitySource,
+}
+
 /// The per-device controllers of a node and what they need across passes.
 pub struct NodePriority {
     config: PriorityConfig,
@@ -104,7 +139,7 @@ pub struct NodePriority {
     ceilings: BTreeMap<PathBuf, Limits>,
     /// Volume device -> the physical devices under it.
     physical: BTreeMap<DeviceNumber, DeviceSet>,
-    controllers: BTreeMap<DeviceSet, DeviceController<Key>>,
+    controllers: BTreeMap<DeviceSet, Device>,
     epoch: Instant,
     /// Each input's counters and when they last moved: a batch volume held to a few IOPS
     /// completes nothing in most periods, and would flip between active and idle (and its
@@ -146,21 +181,59 @@ impl NodePriority {
         self.ceilings.insert(target.to_owned(), ceiling);
     }
 
-    /// The capacity a new controller for `set` starts from.
-    fn model_for(&self, set: &DeviceSet) -> DeviceModel {
+    /// The capacity a new controller for `set` starts from, and where it came from: the
+    /// node config (by `MAJ:MIN` or kernel name, the first member with one), else the
+    /// calibrations of the set's devices (summed: a pool over several PVs), all of them
+    /// needed, else the default.
+    fn model_for(&self, set: &DeviceSet) -> (DeviceModel, CapacitySource) {
         for dev in set {
             if let Some(m) = self.config.devices.get(&dev.to_string()) {
-                return *m;
+                return (*m, CapacitySource::Config);
             }
             if let Some(m) = self
                 .topology
                 .name(*dev)
                 .and_then(|n| self.config.devices.get(&n))
             {
-                return *m;
+                return (*m, CapacitySource::Config);
             }
         }
-        self.config.default_model
+        if let Some(store) = &self.config.calibrations {
+            let mut sum: Option<DeviceModel> = None;
+            for dev in set {
+                let Some(id) = self.topology.identity(*dev) else {
+                    sum = None;
+                    break;
+                };
+                match store.load(&id) {
+                    Ok(Some(c)) => {
+                        let m = c.model;
+                        sum = Some(match sum {
+                            None => m,
+                            Some(s) => DeviceModel {
+                                read_iops: s.read_iops + m.read_iops,
+                                write_iops: s.write_iops + m.write_iops,
+                                read_bps: s.read_bps + m.read_bps,
+                                write_bps: s.write_bps + m.write_bps,
+                            },
+                        });
+                    }
+                    Ok(None) => {
+                        sum = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %dev, identity = %id, error = %e, "priority: calibration not read");
+                        sum = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(m) = sum {
+                return (m, CapacitySource::Calibrated);
+            }
+        }
+        (self.config.default_model, CapacitySource::Default)
     }
 
     fn set_name(&self, set: &DeviceSet) -> String {
@@ -281,22 +354,29 @@ impl NodePriority {
         // 2. One pass per device.
         let mut writes: Vec<(Key, Limits)> = Vec::new();
         for (set, samples) in &groups {
-            let model = self.model_for(set);
-            let name = self.set_name(set);
-            let controller = match self.controllers.entry(set.clone()) {
-                std::collections::btree_map::Entry::Occupied(c) => c.into_mut(),
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    match DeviceController::new(model, self.config.params) {
-                        Ok(c) => {
-                            tracing::info!(device = %name, read_iops = model.read_iops, write_iops = model.write_iops, "priority: controlling a device");
-                            slot.insert(c)
-                        }
-                        Err(e) => {
-                            out.errors.push(format!("device {name}: {e}"));
-                            continue;
-                        }
+            if !self.controllers.contains_key(set) {
+                let (model, source) = self.model_for(set);
+                let name = self.set_name(set);
+                match DeviceController::new(model, self.config.params) {
+                    Ok(controller) => {
+                        tracing::info!(device = %name, read_iops = model.read_iops, write_iops = model.write_iops, read_bps = model.read_bps, write_bps = model.write_bps, source = source.as_str(), "priority: controlling a device");
+                        self.controllers.insert(
+                            set.clone(),
+                            Device {
+                                controller,
+                                name,
+                                source,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        out.errors.push(format!("device {name}: {e}"));
+                        continue;
                     }
                 }
+            }
+            let Some(entry) = self.controllers.get_mut(set) else {
+                continue;
             };
             let device = set.iter().try_fold(DeviceSample::default(), |acc, d| {
                 let s = self.topology.stat(*d).ok()?;
@@ -305,14 +385,15 @@ impl NodePriority {
                     weighted_ms: acc.weighted_ms + s.weighted_ms,
                 })
             });
-            let decision = controller.pass(now, samples, device);
+            let decision = entry.controller.pass(now, samples, device);
             let streaming = samples
                 .iter()
                 .filter(|s| s.class == Priority::Streaming)
                 .count();
             out.devices.push(DeviceState {
-                name,
+                name: entry.name.clone(),
                 report: decision.report,
+                source: entry.source,
                 publications: (streaming, samples.len() - streaming),
             });
             writes.extend(decision.limits);

@@ -95,6 +95,12 @@ impl Topology {
             .map(str::to_owned)
     }
 
+    /// The identity of `dev` that survives reboots (its `wwid`, serial, or name; see
+    /// [`super::calibration::identity`]).
+    pub fn identity(&self, dev: DeviceNumber) -> Option<String> {
+        super::calibration::identity(&self.dir(dev))
+    }
+
     /// `dev`'s `stat` counters.
     pub fn stat(&self, dev: DeviceNumber) -> io::Result<BlockStat> {
         let path = self.dir(dev).join("stat");

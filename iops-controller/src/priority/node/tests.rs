@@ -223,3 +223,71 @@ fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_droppe
     assert_eq!(names, ["nvme0n1"]);
     assert_eq!(p.devices[0].publications, (0, 1));
 }
+
+#[test]
+fn capacity_precedence_is_config_then_calibration_then_default() {
+    use crate::priority::calibration::{Calibration, CalibrationStore};
+    let mut n = node();
+    let state = tempfile::tempdir().unwrap();
+    let store = CalibrationStore::in_state_dir(state.path());
+    let calibrate = |id: &str, iops: f64| {
+        store
+            .save(&Calibration {
+                identity: id.to_owned(),
+                name: "x".to_owned(),
+                model: DeviceModel::uniform_iops(iops),
+                measured_unix: 1,
+            })
+            .unwrap();
+    };
+    let pass = |n: &mut Node, ms: u64| {
+        n.priority
+            .pass_at(Duration::from_millis(ms), &mut n.reconciler, n.fs.as_ref())
+    };
+    // No store: nvme0n1 starts at the default, nvme1n1 at its config value.
+    let p = pass(&mut n, 0);
+    let got: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| (d.source, d.report.capacity.read_iops))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (CapacitySource::Default, 1000.0),
+            (CapacitySource::Config, 4000.0)
+        ]
+    );
+    // Both devices calibrated (nvme0n1 by its wwid, nvme1n1 by its name): a controller
+    // created from now on starts from the calibration, except where the config says.
+    fs::write(n._sys.path().join("dev/block/259:0/wwid"), "eui.00aa\n").unwrap();
+    calibrate("wwid:eui.00aa", 3000.0);
+    calibrate("name:nvme1n1", 9999.0);
+    n.priority.config.calibrations = Some(store.clone());
+    // Existing controllers keep their capacity (and their online correction).
+    let p = pass(&mut n, 100);
+    assert_eq!(p.devices[0].source, CapacitySource::Default);
+    // Recreated (their publications went and came back): calibration, config.
+    n.priority.controllers.clear();
+    let p = pass(&mut n, 200);
+    let got: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| (d.source, d.report.capacity.read_iops))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (CapacitySource::Calibrated, 3000.0),
+            (CapacitySource::Config, 4000.0)
+        ]
+    );
+    // A garbled calibration file is not a capacity: the default, and the pass goes on.
+    fs::write(store.path_of("wwid:eui.00aa"), "read_iops=oops\n").unwrap();
+    n.priority.controllers.clear();
+    let p = pass(&mut n, 300);
+    assert_eq!(
+        (p.devices[0].source, p.devices[0].report.capacity.read_iops),
+        (CapacitySource::Default, 1000.0)
+    );
+}

@@ -19,8 +19,12 @@
 //!   `tiers.sh`): streaming keeps its solo rate and latency against four batch volumes,
 //!   batch alone gets the device, the floor and the reaction times.
 //!
+//! - `calibration::`: `iolane bench --calibrate` on a real loop device, and the node
+//!   starting the state directory's disk from the stored capacity (loop backend, host).
+//!
 //! Environment: `IOLANE_TEST_BENCH_SECS` (seconds per load run, default 5).
 
+mod calibration;
 mod host;
 mod priority;
 // `vm` first: its `require_vm!` is used by `retier`.
