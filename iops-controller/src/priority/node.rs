@@ -24,8 +24,9 @@
 //!
 //! The tier's caps stay the hard ceiling: the law never returns more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, CgroupFs};
@@ -94,8 +95,53 @@ impl Default for PriorityConfig {
     }
 }
 
-/// One controller input: a pod's cgroup and the volume device in it.
-type Key = (PathBuf, DeviceNumber);
+/// One controller input (a pod's cgroup and the volume device in it), as an id interned
+/// by [`Interned`]: the controllers' maps and sorts compare integers, not paths.
+type Key = u64;
+
+/// The ids of (pod cgroup, volume device) pairs, both ways.
+#[derive(Debug, Default)]
+struct Interned {
+    ids: HashMap<PathBuf, Vec<(DeviceNumber, Key)>>,
+    keys: HashMap<Key, (PathBuf, DeviceNumber)>,
+    next: Key,
+}
+
+impl Interned {
+    fn id(&mut self, cgroup: &Path, dev: DeviceNumber) -> Key {
+        if let Some(k) = self
+            .ids
+            .get(cgroup)
+            .and_then(|v| v.iter().find(|(d, _)| *d == dev))
+        {
+            return k.1;
+        }
+        let k = self.next;
+        self.next += 1;
+        self.ids
+            .entry(cgroup.to_owned())
+            .or_default()
+            .push((dev, k));
+        self.keys.insert(k, (cgroup.to_owned(), dev));
+        k
+    }
+
+    fn get(&self, k: Key) -> Option<&(PathBuf, DeviceNumber)> {
+        self.keys.get(&k)
+    }
+
+    /// Forgets every id not in `live`.
+    fn retain(&mut self, live: &HashSet<Key>) {
+        if self.keys.len() == live.len() {
+            return;
+        }
+        self.keys.retain(|k, _| live.contains(k));
+        self.ids.retain(|_, v| {
+            v.retain(|(_, k)| live.contains(k));
+            !v.is_empty()
+        });
+    }
+}
 
 /// A physical device (or the set a volume spans) as a controller's key.
 pub type DeviceSet = Vec<DeviceNumber>;
@@ -136,16 +182,25 @@ pub struct NodePriority {
     /// Tier name -> class.
     classes: BTreeMap<String, Priority>,
     /// Target path -> the tier's caps at publish (the ceiling).
-    ceilings: BTreeMap<PathBuf, Limits>,
+    ceilings: HashMap<PathBuf, Limits>,
     /// Volume device -> the physical devices under it.
-    physical: BTreeMap<DeviceNumber, DeviceSet>,
+    physical: HashMap<DeviceNumber, Arc<DeviceSet>>,
+    keys: Interned,
     controllers: BTreeMap<DeviceSet, Device>,
     epoch: Instant,
     /// Each input's counters and when they last moved: a batch volume held to a few IOPS
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
-    moved: BTreeMap<Key, (Counters, Duration)>,
+    moved: HashMap<Key, (Counters, Duration)>,
+    /// Each input's `io.stat`, kept open (at most [`MAX_OPEN_STATS`]), and the buffer it
+    /// is read into.
+    stat_files: HashMap<Key, Option<std::fs::File>>,
+    buf: String,
 }
+
+/// Inputs whose `io.stat` stays open between passes; beyond, each read opens the file
+/// (a node's file limit is often 1024).
+const MAX_OPEN_STATS: usize = 512;
 
 impl std::fmt::Debug for NodePriority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,11 +218,14 @@ impl NodePriority {
             classes: tiers.iter().map(|t| (t.name.clone(), t.priority)).collect(),
             config,
             topology,
-            ceilings: BTreeMap::new(),
-            physical: BTreeMap::new(),
+            ceilings: HashMap::new(),
+            physical: HashMap::new(),
+            keys: Interned::default(),
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
-            moved: BTreeMap::new(),
+            moved: HashMap::new(),
+            stat_files: HashMap::new(),
+            buf: String::new(),
         }
     }
 
@@ -256,17 +314,16 @@ impl NodePriority {
         fs: &dyn CgroupFs,
     ) -> PriorityPass {
         let mut out = PriorityPass::default();
-        let live: BTreeMap<&Path, ()> = reconciler
-            .publications()
-            .map(|p| (p.publication.target_path.as_path(), ()))
-            .collect();
-        self.ceilings.retain(|t, _| live.contains_key(t.as_path()));
-
-        // 1. Inputs, grouped by physical device. Key -> (targets, desired limits now).
-        let mut groups: BTreeMap<DeviceSet, Vec<super::PublicationSample<Key>>> = BTreeMap::new();
-        let mut targets: BTreeMap<Key, Vec<(PathBuf, Limits)>> = BTreeMap::new();
-        let mut volume_devs = Vec::new();
+        let mut count = 0;
+        // 1. Inputs, grouped by physical device. Targets: (key, target, desired limits
+        // now), borrowed from the reconciler until the writes.
+        let mut groups: BTreeMap<Arc<DeviceSet>, Vec<super::PublicationSample<Key>>> =
+            BTreeMap::new();
+        let mut targets: Vec<(Key, &Path, Limits)> = Vec::new();
+        let mut live: HashSet<Key> = HashSet::new();
+        let mut volume_devs: HashSet<DeviceNumber> = HashSet::new();
         for p in reconciler.publications() {
+            count += 1;
             let (Some(cgroup), Some(ceiling)) = (
                 p.cgroup,
                 self.ceilings.get(&p.publication.target_path).copied(),
@@ -277,17 +334,17 @@ impl NodePriority {
                 continue; // pending or failed: the reconciler deals with it first
             }
             let dev = p.publication.device;
-            let key = (cgroup.to_owned(), dev);
-            let entry = targets.entry(key.clone()).or_default();
-            entry.push((p.publication.target_path.clone(), p.publication.limits));
-            if entry.len() > 1 {
+            let key = self.keys.id(cgroup, dev);
+            targets.push((key, &p.publication.target_path, p.publication.limits));
+            if !live.insert(key) {
                 continue; // the same volume in the same pod twice: one input
             }
             let set = match self.physical.get(&dev) {
-                Some(set) => set.clone(),
+                Some(set) => Arc::clone(set),
                 None => match self.topology.physical(dev) {
                     Ok(set) if !set.is_empty() => {
-                        self.physical.insert(dev, set.clone());
+                        let set = Arc::new(set);
+                        self.physical.insert(dev, Arc::clone(&set));
                         set
                     }
                     Ok(_) => continue,
@@ -299,7 +356,14 @@ impl NodePriority {
                     }
                 },
             };
-            let counters = match apply::stats(fs, cgroup, dev) {
+            let mut spare = None;
+            let file =
+                if self.stat_files.len() < MAX_OPEN_STATS || self.stat_files.contains_key(&key) {
+                    self.stat_files.entry(key).or_default()
+                } else {
+                    &mut spare
+                };
+            let counters = match apply::stat_of(fs, cgroup, dev, file, &mut self.buf) {
                 Ok(s) => s.map_or_else(Counters::default, |s| Counters {
                     rios: s.rios,
                     wios: s.wios,
@@ -330,11 +394,11 @@ impl NodePriority {
                 Some((before, at)) if *before == counters => *at,
                 _ => now,
             };
-            self.moved.insert(key.clone(), (counters, last_moved));
+            self.moved.insert(key, (counters, last_moved));
             // Recent IO counts as IO in flight (queued in blk-throttle, which the
             // device's in-flight count does not see).
             let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
-            volume_devs.push(dev);
+            volume_devs.insert(dev);
             groups
                 .entry(set)
                 .or_default()
@@ -347,13 +411,35 @@ impl NodePriority {
                     ceiling,
                 });
         }
-        self.physical.retain(|d, _| volume_devs.contains(d));
-        self.moved.retain(|k, _| targets.contains_key(k));
-        self.controllers.retain(|set, _| groups.contains_key(set));
+        // Forget what went (sizes first: usually nothing did).
+        if self.ceilings.len() > count {
+            let targets_now: HashSet<&Path> = reconciler
+                .publications()
+                .map(|p| p.publication.target_path.as_path())
+                .collect();
+            self.ceilings
+                .retain(|t, _| targets_now.contains(t.as_path()));
+        }
+        if self.physical.len() > volume_devs.len() {
+            self.physical.retain(|d, _| volume_devs.contains(d));
+        }
+        if self.moved.len() > live.len() {
+            self.moved.retain(|k, _| live.contains(k));
+        }
+        if self.stat_files.len() > live.len() {
+            self.stat_files.retain(|k, _| live.contains(k));
+        }
+        self.keys.retain(&live);
+        if self.controllers.len() > groups.len() {
+            self.controllers
+                .retain(|set, _| groups.keys().any(|g| g.as_ref() == set));
+        }
+        targets.sort_unstable_by_key(|t| t.0);
 
         // 2. One pass per device.
         let mut writes: Vec<(Key, Limits)> = Vec::new();
         for (set, samples) in &groups {
+            let set: &DeviceSet = set;
             if !self.controllers.contains_key(set) {
                 let (model, source) = self.model_for(set);
                 let name = self.set_name(set);
@@ -399,18 +485,26 @@ impl NodePriority {
             writes.extend(decision.limits);
         }
 
-        // 3. Write what changed.
-        for ((cgroup, dev), limits) in writes {
-            let Some(ts) = targets.get(&(cgroup.clone(), dev)) else {
-                continue;
-            };
-            if ts.iter().all(|(_, held)| held.canonical() == limits) {
+        // 3. Write what changed: the targets of each changed input (cloned, the borrow of
+        // the reconciler ends here), then the lines, then the reconciler's desired limits.
+        let mut changed: Vec<(Key, Limits, Vec<PathBuf>)> = Vec::new();
+        for (key, limits) in writes {
+            let from = targets.partition_point(|t| t.0 < key);
+            let ts = &targets[from..targets.partition_point(|t| t.0 <= key)];
+            if ts.is_empty() || ts.iter().all(|(_, _, held)| held.canonical() == limits) {
                 continue;
             }
-            match apply::apply(fs, &cgroup, dev, &limits) {
+            changed.push((key, limits, ts.iter().map(|t| t.1.to_owned()).collect()));
+        }
+        for (key, limits, ts) in changed {
+            let Some((cgroup, dev)) = self.keys.get(key) else {
+                continue;
+            };
+            let dev = *dev;
+            match apply::apply(fs, cgroup, dev, &limits) {
                 Ok(()) => {
                     out.written += 1;
-                    for (t, _) in ts {
+                    for t in &ts {
                         reconciler.set_limits(t, limits);
                     }
                     tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max set");

@@ -43,12 +43,18 @@ pub struct BlockStat {
 impl BlockStat {
     /// Parses the whitespace-separated fields of a `stat` file.
     pub fn parse(text: &str) -> Option<BlockStat> {
-        let f: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        if f.len() < 11 {
+        // Every field must be a number; fields 1, 5, 9 and 11 are kept (no allocation:
+        // read every period).
+        let mut f = [0u64; 11];
+        let mut n = 0;
+        for token in text.split_ascii_whitespace() {
+            let v: u64 = token.parse().ok()?;
+            if let Some(slot) = f.get_mut(n) {
+                *slot = v;
+            }
+            n += 1;
+        }
+        if n < 11 {
             return None;
         }
         Some(BlockStat {
