@@ -8,7 +8,7 @@
 //! writes, then 1 MiB sequential reads and 4 KiB random reads (writes first: a thin LV
 //! reads its unwritten blocks without touching the disk); the random runs at the given
 //! queue depth (the IOPS rates), the sequential ones at queue depth 8 or less (the
-//! bandwidths). **The writes destroy the target's contents**: calibrate a
+//! bandwidths); the runs after the sequential write stay within the span it wrote. **The writes destroy the target's contents**: calibrate a
 //! scratch volume or file, never one with data.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -115,12 +115,13 @@ pub fn calibrate(
     );
     let one = |pattern: Pattern,
                block: u32,
-               qd: u32|
+               qd: u32,
+               span: Option<u64>|
      -> Result<BenchReport, Box<dyn std::error::Error>> {
         let mut s = BenchSpec::new(&spec.target, pattern, spec.duration);
         s.block_size = block;
         s.queue_depth = qd;
-        s.size_limit = spec.size_limit.map(|l| l - l % u64::from(block));
+        s.size_limit = span.map(|l| l - l % u64::from(block));
         s.validate()?;
         let r = run(&s)?;
         println!(
@@ -134,10 +135,21 @@ pub fn calibrate(
     let bw_qd = qd.min(BANDWIDTH_QUEUE_DEPTH);
     // Writes first: a thin LV reads its unwritten blocks without touching the disk, so
     // the reads must find the span written (the sequential write covers it).
-    let write = one(Pattern::SeqWrite, BANDWIDTH_BLOCK, bw_qd)?;
-    let randwrite = one(Pattern::RandWrite, 4096, qd)?;
-    let read = one(Pattern::SeqRead, BANDWIDTH_BLOCK, bw_qd)?;
-    let randread = one(Pattern::RandRead, 4096, qd)?;
+    // The runs after it stay within what it wrote (a large target is not covered in
+    // one run of `duration`).
+    let write = one(Pattern::SeqWrite, BANDWIDTH_BLOCK, bw_qd, spec.size_limit)?;
+    let written = write.write_bytes.min(write.span_bytes);
+    let block = u64::from(BANDWIDTH_BLOCK);
+    if written < block {
+        return Err(format!(
+            "the sequential write run wrote {written} bytes: too few to calibrate"
+        )
+        .into());
+    }
+    let span = Some(written - written % block);
+    let randwrite = one(Pattern::RandWrite, 4096, qd, span)?;
+    let read = one(Pattern::SeqRead, BANDWIDTH_BLOCK, bw_qd, span)?;
+    let randread = one(Pattern::RandRead, 4096, qd, span)?;
     let model = model_from(&randread, &randwrite, &read, &write)?;
     let c = Calibration {
         identity,
