@@ -73,10 +73,12 @@ pub trait CgroupFs: Send + Sync {
     fn write_io_max(&self, cgroup: &Path, line: &str) -> Result<(), ApplyError>;
     /// The text of `<cgroup>/io.stat`.
     fn read_io_stat(&self, cgroup: &Path) -> Result<String, ApplyError>;
-    /// The text of `<cgroup>/io.stat` into `buf`, through `file`: a handle the caller
-    /// keeps between reads of the same cgroup (`None` the first time), so that a poller
-    /// saves the open, the path walk and the close on every read. The default reads the
-    /// file whole and leaves `file` alone.
+    /// The text of `<cgroup>/io.stat` into `buf`, through `file`: room for a handle the
+    /// caller keeps between reads of the same cgroup. Every implementation reads the file
+    /// whole and leaves `file` alone: a kept cgroupfs handle re-read at offset 0 stayed
+    /// empty on Linux 6.1 when it was opened before the cgroup's first IO (seq_file does
+    /// not restart a read at the position it already reached), so the priority
+    /// controllers saw batch volumes as idle (VM run, 2026-12-05).
     fn read_io_stat_with(
         &self,
         cgroup: &Path,
@@ -188,53 +190,6 @@ impl CgroupFs for RealCgroupFs {
 
     fn read_io_stat(&self, cgroup: &Path) -> Result<String, ApplyError> {
         read(cgroup.join(IO_STAT))
-    }
-
-    /// Reads from offset 0 of the open file (cgroupfs regenerates a file read at offset
-    /// 0); a handle that fails (the cgroup went: ENODEV) is dropped and the file opened
-    /// again once, which then fails as a read of a missing file does.
-    fn read_io_stat_with(
-        &self,
-        cgroup: &Path,
-        file: &mut Option<std::fs::File>,
-        buf: &mut String,
-    ) -> Result<(), ApplyError> {
-        use std::os::unix::fs::FileExt;
-        let failed = |source: io::Error| ApplyError::Read {
-            path: cgroup.join(IO_STAT),
-            source,
-        };
-        let mut bytes = std::mem::take(buf).into_bytes();
-        for retry in [false, true] {
-            if file.is_none() {
-                *file = Some(std::fs::File::open(cgroup.join(IO_STAT)).map_err(failed)?);
-            }
-            let Some(f) = file.as_ref() else { break };
-            bytes.clear();
-            let mut chunk = [0u8; 8192];
-            let read = loop {
-                match f.read_at(&mut chunk, bytes.len() as u64) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            match read {
-                Ok(()) => {
-                    *buf = String::from_utf8(bytes)
-                        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-                    return Ok(());
-                }
-                Err(e) => {
-                    *file = None;
-                    if retry {
-                        return Err(failed(e));
-                    }
-                }
-            }
-        }
-        Err(failed(io::Error::other("io.stat not read")))
     }
 
     fn io_enabled(&self, cgroup: &Path) -> Result<bool, ApplyError> {

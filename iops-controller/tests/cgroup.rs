@@ -261,11 +261,10 @@ fn real_fs_never_creates_files() {
     );
 }
 
-/// The priority controllers' `io.stat` read: the handle stays open between reads and
-/// sees the file's new content each time; only the device's line counts; a cgroup that
-/// went reads as not found (and the stale handle is dropped).
+/// The priority controllers' `io.stat` read: the file's new content each time; only the
+/// device's line counts; a cgroup that went reads as not found.
 #[test]
-fn io_stat_read_through_a_kept_handle_follows_the_file_and_its_removal() {
+fn io_stat_read_follows_the_file_and_its_removal() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cg = tmp.path().join("pod");
     fs::create_dir_all(&cg).expect("create test cgroup");
@@ -277,31 +276,26 @@ fn io_stat_read_through_a_kept_handle_follows_the_file_and_its_removal() {
             rios * 4096
         )
     };
-    fs::write(cg.join("io.stat"), line(10)).expect("write io.stat");
     let (mut file, mut buf) = (None, String::new());
-    let s = apply::stat_of(&RealCgroupFs, &cg, dev, &mut file, &mut buf)
-        .expect("read")
-        .expect("the device's line");
-    assert_eq!((s.rios, s.rbytes), (10, 40960));
-    assert!(file.is_some(), "the handle is kept");
-    // Shorter and longer contents, through the same handle.
-    for rios in [7, 123_456_789] {
+    // Empty first (no IO yet), then shorter and longer contents.
+    fs::write(cg.join("io.stat"), "").expect("write io.stat");
+    assert_eq!(
+        apply::stat_of(&RealCgroupFs, &cg, dev, &mut file, &mut buf).expect("read"),
+        None
+    );
+    for rios in [10, 7, 123_456_789] {
         fs::write(cg.join("io.stat"), line(rios)).expect("write io.stat");
         let s = apply::stat_of(&RealCgroupFs, &cg, dev, &mut file, &mut buf)
             .expect("read")
             .expect("the device's line");
-        assert_eq!(s.rios, rios);
+        assert_eq!((s.rios, s.rbytes), (rios, rios * 4096));
     }
     let other: DeviceNumber = "253:9".parse().expect("device number");
     assert_eq!(
         apply::stat_of(&RealCgroupFs, &cg, other, &mut file, &mut buf).expect("read"),
         None
     );
-    // A pod that went: its file is gone (a cgroup's read fails ENODEV; here the handle
-    // still reads the unlinked file, so drop it as the pass does when a read fails).
     fs::remove_dir_all(&cg).expect("remove");
-    file = None;
     let e = apply::stat_of(&RealCgroupFs, &cg, dev, &mut file, &mut buf).unwrap_err();
     assert!(e.is_not_found(), "{e}");
-    assert!(file.is_none());
 }

@@ -192,15 +192,9 @@ pub struct NodePriority {
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
     moved: HashMap<Key, (Counters, Duration)>,
-    /// Each input's `io.stat`, kept open (at most [`MAX_OPEN_STATS`]), and the buffer it
-    /// is read into.
-    stat_files: HashMap<Key, Option<std::fs::File>>,
+    /// The buffer each `io.stat` is read into.
     buf: String,
 }
-
-/// Inputs whose `io.stat` stays open between passes; beyond, each read opens the file
-/// (a node's file limit is often 1024).
-const MAX_OPEN_STATS: usize = 512;
 
 impl std::fmt::Debug for NodePriority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,7 +218,6 @@ impl NodePriority {
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
             moved: HashMap::new(),
-            stat_files: HashMap::new(),
             buf: String::new(),
         }
     }
@@ -356,14 +349,7 @@ impl NodePriority {
                     }
                 },
             };
-            let mut spare = None;
-            let file =
-                if self.stat_files.len() < MAX_OPEN_STATS || self.stat_files.contains_key(&key) {
-                    self.stat_files.entry(key).or_default()
-                } else {
-                    &mut spare
-                };
-            let counters = match apply::stat_of(fs, cgroup, dev, file, &mut self.buf) {
+            let counters = match apply::stat_of(fs, cgroup, dev, &mut None, &mut self.buf) {
                 Ok(s) => s.map_or_else(Counters::default, |s| Counters {
                     rios: s.rios,
                     wios: s.wios,
@@ -425,9 +411,6 @@ impl NodePriority {
         }
         if self.moved.len() > live.len() {
             self.moved.retain(|k, _| live.contains(k));
-        }
-        if self.stat_files.len() > live.len() {
-            self.stat_files.retain(|k, _| live.contains(k));
         }
         self.keys.retain(&live);
         if self.controllers.len() > groups.len() {
