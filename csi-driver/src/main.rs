@@ -13,12 +13,16 @@ use csi_driver::config::{
 };
 use csi_driver::driver::{Driver, Settings};
 use csi_driver::http::{self, HttpServer, Routes};
-use csi_driver::os::{Os, Roots, SystemRunner};
+use csi_driver::os::{self, Os, Roots, SystemRunner};
 use csi_driver::status::{PoolGauges, StatusCache, StatusSource, pool_gauges};
 use csi_driver::tiering::Tiering;
 use csi_driver::{bench, grpc, k8s, node_cleanup, retier, server, status, validate};
 use iops_controller::{Enforcement, EnforcementMetrics, RealCgroupFs};
 use tracing_subscriber::EnvFilter;
+
+/// How long `iolane node` waits at start for a previous process on the same state
+/// directory, and its children, to end (the longest command timeout, mkfs's, and more).
+const INSTANCE_LOCK_WAIT: Duration = Duration::from_secs(330);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -127,6 +131,10 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => NodeConfig::load(p)?,
         None => NodeConfig::default(),
     };
+    // Before any volume is looked at: a killed predecessor's children are done.
+    let _instance = os::instance_lock::acquire(&args.state_dir, INSTANCE_LOCK_WAIT)
+        .await
+        .map_err(|e| format!("--state-dir: {e}"))?;
     let os = Os::new(Arc::new(SystemRunner), Roots::default());
     let backend = open_backend(&args, &cfg, &os).await?;
     let pvc = k8s::pvc_annotations_from_flags(args.kubernetes, args.kubeconfig.as_deref()).await?;
@@ -232,6 +240,14 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             status_cache,
             period,
         ));
+    }
+    // The previous process's publications are known before the first call is served, so
+    // an unpublish right after a restart lifts what they capped.
+    match driver.adopt_mounts().await {
+        Ok(adopted) => tracing::debug!(adopted, "publications adopted from the mount table"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not adopt publications from the mount table; the reconciler retries")
+        }
     }
     if let Some(client) = k8s::watch_client(args.kubernetes, args.kubeconfig.as_deref()).await? {
         let settings = retier::node::Settings {

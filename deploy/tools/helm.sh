@@ -24,8 +24,16 @@ if ! [ -x "$go" ]; then
     exit 1
 fi
 
-echo "deploy/tools/helm.sh: building Helm $HELM_VERSION into $cache (once)" >&2
 mkdir -p "$cache"
+# One build at a time (tests/run.sh may start one in the background): a second caller
+# waits for the first and then finds its binary.
+exec {lock}>"$cache/.build.lock"
+flock "$lock"
+if [ -x "$bin" ] && "$bin" version --short >/dev/null 2>&1; then
+    echo "$bin"
+    exit 0
+fi
+echo "deploy/tools/helm.sh: building Helm $HELM_VERSION into $cache (once)" >&2
 # A private GOPATH keeps the module cache beside the binary's cache, not in $HOME; the
 # version is stamped the way Helm's own Makefile does, so `helm version` reports it.
 export GOPATH=${GOPATH:-${IOLANE_K8S_BIN:-/var/cache/iolane/k8s-bin}/gopath}

@@ -8,7 +8,8 @@
 # Each binary goes to $IOLANE_K8S_BIN_CACHE/NAME-VERSION/NAME (default cache
 # /var/cache/iolane/k8s-bin); a binary already there is reused without running Go. Go's
 # own module and build caches (GOMODCACHE, GOCACHE) are the usual ones, so on a machine
-# that built the same version before, a missing binary is relinked from cache.
+# that built the same version before, a missing binary is relinked from cache. Builds of
+# one component are serialized by a lock file beside its binary.
 #
 # How: a wrapper module per component (NAME-VERSION/wrapper) that requires the pinned
 # module and lists the package as a `tool`; `go mod tidy` then resolves the same build
@@ -75,8 +76,18 @@ build_one() {
         echo "$name $bin"
         return 0
     fi
-    t0=$(date +%s)
+    # One build per component at a time (tests/run.sh starts one in the background): a
+    # second caller waits for the first and then finds its binary.
     mkdir -p "$dir/wrapper"
+    local lock
+    exec {lock}>"$dir/.build.lock"
+    flock "$lock"
+    if [ -x "$bin" ]; then
+        exec {lock}>&-
+        echo "$name $bin"
+        return 0
+    fi
+    t0=$(date +%s)
     write_wrapper "$pkg" "$mod" "$ver" "$dir/wrapper"
     if [ "$mod" = k8s.io/kubernetes ]; then
         # What `kubectl version` and clients see; Kubernetes' own build sets the same.
@@ -88,8 +99,9 @@ build_one() {
         cd "$dir/wrapper"
         "$go" mod tidy >&2
         "$go" build -trimpath "${ldflags[@]}" -o "$bin.tmp" "$pkg" >&2
-    ) || { echo "build.sh: building $name $ver failed" >&2; rm -f "$bin.tmp"; return 1; }
+    ) || { echo "build.sh: building $name $ver failed" >&2; rm -f "$bin.tmp"; exec {lock}>&-; return 1; }
     mv "$bin.tmp" "$bin"
+    exec {lock}>&-
     echo "build.sh: built $name $ver in $(($(date +%s) - t0)) s" >&2
     echo "$name $bin"
 }

@@ -89,9 +89,7 @@ k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
 k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
 k8s_log "control plane up in $((($(date +%s%N) - t) / 1000000)) ms ($("$K8S_BIN_kube_apiserver" --version))"
 sed "s#server: https://127.0.0.1:#server: https://10.0.2.2:#" "$K8S_DIR/kubeconfig" >"$K8S_DIR/kubeconfig-guest"
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" >/dev/null || exit 1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
+k8s_apply_base || exit 1
 
 k8s_log "booting the VM ($mode run)"
 bash "$repo/tests/vm/run.sh" --network user --disks 2 --memory 3G --timeout 1500 \

@@ -13,6 +13,9 @@
 #   k8s_start_apiserver      kube-apiserver on 127.0.0.1, waits for /readyz; writes
 #                            $K8S_DIR/kubeconfig and sets KUBECONFIG
 #   k8s_start NAME LOG CMD...   a background process, stopped by k8s_stop_all
+#   k8s_start_provisioner ARG...  csi-provisioner with the node DaemonSet's arguments
+#   k8s_apply_base [FILE...]  deploy/base's namespace, CSIDriver, StorageClasses (+ FILEs)
+#   k8s_node_pod_yaml        the node Pod owning the capacity objects, as YAML
 #   k8s_stop NAME            stops one of them now (SIGTERM, SIGKILL after 20 s)
 #   k8s_wait SECONDS WHAT CMD...  polls CMD (every K8S_POLL_SECONDS, default 0.5) until it
 #                            succeeds or the deadline
@@ -25,7 +28,7 @@ k8s_log() { echo "$(basename "$0"): [$(($(date +%s) - ${K8S_T0:=$(date +%s)}))s]
 
 # The control-plane scripts' first step: refuse to run without root (the node makes loop
 # devices), start the clock of k8s_log, and name the driver binary ($bin; IOLANE_BIN
-# overrides target/debug/iolane). Needs $repo.
+# overrides target/debug/iolane), built when it is missing. Needs $repo.
 k8s_script_begin() {
     if [ "$(id -u)" != 0 ]; then
         echo "$(basename "$0"): run as root (the node makes loop devices)" >&2
@@ -33,6 +36,47 @@ k8s_script_begin() {
     fi
     K8S_T0=$(date +%s)
     bin="${IOLANE_BIN:-$repo/target/debug/iolane}"
+    if [ ! -x "$bin" ]; then
+        (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
+    fi
+}
+
+# The objects a cluster has before iolane's PVCs: deploy/base's namespace, CSIDriver and
+# StorageClasses, plus the deploy/base files given (e.g. volumeattributesclasses.yaml),
+# and the `default` service accounts (no controller-manager here makes them).
+k8s_apply_base() {
+    local f args=()
+    for f in namespace.yaml csidriver.yaml storageclasses.yaml "$@"; do
+        args+=(-f "$repo/deploy/base/$f")
+    done
+    kubectl apply "${args[@]}" >/dev/null || return 1
+    kubectl -n iolane create serviceaccount default >/dev/null 2>&1
+    kubectl -n default create serviceaccount default >/dev/null 2>&1
+    return 0
+}
+
+# csi-provisioner with the node DaemonSet's arguments and environment, on the node socket
+# $sock of node $node, logging to $K8S_DIR/provisioner.log; extra arguments are appended.
+k8s_start_provisioner() {
+    k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
+        env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
+        "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
+        --node-deployment --extra-create-metadata --strict-topology \
+        --immediate-topology=false --timeout=60s --v=2 "$@"
+}
+
+# The node Pod that owns the CSIStorageCapacity objects of node $node (it never runs: the
+# node's POD_NAME names it), as YAML on stdout.
+k8s_node_pod_yaml() {
+    cat <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: iolane-node-test, namespace: iolane}
+spec:
+  nodeName: $node
+  automountServiceAccountToken: false
+  containers: [{name: iolane, image: iolane}]
+POD
 }
 
 k8s_build() {

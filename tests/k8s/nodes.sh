@@ -23,9 +23,6 @@ repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 k8s_script_begin
-if [ ! -x "$bin" ]; then
-    (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
-fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner"
 k8s_build kube-apiserver kubectl etcd csi-provisioner || exit 1
 
@@ -51,10 +48,8 @@ k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
 k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
 k8s_log "control plane up ($("$K8S_BIN_kube_apiserver" --version))"
 
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" >/dev/null || exit 1
-kubectl -n iolane create serviceaccount default >/dev/null 2>&1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
+k8s_apply_base || exit 1
+k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 # The test node and another node that stays; no kubelet runs, so nothing updates them.
 kubectl apply -f - >/dev/null <<NODES || exit 1
 apiVersion: v1
@@ -64,14 +59,6 @@ metadata: {name: $node, labels: {topology.iolane.dev/node: $node}}
 apiVersion: v1
 kind: Node
 metadata: {name: other-node, labels: {topology.iolane.dev/node: other-node}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: iolane-node-test, namespace: iolane}
-spec:
-  nodeName: $node
-  automountServiceAccountToken: false
-  containers: [{name: iolane, image: iolane}]
 ---
 # A volume of the node that stays (made by hand: no driver runs there).
 apiVersion: v1
@@ -94,11 +81,7 @@ other_rv="$(kubectl get pv other-volume -o jsonpath='{.metadata.resourceVersion}
 k8s_start iolane "$K8S_DIR/iolane.log" "$bin" node --endpoint "unix://$sock" --node-id "$node" \
     --state-dir "$state" --path-root "$K8S_DIR" --driver-name csi.iolane.dev --kubernetes off
 k8s_wait 60 "iolane node socket" test -S "$sock" || { show_logs; exit 1; }
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+k8s_start_provisioner
 
 # setup: two PVCs provisioned on the node, bound as the PV controller would, with the
 # finalizers kube-controller-manager (off here) would keep on them.

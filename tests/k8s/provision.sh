@@ -35,9 +35,6 @@ repo="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 k8s_script_begin
-if [ ! -x "$bin" ]; then
-    (cd "$repo" && cargo build -p csi-driver --locked) || exit 1
-fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner, csi-resizer"
 k8s_build kube-apiserver kubectl etcd csi-provisioner csi-resizer || exit 1
 
@@ -62,31 +59,15 @@ k8s_log "control plane up: certs + etcd ${etcd_ms} ms, kube-apiserver to /readyz
 
 # The objects a cluster would have: deploy/base's namespace, CSIDriver and StorageClasses,
 # and the node Pod that owns the capacity objects (it never runs: no kubelet here).
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" >/dev/null || exit 1
-kubectl -n iolane create serviceaccount default >/dev/null 2>&1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
-kubectl apply -f - >/dev/null <<POD || exit 1
-apiVersion: v1
-kind: Pod
-metadata: {name: iolane-node-test, namespace: iolane}
-spec:
-  nodeName: $node
-  automountServiceAccountToken: false
-  containers: [{name: iolane, image: iolane}]
-POD
+k8s_apply_base || exit 1
+k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 
 k8s_start iolane "$K8S_DIR/iolane.log" "$bin" node --endpoint "unix://$sock" --node-id "$node" \
     --state-dir "$state" --path-root "$K8S_DIR" --driver-name csi.iolane.dev \
     --kubernetes auto --kubeconfig "$KUBECONFIG"
 k8s_wait 60 "iolane node socket" test -S "$sock" || { show_logs; exit 1; }
 # The DaemonSet's csi-provisioner arguments and environment.
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --enable-capacity --capacity-ownerref-level=0 \
-    --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+k8s_start_provisioner --enable-capacity --capacity-ownerref-level=0 --capacity-poll-interval=30s
 # The central Deployment: `iolane controller` and csi-resizer with its arguments.
 ctrl_sock="$K8S_DIR/controller.sock"
 k8s_start iolane-controller "$K8S_DIR/iolane-controller.log" "$bin" controller \

@@ -39,8 +39,8 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 k8s_script_begin
 call="$(dirname "$bin")/csi-call"
-if [ ! -x "$bin" ] || [ ! -x "$call" ]; then
-    (cd "$repo" && cargo build -p csi-driver -p iolane-tests --bins --locked) || exit 1
+if [ ! -x "$call" ]; then
+    (cd "$repo" && cargo build -p iolane-tests --bins --locked) || exit 1
 fi
 k8s_log "building/reusing kube-apiserver, kubectl, etcd, csi-provisioner, csi-resizer"
 k8s_build kube-apiserver kubectl etcd csi-provisioner csi-resizer || exit 1
@@ -75,20 +75,8 @@ k8s_start_etcd || { tail -20 "$K8S_DIR/etcd.log"; exit 1; }
 k8s_start_apiserver || { tail -40 "$K8S_DIR/apiserver.log"; exit 1; }
 k8s_log "control plane up"
 
-kubectl apply -f "$repo/deploy/base/namespace.yaml" -f "$repo/deploy/base/csidriver.yaml" \
-    -f "$repo/deploy/base/storageclasses.yaml" \
-    -f "$repo/deploy/base/volumeattributesclasses.yaml" >/dev/null || exit 1
-kubectl -n iolane create serviceaccount default >/dev/null 2>&1
-kubectl -n default create serviceaccount default >/dev/null 2>&1
-kubectl apply -f - >/dev/null <<POD || exit 1
-apiVersion: v1
-kind: Pod
-metadata: {name: iolane-node-test, namespace: iolane}
-spec:
-  nodeName: $node
-  automountServiceAccountToken: false
-  containers: [{name: iolane, image: iolane}]
-POD
+k8s_apply_base volumeattributesclasses.yaml || exit 1
+k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 
 # The tiers of the shipped node config, without its device class (loop backend here).
 config="$K8S_DIR/node.toml"
@@ -113,13 +101,11 @@ start_controller() {
         --kubeconfig "$KUBECONFIG" --modify-timeout 5
     k8s_wait 60 "iolane controller socket" test -S "$ctrl_sock"
 }
+# csi-provisioner exits when it loses its connection to the node socket (the DaemonSet's
+# kubelet restarts it then); the node-down steps below stop and start it with the node.
+start_provisioner() { k8s_start_provisioner --enable-capacity --capacity-ownerref-level=0 --capacity-poll-interval=30s; }
 start_node || { show_logs; exit 1; }
-k8s_start csi-provisioner "$K8S_DIR/provisioner.log" \
-    env NODE_NAME="$node" NAMESPACE=iolane POD_NAME=iolane-node-test \
-    "$K8S_BIN_csi_provisioner" --kubeconfig "$KUBECONFIG" --csi-address "$sock" \
-    --node-deployment --enable-capacity --capacity-ownerref-level=0 \
-    --capacity-poll-interval=30s --extra-create-metadata --strict-topology \
-    --immediate-topology=false --timeout=60s --v=2
+start_provisioner
 start_controller || { show_logs; exit 1; }
 k8s_start csi-resizer "$K8S_DIR/resizer.log" env NAMESPACE=iolane \
     "$K8S_BIN_csi_resizer" --kubeconfig "$KUBECONFIG" --csi-address "$ctrl_sock" \
@@ -270,7 +256,8 @@ fi
 ! event strict TierChanged "" || why="${why:+$why; }a TierChanged Event"
 result refused "$([ -z "$why" ]; echo $?)" "$why"
 
-# no-ack: the node is down.
+# no-ack: the node is down (its pod's sidecar with it).
+k8s_stop csi-provisioner
 k8s_stop iolane
 t0=$(now_ms)
 out="$("$call" "$ctrl_sock" modify "$vol_live" iolane.dev/tier=batch)"
@@ -293,6 +280,7 @@ again=$!
 # node-restart: what was recorded while the node was away.
 t0=$(now_ms)
 start_node || { show_logs; exit 1; }
+start_provisioner
 ms=$(wait_ms 30 capped "$cg_live")
 k8s_log "node-restart: io.max capped $(($(now_ms) - t0)) ms after the node was started again (its start included; ${ms} ms after its socket appeared)"
 wait "$again"

@@ -142,11 +142,14 @@ impl Driver {
     }
 
     /// Everything of the backend's that a refused call must leave unchanged: every file
-    /// under the state dir (loop), or every `iol-*` LV with its size and tags (lvm). Sorted.
+    /// under the state dir but the node's instance lock (loop), or every `iol-*` LV with
+    /// its size and tags (lvm). Sorted.
     pub fn backend_state(&self) -> Vec<String> {
         if self.vgs.is_empty() {
+            let lock = self.state_dir().join("iolane.lock");
             files_under(&self.state_dir())
                 .iter()
+                .filter(|p| **p != lock)
                 .map(|p| path_string(p))
                 .collect()
         } else {

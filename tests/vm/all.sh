@@ -83,7 +83,10 @@ objcopy --strip-debug "$sanity" "$work/bin/csi-sanity"
 stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 
 stamp "boot 1 of 7: tests/vm/lvm-suite.sh"
-bash "$here/run.sh" --disks 2 --timeout 2400 --rwdir "$work" -- \
+# The lvm campaigns (IOLANE_VM_CAMPAIGN=1, see lvm-suite.sh) need a longer boot.
+boot1_timeout=2400
+[ "${IOLANE_VM_CAMPAIGN:-0}" = 1 ] && boot1_timeout=6000
+bash "$here/run.sh" --disks 2 --timeout "$boot1_timeout" --rwdir "$work" -- \
     bash "$here/lvm-suite.sh" "$work/bin" "$results"
 suite_rc=$?
 if [ "$suite_rc" != 0 ] && ! grep -q '^FAILED ' "$results"; then

@@ -283,7 +283,7 @@ impl Backend for LoopBackend {
     async fn delete(&self, id: &str) -> Result<bool> {
         let image = self.image(id);
         for dev in self.os.loops_for_file(&image)? {
-            self.os.loop_detach(&dev.path).await?;
+            self.os.loop_detach(&dev.path, &image).await?;
         }
         // Metadata first: once it is gone the volume is gone, and start-up removes an
         // image left without metadata.
@@ -345,6 +345,9 @@ impl Backend for LoopBackend {
         }
         // Attached devices learn the size now, whichever call grew the file.
         for dev in self.os.loops_for_file(&image)? {
+            if dev.detaching {
+                continue;
+            }
             if self.os.device_size(&dev.path)? < volume.capacity_bytes {
                 self.os.loop_refresh_size(&dev.path).await?;
             }
@@ -406,18 +409,22 @@ impl Backend for LoopBackend {
     }
 
     async fn release_read_only(&self, id: &str, device: &Path) -> Result<()> {
-        let loops = self.os.loops_for_file(&self.image(id))?;
-        if loops.iter().any(|l| l.read_only && l.path == device) {
-            self.os.loop_detach(device).await?;
+        let image = self.image(id);
+        let loops = self.os.loops_for_file(&image)?;
+        if loops.iter().any(|l| l.read_only && l.path == device)
+            && self.os.loop_detach(device, &image).await?
+        {
             tracing::debug!(volume.id = %id, device = %device.display(), "detached read-only loop device");
         }
         Ok(())
     }
 
     async fn detach(&self, id: &str) -> Result<()> {
-        for dev in self.os.loops_for_file(&self.image(id))? {
-            self.os.loop_detach(&dev.path).await?;
-            tracing::debug!(volume.id = %id, device = %dev.path.display(), "detached loop device");
+        let image = self.image(id);
+        for dev in self.os.loops_for_file(&image)? {
+            if self.os.loop_detach(&dev.path, &image).await? {
+                tracing::debug!(volume.id = %id, device = %dev.path.display(), "detached loop device");
+            }
         }
         Ok(())
     }
@@ -546,6 +553,41 @@ mod tests {
         let b = backend(dir.path(), 10.0);
         assert_eq!(b.list().await.unwrap(), vec![v]);
         assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 2);
+    }
+
+    /// A device of the image that is already detaching (its detach deferred by a reader)
+    /// is never detached again: by the time `losetup` ran it could be another volume's.
+    #[tokio::test]
+    async fn detach_and_delete_leave_a_detaching_device_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Arc::new(RecordingRunner::default());
+        let roots = Roots {
+            proc: dir.path().join("proc"),
+            sys: dir.path().join("sys"),
+            dev: dir.path().join("dev"),
+        };
+        let b = LoopBackend::open(
+            Os::new(runner.clone(), roots),
+            dir.path().join("loop"),
+            10.0,
+        )
+        .unwrap();
+        let v = new(b.create(&spec("leaving", 4 << 20)).await.unwrap());
+        let sys = dir.path().join("sys/block/loop3");
+        fs::create_dir_all(sys.join("loop")).unwrap();
+        fs::write(
+            sys.join("loop/backing_file"),
+            format!("{}\n", b.image(&v.id).display()),
+        )
+        .unwrap();
+        fs::write(sys.join("loop/autoclear"), "1\n").unwrap();
+        fs::create_dir_all(dir.path().join("dev")).unwrap();
+        fs::write(dir.path().join("dev/loop3"), b"").unwrap();
+        assert_eq!(b.devices(&v.id).await.unwrap().len(), 1);
+        assert_eq!(b.attached(&v.id).await.unwrap(), None);
+        b.detach(&v.id).await.unwrap();
+        assert!(b.delete(&v.id).await.unwrap());
+        assert!(runner.calls().is_empty(), "{:?}", runner.calls());
     }
 
     #[tokio::test]

@@ -177,7 +177,8 @@ pub struct NodeArgs {
     /// This node's name; also its topology value `topology.iolane.dev/node`.
     #[arg(long, env = "IOLANE_NODE_ID")]
     pub node_id: String,
-    /// Where the loop backend keeps its images and metadata.
+    /// Where the loop backend keeps its images and metadata, and the node (either backend)
+    /// its instance lock, `iolane.lock`.
     #[arg(long, env = "IOLANE_STATE_DIR", default_value = "/var/lib/iolane")]
     pub state_dir: PathBuf,
     /// Node config file (TOML). Without it the loop backend runs with its defaults.

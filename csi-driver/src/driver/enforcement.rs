@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::Driver;
 use crate::enforce::pod_uid_from_target;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::volume::Volume;
 use iops_controller::reconcile::{Outcome as ReconcileOutcome, Publication};
 use iops_controller::{DeviceNumber, PodUid};
@@ -40,17 +40,45 @@ impl Driver {
         log_outcome(&publication, outcome, reason.as_deref());
     }
 
-    /// Lifts the caps of the publication at `target`, if any; never fails the unpublish:
-    /// a reset that fails stays queued in the controller and every pass retries it.
-    pub(super) fn lift_caps(&self, id: &str, target: &Path) {
+    /// Lifts the caps of the publication at `target`. A known publication's reset never
+    /// fails the unpublish: one that fails stays queued in the controller and every pass
+    /// retries it. A publication this process does not know (it restarted since the
+    /// publish, or since an earlier attempt unmounted) is lifted through the pod named by
+    /// the kubelet target path, on the volume's own device; that failing fails the call,
+    /// so the CO's retry comes back to it.
+    pub(super) async fn lift_caps(&self, id: &str, target: &Path) -> Result<()> {
         match self.enforcement.unpublish(target) {
             Ok(Some(true)) => {
                 tracing::info!(volume.id = %id, target = %target.display(), "lifted the io.max caps");
             }
-            Ok(_) => {}
+            Ok(Some(false)) => {}
+            Ok(None) => self.lift_unknown(id, target).await?,
             Err(e) => {
                 tracing::warn!(volume.id = %id, target = %target.display(), error = %e, "could not lift the io.max caps; the reconciler retries");
             }
+        }
+        Ok(())
+    }
+
+    /// See [`Self::lift_caps`]: the caps an earlier process wrote for `target`.
+    async fn lift_unknown(&self, id: &str, target: &Path) -> Result<()> {
+        let Some(pod) = pod_uid_from_target(target) else {
+            return Ok(());
+        };
+        let Some(dev) = self.backend.attached(id).await? else {
+            return Ok(());
+        };
+        let device = self.mounter.device_number(&dev)?;
+        match self.enforcement.lift_unknown(&pod, device) {
+            Ok(true) => {
+                tracing::info!(volume.id = %id, pod = %pod, device = %device, target = %target.display(), "lifted io.max caps an earlier process left");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(Error::NotReady(format!(
+                "volume {id} is unpublished from {} but the caps of pod {pod} on {device} could not be lifted: {e}",
+                target.display()
+            ))),
         }
     }
 

@@ -298,7 +298,7 @@ impl Driver {
         }
         // Only now that the pod no longer reaches the volume through `target`: lifted
         // before and a failed unmount would leave it published without caps.
-        self.lift_caps(id, &target);
+        self.lift_caps(id, &target).await?;
         remove_path(&target)?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {

@@ -4,7 +4,7 @@ use csi::controller_service_capability::{Rpc, rpc::Type as RpcType};
 use csi_proto::v1 as csi;
 use tonic::{Request, Response, Status};
 
-use super::{convert, rpc};
+use super::{convert, rpc, rpc_detached};
 use crate::driver::{CreateRequest, Driver, SnapshotFilter};
 use crate::error::Error;
 
@@ -62,7 +62,8 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("CreateVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("CreateVolume", async move {
             convert::required("name", &r.name)?;
             let capabilities =
                 convert::capabilities("volume_capabilities", &r.volume_capabilities)?;
@@ -86,12 +87,12 @@ impl csi::controller_server::Controller for ControllerService {
                     .unwrap_or_default(),
                 source,
             };
-            let v = self.driver.create_volume(create).await?;
+            let v = driver.create_volume(create).await?;
             Ok(csi::CreateVolumeResponse {
                 volume: Some(convert::volume(
                     &v,
-                    self.driver.volume_context(&v),
-                    &self.driver.topology(),
+                    driver.volume_context(&v),
+                    &driver.topology(),
                 )),
             })
         })
@@ -103,9 +104,10 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("DeleteVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("DeleteVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
-            self.driver.delete_volume(id).await?;
+            driver.delete_volume(id).await?;
             Ok(csi::DeleteVolumeResponse {})
         })
         .await
@@ -253,11 +255,11 @@ impl csi::controller_server::Controller for ControllerService {
             return Err(self.no_snapshots("CreateSnapshot"));
         }
         let r = req.into_inner();
-        rpc("CreateSnapshot", async {
+        let driver = self.driver.clone();
+        rpc_detached("CreateSnapshot", async move {
             convert::required("name", &r.name)?;
             convert::required("source_volume_id", &r.source_volume_id)?;
-            let s = self
-                .driver
+            let s = driver
                 .create_snapshot(&r.name, &r.source_volume_id, &convert::map(&r.parameters))
                 .await?;
             Ok(csi::CreateSnapshotResponse {
@@ -275,9 +277,10 @@ impl csi::controller_server::Controller for ControllerService {
             return Err(self.no_snapshots("DeleteSnapshot"));
         }
         let r = req.into_inner();
-        rpc("DeleteSnapshot", async {
+        let driver = self.driver.clone();
+        rpc_detached("DeleteSnapshot", async move {
             convert::required("snapshot_id", &r.snapshot_id)?;
-            self.driver.delete_snapshot(&r.snapshot_id).await?;
+            driver.delete_snapshot(&r.snapshot_id).await?;
             Ok(csi::DeleteSnapshotResponse {})
         })
         .await
@@ -326,7 +329,8 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("ControllerExpandVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("ControllerExpandVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             let range = r
                 .capacity_range
@@ -340,7 +344,7 @@ impl csi::controller_server::Controller for ControllerService {
                 ),
                 None => false,
             };
-            let size = self.driver.controller_expand(id, range).await?;
+            let size = driver.controller_expand(id, range).await?;
             Ok(csi::ControllerExpandVolumeResponse {
                 capacity_bytes: convert::bytes(size),
                 // A raw block volume needs only the loop device refreshed, which the node
@@ -363,8 +367,9 @@ impl csi::controller_server::Controller for ControllerService {
         req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("ControllerModifyVolume", async {
-            self.driver
+        let driver = self.driver.clone();
+        rpc_detached("ControllerModifyVolume", async move {
+            driver
                 .modify_volume(&r.volume_id, &convert::map(&r.mutable_parameters))
                 .await?;
             Ok(csi::ControllerModifyVolumeResponse {})

@@ -121,6 +121,27 @@ pub fn register_rpc_metrics(registry: &mut Registry) {
     );
 }
 
+/// Runs one RPC body that changes state as a task of its own: a client that gives up
+/// (deadline, cancel, closed connection) drops only the wait for it, and the body runs to
+/// its end, finishing or undoing its work, releasing its admission reservation and its
+/// in-flight guard only when its children are done (they are killed when their future is
+/// dropped). The outcome is logged and counted either way.
+async fn rpc_detached<T, F>(name: &'static str, body: F) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(rpc(name, body)).await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(rpc = name, error = %e, "the call's task ended without an answer");
+            Err(Status::internal(format!(
+                "{name} ended without an answer: {e}"
+            )))
+        }
+    }
+}
+
 /// Runs one RPC body, logs its outcome once, and maps the error to a status.
 async fn rpc<T, F>(name: &'static str, body: F) -> Result<Response<T>, Status>
 where
@@ -151,5 +172,36 @@ where
             }
             Err(status)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A client that gives up drops the handler's future: the body must still run to its
+    /// end (with `rpc` instead of `rpc_detached` it stops at its first await).
+    #[tokio::test]
+    async fn a_dropped_detached_call_still_runs_to_its_end() {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let call = rpc_detached("Test", async move {
+            go_rx.await.expect("go");
+            done_tx.send(()).expect("done");
+            Ok(())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), call)
+                .await
+                .is_err(),
+            "the call waits for its body"
+        );
+        go_tx.send(()).expect("the body is still waiting");
+        tokio::time::timeout(Duration::from_secs(5), done_rx)
+            .await
+            .expect("the body ran to its end after its caller gave up")
+            .expect("done");
     }
 }

@@ -4,7 +4,7 @@ use csi::node_service_capability::{Rpc, rpc::Type as RpcType};
 use csi_proto::v1 as csi;
 use tonic::{Request, Response, Status};
 
-use super::{convert, rpc};
+use super::{convert, rpc, rpc_detached};
 use crate::driver::{Driver, Usage};
 
 /// Node: stage, publish, stats, expand, info.
@@ -33,13 +33,12 @@ impl csi::node_server::Node for NodeService {
         req: Request<csi::NodeStageVolumeRequest>,
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("NodeStageVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("NodeStageVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             convert::required("staging_target_path", &r.staging_target_path)?;
             let cap = convert::capability("volume_capability", r.volume_capability.as_ref())?;
-            self.driver
-                .node_stage(id, &r.staging_target_path, &cap)
-                .await?;
+            driver.node_stage(id, &r.staging_target_path, &cap).await?;
             Ok(csi::NodeStageVolumeResponse {})
         })
         .await
@@ -50,10 +49,11 @@ impl csi::node_server::Node for NodeService {
         req: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("NodeUnstageVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("NodeUnstageVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             convert::required("staging_target_path", &r.staging_target_path)?;
-            self.driver.node_unstage(id, &r.staging_target_path).await?;
+            driver.node_unstage(id, &r.staging_target_path).await?;
             Ok(csi::NodeUnstageVolumeResponse {})
         })
         .await
@@ -64,13 +64,14 @@ impl csi::node_server::Node for NodeService {
         req: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("NodePublishVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("NodePublishVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             convert::required("target_path", &r.target_path)?;
             let cap = convert::capability("volume_capability", r.volume_capability.as_ref())?;
             convert::required("staging_target_path", &r.staging_target_path)?;
             let pod = convert::pod_uid(&r.volume_context)?;
-            self.driver
+            driver
                 .node_publish(
                     id,
                     &r.staging_target_path,
@@ -90,10 +91,11 @@ impl csi::node_server::Node for NodeService {
         req: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("NodeUnpublishVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("NodeUnpublishVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             convert::required("target_path", &r.target_path)?;
-            self.driver.node_unpublish(id, &r.target_path).await?;
+            driver.node_unpublish(id, &r.target_path).await?;
             Ok(csi::NodeUnpublishVolumeResponse {})
         })
         .await
@@ -153,7 +155,8 @@ impl csi::node_server::Node for NodeService {
         req: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
-        rpc("NodeExpandVolume", async {
+        let driver = self.driver.clone();
+        rpc_detached("NodeExpandVolume", async move {
             let id = convert::volume_id("volume_id", &r.volume_id)?;
             convert::required("volume_path", &r.volume_path)?;
             let range = r
@@ -161,7 +164,7 @@ impl csi::node_server::Node for NodeService {
                 .as_ref()
                 .map(|c| convert::capacity_range(Some(c)))
                 .transpose()?;
-            let size = self.driver.node_expand(id, &r.volume_path, range).await?;
+            let size = driver.node_expand(id, &r.volume_path, range).await?;
             Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: convert::bytes(size),
             })

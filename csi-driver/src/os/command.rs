@@ -99,6 +99,9 @@ impl CommandRunner for SystemRunner {
             let child = tokio::process::Command::new(cmd.program.as_ref())
                 .args(&cmd.args)
                 .env("LC_ALL", "C")
+                // LVM closes the inherited descriptor of the instance lock
+                // (`os::instance_lock`); without this it also warns about it on stderr.
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -17,6 +17,7 @@ mod devices;
 pub mod dm;
 pub mod files;
 pub mod host;
+pub mod instance_lock;
 mod loops;
 pub mod lvm;
 pub mod mounter;
@@ -131,11 +132,15 @@ impl FsType {
     }
 }
 
-/// A loop device and whether it was attached read-only.
+/// A loop device, whether it was attached read-only, and whether it is detaching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopDevice {
     pub path: PathBuf,
     pub read_only: bool,
+    /// Detached while something still had it open (its `autoclear` flag is set: iolane
+    /// never attaches with it): it still shows its backing file but goes away at the
+    /// last close, so it must not be used for a new staging.
+    pub detaching: bool,
 }
 
 /// What `blkid -p` found on a device.

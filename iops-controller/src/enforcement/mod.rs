@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use snapshot::{Counters, PublicationSnapshot, text};
 
 use crate::apply::{self, ApplyError, CgroupFs};
+use crate::cgroup::{PodUid, find_pod_cgroup};
+use crate::device::DeviceNumber;
 use crate::metrics::{EnforcementMetrics, PriorityMetrics};
 use crate::priority::{DeviceState, NodePriority, PriorityPass};
 use crate::reconcile::{Outcome, PassReport, Publication, Reconciler};
@@ -190,6 +192,33 @@ impl Enforcement {
             return Ok(None);
         }
         state.reconciler.release(target, self.fs.as_ref()).map(Some)
+    }
+
+    /// Lifts the caps of `dev` in pod `pod`'s cgroup unless a known publication enforces
+    /// that device there. For a NodeUnpublishVolume whose publication this process never
+    /// recorded: the process restarted between the publish and the unpublish (before a
+    /// pass adopted the mount), or between an earlier attempt's unmount and its lift.
+    /// Returns whether a capped line was reset; an error says why it could not be.
+    pub fn lift_unknown(&self, pod: &PodUid, dev: DeviceNumber) -> Result<bool, String> {
+        let Some(cgroup) = find_pod_cgroup(&self.root, pod).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let state = self.lock();
+        if state.reconciler.enforces(&cgroup, dev) {
+            return Ok(false);
+        }
+        let fs = self.fs.as_ref();
+        match apply::current(fs, &cgroup, dev) {
+            Ok(l) if l.is_unlimited() => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        }
+        match apply::reset(fs, &cgroup, dev) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Forgets publications whose targets `keep` rejects (their mounts are gone: the pod

@@ -91,6 +91,11 @@ impl Reconciler {
         }
     }
 
+    /// Whether a tracked publication enforces `dev` in `cgroup`.
+    pub fn enforces(&self, cgroup: &Path, dev: DeviceNumber) -> bool {
+        self.enforced_elsewhere(cgroup, dev)
+    }
+
     /// How many lines are waiting to be reset.
     pub fn pending_lifts(&self) -> usize {
         self.lifts.len()

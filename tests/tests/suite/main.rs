@@ -7,10 +7,12 @@
 //! - [`lvm`]: lvm backend scenarios that need a real kernel with dm-thin (VM only);
 //! - [`tiers`]: IO tiers end to end, `io.max` in pod cgroups (host and VM: `tests/vm/tiers.sh`);
 //! - [`observability`]: the PVC annotation path, `/metrics`, `/status` and `/healthz`;
-//! - [`central`]: the central `iolane controller` (expansion only).
+//! - [`central`]: the central `iolane controller` (expansion only);
+//! - [`campaign`]: kill -9 and cancellation campaigns with 8 clients (host: loop; VM: lvm, opt-in).
 //!
 //! The harness they share is the `iolane_tests` library (`tests/src/`).
 
+mod campaign;
 mod central;
 mod conformance;
 mod lvm;

@@ -94,8 +94,7 @@ impl LvmBackend {
             .loops_for_file(&dev)?
             .iter()
             .any(|l| l.read_only && l.path == device);
-        if ours {
-            self.os.loop_detach(device).await?;
+        if ours && self.os.loop_detach(device, &dev).await? {
             tracing::debug!(volume.id = %id, device = %device.display(), "detached read-only loop device");
         }
         Ok(())
