@@ -11,7 +11,9 @@
 //! static `[tiers.batch]` of 2000 IOPS), where the test is expected to FAIL (the issue).
 //! Its lines (all measured in one node run, all reported before the first failing one):
 //! - all five loading: streaming keeps >= 0.90 of its solo IOPS (the better of a solo run
-//!   before and after), and its p99 latency stays within 1.5x of solo;
+//!   before and after) from +1 s of its start (the first second is the reaction line's;
+//!   the whole run's mean is printed too), and its p99 latency over the whole run stays
+//!   within 1.5x of solo;
 //! - the four batch volumes alone (streaming idle) get >= 0.85 of the device (the
 //!   streaming solo rate);
 //! - while streaming saturates the device, the batch class gets at least its floor (0.05
@@ -288,7 +290,12 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
 
     // The figures.
     let device = solo.mean;
-    let keep = together.mean / solo.mean;
+    // Streaming's share is judged once the reaction window has passed (from +1 s, as the
+    // floor is): the first second is the reaction line's (streaming at 0.90 within 1 s). The
+    // whole run's mean, which also counts the reaction, is printed beside it.
+    let keep_run = together.mean / solo.mean;
+    let steady_s: Vec<f64> = together.samples.iter().copied().skip(10).collect();
+    let keep = steady_s.iter().sum::<f64>() / steady_s.len().max(1) as f64 / solo.mean;
     let p99x = together.p99_us / solo.p99_us;
     let share_alone = batch_alone / device;
     let s_start = together.start_ms;
@@ -310,10 +317,11 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
         "priority {mode} (device throttled to {iops} IOPS, {s} s runs):\n  \
          streaming solo {:.0} IOPS, p99 {:.1} ms (the better of {:.0} before and {:.0} after)\n  \
          batch alone (4 volumes) {batch_alone:.0} IOPS = {share_alone:.2} of the device\n  \
-         all five: streaming {:.0} IOPS = {keep:.2} of solo, p99 {:.1} ms = {p99x:.2}x solo; \
+         all five: streaming {:.0} IOPS = {keep_run:.2} of solo over its run, {keep:.2} from +1 s, p99 {:.1} ms = {p99x:.2}x solo; \
          batch {:.0} IOPS over its whole run ({})\n  \
          batch while streaming ran (from +1 s): {batch_floor:.3} of the device (floor {FLOOR})\n  \
-         streaming >= 0.90 of solo after {}; batch >= 0.85 of the device {} after streaming stopped",
+         streaming >= 0.90 of solo after {}; batch >= 0.85 of the device {} after streaming stopped\n  \
+         streaming per 100 ms, first 2 s: {}",
         solo.mean,
         solo.p99_us / 1000.0,
         solo_means.0,
@@ -328,6 +336,13 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
             .join(" + "),
         show(up),
         show(regain),
+        together
+            .samples
+            .iter()
+            .take(20)
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     ));
     note(format!("/metrics priority series:\n{}", prio.join("\n")));
 
@@ -347,7 +362,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     check(
         keep >= 0.90,
         format!(
-            "streaming kept {keep:.2} of its solo rate with four batch volumes loading; want >= 0.90"
+            "streaming kept {keep:.2} of its solo rate from +1 s with four batch volumes loading; want >= 0.90"
         ),
     );
     check(
