@@ -114,10 +114,10 @@ fi
 
 # The priority controllers on an IO-bound disk (issue 9). One result line per mode.
 if [ "${IOLANE_VM_PRIORITY:-0}" = 1 ] \
-    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails"; }; then
+    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails priority::two-devices"; }; then
     piops="${IOLANE_VM_PRIORITY_IOPS:-400}"
     stamp "boot 3 of 7: tests/vm/priority-test.sh (nvme0n1 throttled to $piops IOPS)"
-    bash "$here/run.sh" --disks 1 --timeout 900 --disk-opts "throttling.iops-total=$piops" --rwdir "$work" -- \
+    bash "$here/run.sh" --disks 2 --timeout 900 --disk-opts "throttling.iops-total=$piops" --rwdir "$work" -- \
         env IOLANE_TEST_PRIORITY_IOPS="$piops" bash "$here/priority-test.sh" "$work/bin" "$results"
     prc=$?
     if [ "$prc" != 0 ] && ! grep -q '^FAILED priority::' "$results"; then

@@ -6,6 +6,8 @@
 #
 #   priority-test.sh BIN_DIR [RESULTS_FILE]
 #
+# Then, with `on`, the two-device test (tests/tests/suite/tiers/priority_devices.rs; needs
+# the boot's second disk, /dev/nvme1n1, throttled like the first).
 # IOLANE_PRIORITY_MODES (default `off on`: the first node start of a boot also sets up the
 # VG and pool, slow in the emulated VM) picks the runs. With RESULTS_FILE, one line per
 # mode is appended to it (`ok priority::on SECONDS`, `ok priority::off-fails SECONDS`, or
@@ -38,10 +40,31 @@ for mode in ${IOLANE_PRIORITY_MODES:-off on}; do
     grep -E '^(priority |/metrics|iolane_priority_|thread .* panicked|  |skipped| *[0-9]+ ms batch riops)' "$log" | sed 's/^/    /'
     if [ "${rc[$mode]}" != 0 ] && [ "$mode" = on ]; then
         echo "    the node's priority and io.max lines (last 40):"
-        grep -E 'priority|io\.max' "$log" | grep -v 'ms batch riops' | tail -40 | cut -c1-300 | sed 's/^/      /'
+        grep -E 'priority|io\.max' "$log" | grep -v 'ms batch riops\|priority: pass' | tail -40 | cut -c1-300 | sed 's/^/      /'
+        echo "    the controller's passes (the last 250, debug):"
+        grep 'priority: pass' "$log" | sed 's/\x1b\[[0-9;]*m//g' | tail -250 | cut -c12-400 | sed 's/^/      /'
     fi
 done
+# Two devices (issue 9): load on one never changes the other's batch budget. Needs the
+# second disk; runs with priority on, when `on` is among the modes.
+two=tiers::priority_devices::vm_load_on_one_device_leaves_the_other_alone
+if [[ " ${IOLANE_PRIORITY_MODES:-off on} " == *" on "* ]]; then
+    start=$(date +%s)
+    log="$(mktemp)"
+    IOLANE_TEST_LVM_DEVICES=/dev/nvme0n1,/dev/nvme1n1 timeout -k 10 600 "$local_bin/suite" \
+        --exact "$two" --test-threads 1 --nocapture >"$log" 2>&1
+    rc_two=$?
+    secs_two=$(($(date +%s) - start))
+    echo "priority: two devices: exit $rc_two in ${secs_two}s"
+    grep -E '^(two devices|  |skipped|thread .* panicked)' "$log" | sed 's/^/    /'
+fi
 ok=1
+case "${rc_two-}" in
+    "") ;;
+    0) echo "ok priority::two-devices $secs_two" >>"$results" ;;
+    *) echo "priority: FAIL: load on one device changed the other's budget (or the test failed)"; ok=0
+       echo "FAILED priority::two-devices $secs_two (exit $rc_two)" >>"$results" ;;
+esac
 case "${rc[on]-}" in
     "") echo "priority: on: not run" ;;
     0) echo "ok priority::on ${secs[on]}" >>"$results" ;;

@@ -2,7 +2,7 @@
 # shellcheck source-path=SCRIPTDIR
 # Host side, root: the priority controllers' VM test (issue 9) alone; tests/vm/all.sh runs
 # the same boot in CI. Builds `iolane` and the `suite` test binary, boots the test VM with
-# one NVMe disk that QEMU throttles to --iops (default 400, as the lab: the emulated NVMe
+# two NVMe disks that QEMU throttles each to --iops (default 400, as the lab: the emulated NVMe
 # under software emulation stays IO-bound there) IOPS, and runs
 # tiers::priority::vm_streaming_keeps_its_rate_against_four_batch_volumes twice in that
 # boot (tests/vm/priority-test.sh): with the default tiers and priority on (`on`, must
@@ -44,7 +44,7 @@ for line in open(sys.argv[1]):
 objcopy --strip-debug "$exe" "$work/bin/suite"
 echo "priority.sh: [$(($(date +%s) - t0))s] built; booting with nvme0n1 throttled to $iops IOPS"
 b0=$(date +%s)
-bash "$here/run.sh" --disks 1 --timeout 1200 --disk-opts "throttling.iops-total=$iops" --rwdir "$work" -- \
+bash "$here/run.sh" --disks 2 --timeout 1200 --disk-opts "throttling.iops-total=$iops" --rwdir "$work" -- \
     env IOLANE_TEST_PRIORITY_IOPS="$iops" bash "$here/priority-test.sh" "$work/bin"
 rc=$?
 echo "priority.sh: VM run took $(($(date +%s) - b0))s; exit $rc"

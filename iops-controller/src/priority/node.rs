@@ -455,6 +455,27 @@ impl NodePriority {
                 })
             });
             let decision = entry.controller.pass(now, samples, device);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                // One line per device and pass (debug only): what the law saw and chose.
+                let seen: Vec<String> = samples
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}:{}/{}",
+                            if s.class == Priority::Streaming {
+                                's'
+                            } else {
+                                'b'
+                            },
+                            s.counters.rios + s.counters.wios,
+                            s.in_flight
+                                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+                        )
+                    })
+                    .collect();
+                let r = &decision.report;
+                tracing::debug!(device = %entry.name, budget = r.batch_budget, streaming_active = r.streaming_active, backlogged = r.streaming_backlogged, saturated = r.saturated, streaming_use = r.streaming_use, batch_use = r.batch_use, inputs = %seen.join(" "), "priority: pass");
+            }
             let streaming = samples
                 .iter()
                 .filter(|s| s.class == Priority::Streaming)

@@ -19,6 +19,9 @@
 //!   `tiers.sh`): streaming keeps its solo rate and latency against four batch volumes,
 //!   batch alone gets the device, the floor and the reaction times.
 //!
+//! - `priority_devices::`: two throttled disks, one device class each: load on one never
+//!   changes the other's batch budget (VM, lvm).
+//!
 //! - `calibration::`: `iolane bench --calibrate` on a real loop device, and the node
 //!   starting the state directory's disk from the stored capacity (loop backend, host).
 //!
@@ -27,6 +30,7 @@
 mod calibration;
 mod host;
 mod priority;
+mod priority_devices;
 // `vm` first: its `require_vm!` is used by `retier`.
 #[macro_use]
 mod vm;

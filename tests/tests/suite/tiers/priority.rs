@@ -32,11 +32,11 @@ use super::*;
 
 /// Bytes of each volume the benches read (prefilled, so reads reach the disk: a thin LV's
 /// unwritten blocks never do).
-const SPAN: u64 = 32 << 20;
+pub(super) const SPAN: u64 = 32 << 20;
 /// The batch class's floor (`[priority] floor`, default).
 const FLOOR: f64 = 0.05;
 
-fn secs() -> u64 {
+pub(super) fn secs() -> u64 {
     std::env::var("IOLANE_TEST_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -44,17 +44,17 @@ fn secs() -> u64 {
 }
 
 /// One bench run's figures.
-struct Run {
-    mean: f64,
+pub(super) struct Run {
+    pub(super) mean: f64,
     p99_us: f64,
     /// Wall clock of the first IO, ms since the epoch.
-    start_ms: u64,
+    pub(super) start_ms: u64,
     /// IOPS of every 100 ms.
-    samples: Vec<f64>,
+    pub(super) samples: Vec<f64>,
 }
 
 /// `iolane bench` on `p` from its pod's cgroup, after `delay`.
-fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Run {
+pub(super) fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Run {
     std::thread::sleep(delay);
     let bin = binary();
     run(
@@ -102,7 +102,7 @@ fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Run {
 
 /// The batch class's IOPS per 100 ms slot from `t0_ms` on (the sum of the runs' samples
 /// that fall in each slot).
-fn class_samples(runs: &[Run], t0_ms: u64) -> Vec<f64> {
+pub(super) fn class_samples(runs: &[Run], t0_ms: u64) -> Vec<f64> {
     let mut out: Vec<f64> = Vec::new();
     for r in runs {
         for (i, v) in r.samples.iter().enumerate() {
@@ -168,6 +168,8 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     // reports would take a vCPU of the emulated guest every 2 s.
     let mut d = Driver::start_with(Options {
         args: vec!["--metrics-address".into(), metrics.clone()],
+        // Each pass's inputs and budget (`priority: pass`), printed when the test fails.
+        log: Some("info,csi_driver=debug,iops_controller::priority=debug".to_owned()),
         config: Some(config),
         ..Options::default()
     })

@@ -96,9 +96,24 @@ pub(super) async fn publish_block(
     tier: &str,
     pods: &mut Pods,
 ) -> Published {
+    publish_block_in(d, name, tier, None, pods).await
+}
+
+/// [`publish_block`] in a named device class (`iolane.dev/device-class`), or the default.
+pub(super) async fn publish_block_in(
+    d: &mut Driver,
+    name: &str,
+    tier: &str,
+    class: Option<&str>,
+    pods: &mut Pods,
+) -> Published {
     let (uid, cgroup) = pods.pod();
     let mut req = create_request(name, vec![block_cap()], GIB, 0);
-    req.parameters = params(&[(TIER_KEY, tier)]);
+    let mut p = vec![(TIER_KEY, tier)];
+    if let Some(c) = class {
+        p.push(("iolane.dev/device-class", c));
+    }
+    req.parameters = params(&p);
     let vol = ok(d.controller.create_volume(req).await, "CreateVolume")
         .volume
         .expect("volume");
