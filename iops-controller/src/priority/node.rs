@@ -8,10 +8,12 @@
 //!
 //! 1. every publication whose pod cgroup is found is one controller input, keyed on
 //!    (pod cgroup, volume device): its class from its tier's priority, its ceiling the
-//!    tier's caps recorded at publish ([`NodePriority::record`]), its counters the pod's
-//!    `io.stat` for the volume's device; for a streaming publication also its in-flight
-//!    count and weighted milliseconds from the volume device's sysfs `stat` (a batch one
-//!    counts as active while its counters moved within the last second);
+//!    tier's caps recorded at publish ([`NodePriority::record`]), its counters, in-flight
+//!    count and weighted milliseconds from the volume device's own sysfs `stat` (split
+//!    evenly when the volume is in several pods; not the pod's `io.stat`, which Linux 6.1
+//!    was seen to leave empty for a throttled pod); a publication also counts as active
+//!    while its counters moved within the last second (IO held in blk-throttle is in no
+//!    in-flight count);
 //! 2. publications are grouped by the physical devices under their volume device
 //!    ([`Topology::physical`], looked up once per volume device); each group has its own
 //!    [`DeviceController`], created with the configured capacity of the device (by
@@ -192,8 +194,6 @@ pub struct NodePriority {
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
     moved: HashMap<Key, (Counters, Duration)>,
-    /// The buffer each `io.stat` is read into.
-    buf: String,
 }
 
 impl std::fmt::Debug for NodePriority {
@@ -218,7 +218,6 @@ impl NodePriority {
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
             moved: HashMap::new(),
-            buf: String::new(),
         }
     }
 
@@ -315,6 +314,8 @@ impl NodePriority {
         let mut targets: Vec<(Key, &Path, Limits)> = Vec::new();
         let mut live: HashSet<Key> = HashSet::new();
         let mut volume_devs: HashSet<DeviceNumber> = HashSet::new();
+        let mut vstats: HashMap<DeviceNumber, super::topology::BlockStat> = HashMap::new();
+        let mut keys_of_dev: HashMap<DeviceNumber, u64> = HashMap::new();
         for p in reconciler.publications() {
             count += 1;
             let (Some(cgroup), Some(ceiling)) = (
@@ -349,33 +350,37 @@ impl NodePriority {
                     }
                 },
             };
-            let counters = match apply::stat_of(fs, cgroup, dev, &mut None, &mut self.buf) {
-                Ok(s) => s.map_or_else(Counters::default, |s| Counters {
-                    rios: s.rios,
-                    wios: s.wios,
-                    rbytes: s.rbytes,
-                    wbytes: s.wbytes,
-                }),
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => {
-                    out.errors
-                        .push(format!("io.stat of {}: {e}", cgroup.display()));
-                    continue;
-                }
+            // The volume's own device counters (`/sys/block/dm-N/stat`), read once per
+            // pass per volume device. Not the pod's `io.stat`: on Linux 6.1 a pod cgroup's
+            // `io.stat` line for a throttled dm device was seen to stay absent for whole
+            // runs while the pod did hundreds of IOPS through it (docs/priority.md,
+            // *What is measured*), which left batch looking idle and unthrottled.
+            if !vstats.contains_key(&dev) {
+                let st = match self.topology.stat(dev) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        out.errors.push(format!("stat of volume device {dev}: {e}"));
+                        continue;
+                    }
+                };
+                vstats.insert(dev, st);
+            }
+            let Some(vstat) = vstats.get(&dev).copied() else {
+                continue;
+            };
+            *keys_of_dev.entry(dev).or_insert(0u64) += 1;
+            let counters = Counters {
+                rios: vstat.reads,
+                wios: vstat.writes,
+                rbytes: vstat.read_sectors * 512,
+                wbytes: vstat.write_sectors * 512,
             };
             let class = self
                 .classes
                 .get(&p.publication.tier)
                 .copied()
                 .unwrap_or(Priority::Streaming);
-            // The volume device's queue matters for streaming only (the backlog test); a
-            // batch publication counts as active from its counters (below), which saves a
-            // sysfs read per batch publication per pass.
-            let vstat = if class == Priority::Streaming {
-                self.topology.stat(dev).ok()
-            } else {
-                None
-            };
+            let vstat = Some(vstat);
             let last_moved = match self.moved.get(&key) {
                 Some((before, at)) if *before == counters => *at,
                 _ => now,
@@ -396,6 +401,27 @@ impl NodePriority {
                     queue_ms: vstat.map(|s| s.weighted_ms),
                     ceiling,
                 });
+        }
+        // A volume published into several pods: its device's counters are split evenly
+        // between its inputs (each pod is one input of the law).
+        if keys_of_dev.values().any(|n| *n > 1) {
+            for samples in groups.values_mut() {
+                for s in samples.iter_mut() {
+                    let n = self
+                        .keys
+                        .get(s.key)
+                        .and_then(|(_, dev)| keys_of_dev.get(dev))
+                        .copied()
+                        .unwrap_or(1)
+                        .max(1);
+                    s.counters = Counters {
+                        rios: s.counters.rios / n,
+                        wios: s.counters.wios / n,
+                        rbytes: s.counters.rbytes / n,
+                        wbytes: s.counters.wbytes / n,
+                    };
+                }
+            }
         }
         // Forget what went (sizes first: usually nothing did).
         if self.ceilings.len() > count {

@@ -34,6 +34,12 @@ pub fn real_device_of() -> DeviceOf {
 pub struct BlockStat {
     /// Reads plus writes completed.
     pub ios: u64,
+    /// Reads completed (field 1) and writes completed (field 5).
+    pub reads: u64,
+    pub writes: u64,
+    /// 512-byte sectors read (field 3) and written (field 7).
+    pub read_sectors: u64,
+    pub write_sectors: u64,
     /// IOs in flight now.
     pub in_flight: u64,
     /// Weighted milliseconds spent in queue (field 11).
@@ -43,8 +49,8 @@ pub struct BlockStat {
 impl BlockStat {
     /// Parses the whitespace-separated fields of a `stat` file.
     pub fn parse(text: &str) -> Option<BlockStat> {
-        // Every field must be a number; fields 1, 5, 9 and 11 are kept (no allocation:
-        // read every period).
+        // Every field must be a number; fields 1, 3, 5, 7, 9 and 11 are kept (no
+        // allocation: read every period).
         let mut f = [0u64; 11];
         let mut n = 0;
         for token in text.split_ascii_whitespace() {
@@ -59,6 +65,10 @@ impl BlockStat {
         }
         Some(BlockStat {
             ios: f[0] + f[4],
+            reads: f[0],
+            writes: f[4],
+            read_sectors: f[2],
+            write_sectors: f[6],
             in_flight: f[8],
             weighted_ms: f[10],
         })
@@ -256,6 +266,10 @@ mod tests {
             topo.stat(dn("253:3")).unwrap(),
             BlockStat {
                 ios: 150,
+                reads: 100,
+                writes: 50,
+                read_sectors: 800,
+                write_sectors: 400,
                 in_flight: 3,
                 weighted_ms: 1234
             }

@@ -129,14 +129,14 @@ fn node() -> Node {
     n
 }
 
-fn read_ios(n: &Node, pod: usize, dev: &str, rios: u64) {
-    n.fs.set_io_stat(
-        &n.cgroups[pod],
-        &format!(
-            "{dev} rbytes={} wbytes=0 rios={rios} wios=0 dbytes=0 dios=0\n",
-            rios * 4096
-        ),
-    );
+/// The volume device's sysfs `stat` after `rios` 4 KiB reads (what the node reads; the
+/// pod is the one the device is published into).
+fn read_ios(n: &Node, _pod: usize, dev: &str, rios: u64) {
+    fs::write(
+        n._sys.path().join("dev/block").join(dev).join("stat"),
+        format!("{rios} 0 {} 0 0 0 0 0 0 0 0\n", rios * 8),
+    )
+    .unwrap();
 }
 
 fn riops(n: &Node, pod: usize, dev: &str) -> Limit {
