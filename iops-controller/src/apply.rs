@@ -73,22 +73,6 @@ pub trait CgroupFs: Send + Sync {
     fn write_io_max(&self, cgroup: &Path, line: &str) -> Result<(), ApplyError>;
     /// The text of `<cgroup>/io.stat`.
     fn read_io_stat(&self, cgroup: &Path) -> Result<String, ApplyError>;
-    /// The text of `<cgroup>/io.stat` into `buf`, through `file`: room for a handle the
-    /// caller keeps between reads of the same cgroup. Every implementation reads the file
-    /// whole and leaves `file` alone: a kept cgroupfs handle re-read at offset 0 stayed
-    /// empty on Linux 6.1 when it was opened before the cgroup's first IO (seq_file does
-    /// not restart a read at the position it already reached), so the priority
-    /// controllers saw batch volumes as idle (VM run, 2026-12-05).
-    fn read_io_stat_with(
-        &self,
-        cgroup: &Path,
-        file: &mut Option<std::fs::File>,
-        buf: &mut String,
-    ) -> Result<(), ApplyError> {
-        let _ = file;
-        *buf = self.read_io_stat(cgroup)?;
-        Ok(())
-    }
     /// Whether the io controller is enabled for `cgroup` (listed in its
     /// `cgroup.controllers`); without it there is no `io.max` to write.
     fn io_enabled(&self, cgroup: &Path) -> Result<bool, ApplyError>;
@@ -139,23 +123,6 @@ pub fn stats(
         source,
     })?;
     Ok(table.get(dev).copied())
-}
-
-/// The counters of `dev` in `cgroup`'s `io.stat`, parsing only that device's line
-/// ([`IoStats::find`]): the priority controllers' read every period.
-/// `file` and `buf` are the caller's, kept between reads ([`CgroupFs::read_io_stat_with`]).
-pub fn stat_of(
-    fs: &(impl CgroupFs + ?Sized),
-    cgroup: &Path,
-    dev: DeviceNumber,
-    file: &mut Option<std::fs::File>,
-    buf: &mut String,
-) -> Result<Option<IoStat>, ApplyError> {
-    fs.read_io_stat_with(cgroup, file, buf)?;
-    IoStats::find(buf, dev).map_err(|source| ApplyError::IoStat {
-        path: cgroup.join(IO_STAT),
-        source,
-    })
 }
 
 /// The kernel's cgroupfs.

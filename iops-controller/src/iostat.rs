@@ -79,20 +79,6 @@ impl IoStats {
         self.devices.get(&dev)
     }
 
-    /// The counters of `dev` alone (`None` when the file has no line for it), parsing
-    /// only that line: what the priority controllers read every period, without the
-    /// table [`IoStats::parse`] builds.
-    pub fn find(text: &str, dev: DeviceNumber) -> Result<Option<IoStat>, IoStatError> {
-        for line in text.lines() {
-            let first = line.split_ascii_whitespace().next().unwrap_or_default();
-            if first.parse::<DeviceNumber>().ok() != Some(dev) {
-                continue;
-            }
-            return Ok(IoStats::parse(line)?.get(dev).copied());
-        }
-        Ok(None)
-    }
-
     /// Every device listed, in device order.
     pub fn devices(&self) -> impl Iterator<Item = (DeviceNumber, &IoStat)> {
         self.devices.iter().map(|(d, s)| (*d, s))

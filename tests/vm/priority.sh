@@ -42,7 +42,7 @@ for line in open(sys.argv[1]):
 ' "$work/build.json" | tail -1)"
 [ -x "$exe" ] || { echo "priority.sh: no suite test binary" >&2; exit 1; }
 objcopy --strip-debug "$exe" "$work/bin/suite"
-echo "priority.sh: [$(($(date +%s) - t0))s] built; booting with nvme0n1 throttled to $iops IOPS"
+echo "priority.sh: [$(($(date +%s) - t0))s] built; booting with nvme0n1 and nvme1n1 throttled to $iops IOPS each"
 b0=$(date +%s)
 bash "$here/run.sh" --disks 2 --timeout 1200 --disk-opts "throttling.iops-total=$iops" --rwdir "$work" -- \
     env IOLANE_TEST_PRIORITY_IOPS="$iops" bash "$here/priority-test.sh" "$work/bin"

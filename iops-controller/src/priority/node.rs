@@ -39,7 +39,7 @@ use crate::tier::{Limits, Priority, TierSet};
 use super::calibration::CalibrationStore;
 use super::controller::{Counters, DeviceController, DeviceReport, DeviceSample, Params};
 use super::model::DeviceModel;
-use super::topology::Topology;
+use super::topology::{StatFiles, Topology};
 
 /// The IOPS a device with no configured capacity starts from: low enough that batch
 /// cannot flood a slow disk before the online correction (up to `max_ratio` times this)
@@ -194,6 +194,8 @@ pub struct NodePriority {
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
     moved: HashMap<Key, (Counters, Duration)>,
+    /// The volume and physical devices' `stat` files, kept open between passes.
+    stats: StatFiles,
 }
 
 impl std::fmt::Debug for NodePriority {
@@ -218,6 +220,7 @@ impl NodePriority {
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
             moved: HashMap::new(),
+            stats: StatFiles::default(),
         }
     }
 
@@ -355,15 +358,16 @@ impl NodePriority {
             // `io.stat` line for a throttled dm device was seen to stay absent for whole
             // runs while the pod did hundreds of IOPS through it (docs/priority.md,
             // *What is measured*), which left batch looking idle and unthrottled.
-            if !vstats.contains_key(&dev) {
-                let st = match self.topology.stat(dev) {
-                    Ok(st) => st,
+            if let std::collections::hash_map::Entry::Vacant(slot) = vstats.entry(dev) {
+                match self.stats.stat(&self.topology, dev) {
+                    Ok(st) => {
+                        slot.insert(st);
+                    }
                     Err(e) => {
                         out.errors.push(format!("stat of volume device {dev}: {e}"));
                         continue;
                     }
-                };
-                vstats.insert(dev, st);
+                }
             }
             let Some(vstat) = vstats.get(&dev).copied() else {
                 continue;
@@ -434,6 +438,12 @@ impl NodePriority {
         }
         if self.physical.len() > volume_devs.len() {
             self.physical.retain(|d, _| volume_devs.contains(d));
+            // A volume device went: close its `stat` file, and those of physical devices
+            // no volume is on any more.
+            let physical = &self.physical;
+            self.stats.retain(|d| {
+                volume_devs.contains(d) || physical.values().any(|set| set.contains(d))
+            });
         }
         if self.moved.len() > live.len() {
             self.moved.retain(|k, _| live.contains(k));
@@ -474,7 +484,7 @@ impl NodePriority {
                 continue;
             };
             let device = set.iter().try_fold(DeviceSample::default(), |acc, d| {
-                let s = self.topology.stat(*d).ok()?;
+                let s = self.stats.stat(&self.topology, *d).ok()?;
                 Some(DeviceSample {
                     ios: acc.ios + s.ios,
                     weighted_ms: acc.weighted_ms + s.weighted_ms,

@@ -11,8 +11,11 @@
 //! `/sys/dev/block/MAJ:MIN/stat` fields (Documentation/block/stat.rst): 1 reads completed,
 //! 5 writes completed, 9 IOs in flight, 11 weighted milliseconds in queue.
 
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -72,6 +75,71 @@ impl BlockStat {
             in_flight: f[8],
             weighted_ms: f[10],
         })
+    }
+}
+
+/// The `stat` files a node reads every pass, kept open and re-read at offset 0: sysfs
+/// regenerates an attribute's text on every read at offset 0 (`seq_file`), so a pass costs
+/// one `pread` per device instead of an open with its path walk, a read and a close. A
+/// handle that fails (its device went) is dropped and the file opened again once: a
+/// device number can come back for a new device.
+#[derive(Debug, Default)]
+pub struct StatFiles {
+    open: HashMap<DeviceNumber, File>,
+    buf: Vec<u8>,
+}
+
+impl StatFiles {
+    /// `dev`'s `stat` counters through `topology`'s sysfs.
+    pub fn stat(&mut self, topology: &Topology, dev: DeviceNumber) -> io::Result<BlockStat> {
+        const LEN: usize = 1024;
+        if self.buf.len() != LEN {
+            self.buf.resize(LEN, 0);
+        }
+        let mut last = None;
+        for _ in 0..2 {
+            let file = match self.open.entry(dev) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => v.insert(File::open(topology.dir(dev).join("stat"))?),
+            };
+            match file.read_at(&mut self.buf, 0) {
+                // A whole line that fits (a stat line is under 300 bytes).
+                Ok(n) if n < LEN => {
+                    let parsed = std::str::from_utf8(&self.buf[..n])
+                        .ok()
+                        .and_then(BlockStat::parse);
+                    if let Some(st) = parsed {
+                        return Ok(st);
+                    }
+                    self.open.remove(&dev);
+                    return topology.stat(dev);
+                }
+                Ok(_) => {
+                    self.open.remove(&dev);
+                    return topology.stat(dev);
+                }
+                Err(e) => {
+                    self.open.remove(&dev);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("stat: no read")))
+    }
+
+    /// Closes the files of devices `keep` says no to.
+    pub fn retain(&mut self, keep: impl Fn(&DeviceNumber) -> bool) {
+        self.open.retain(|d, _| keep(d));
+    }
+
+    /// How many files are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
     }
 }
 
