@@ -41,6 +41,10 @@ for mode in ${IOLANE_PRIORITY_MODES:-off on}; do
     if [ "${rc[$mode]}" != 0 ] && [ "$mode" = on ]; then
         echo "    the node's priority and io.max lines (last 40):"
         grep -E 'priority|io\.max' "$log" | grep -v 'ms batch riops\|priority: pass' | tail -40 | cut -c1-300 | sed 's/^/      /'
+        echo "    the controller's io.max writes (the last 80):"
+        grep 'priority: io.max set' "$log" | sed 's/\x1b\[[0-9;]*m//g' |
+            sed -E 's/.*T([0-9:.]{12}).*cgroup=[^ ]*pod([0-9a-f]{8})[^ ]* device=([0-9:]+) limits=(.*)/\1 pod\2 \3 \4/' |
+            tail -80 | cut -c1-200 | sed 's/^/      /'
         echo "    the controller's passes (the last 250, debug):"
         grep 'priority: pass' "$log" | sed 's/\x1b\[[0-9;]*m//g' | tail -250 | cut -c12-400 | sed 's/^/      /'
     fi

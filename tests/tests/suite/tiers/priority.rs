@@ -238,10 +238,19 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
                         .unwrap_or("-")
                         .to_owned()
                 };
+                // Processes in each batch pod's cgroup (its bench, while it runs).
+                let procs: Vec<String> = batch
+                    .iter()
+                    .map(|p| {
+                        fs::read_to_string(p.cgroup.join("cgroup.procs"))
+                            .map(|t| t.lines().count().to_string())
+                            .unwrap_or_else(|_| "-".to_owned())
+                    })
+                    .collect();
                 let caps: Vec<String> = batch
                     .iter()
                     .map(|p| {
-                        let text = cat_io_max(&p.cgroup);
+                        let text = fs::read_to_string(p.cgroup.join("io.max")).unwrap_or_default();
                         line_of(&text, &p.dev)
                             .and_then(|l| {
                                 l.split_whitespace()
@@ -251,15 +260,16 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
                     })
                     .collect();
                 lines.push(format!(
-                    "{:>5} ms batch riops={} budget={} streaming_active={} streaming_use={} batch_use={}",
+                    "{:>5} ms batch riops={} procs={} budget={} streaming_active={} streaming_use={} batch_use={}",
                     t0.elapsed().as_millis(),
                     caps.join("/"),
+                    procs.join("/"),
                     pick("iolane_priority_batch_budget_ratio"),
                     pick("iolane_priority_streaming_active"),
                     pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"streaming\"}"),
                     pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"batch\"}"),
                 ));
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(300));
             }
             lines
         });
