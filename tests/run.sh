@@ -81,6 +81,12 @@ fi
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1
 
+# The priority controllers' CPU per pass at 200 publications (issue 9), printed: the test
+# ran above with its output hidden; this prints its figures against the reconciler's pass
+# measured in the same run (docs/priority.md, *Cost*).
+echo "== priority controllers' cost (iops-controller/tests/priority_cost.rs)"
+cargo test -p iops-controller --locked --test priority_cost -- --nocapture 2>&1 | grep '^priority cost'
+
 # grpcio (gRPC C core, Python's CSI tools) against `iolane node`: it sends the socket's path
 # as `:authority`, which the server must serve, not reset. Its venv is cached
 # (/var/cache/iolane/grpcio-VERSION). Prints `grpcio: N passed, M failed`.

@@ -156,8 +156,12 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(metrics) = metrics {
         enforcement = enforcement.with_metrics(metrics);
     }
-    if let Some(config) = cfg.priority.to_config()? {
-        // Opt-in (issue 9): per-device class controllers over the same publications.
+    if let Some(mut config) = cfg.priority.to_config()? {
+        config.calibrations = Some(iops_controller::priority::CalibrationStore::in_state_dir(
+            &args.state_dir,
+        ));
+        // On by default (issue 9; `[priority] enabled = false` turns them off): per-device
+        // class controllers over the same publications.
         let topology = iops_controller::priority::Topology::new(
             os.roots().sys.clone(),
             iops_controller::priority::topology::real_device_of(),

@@ -3,7 +3,8 @@
 //!
 //! - [`tier`]: a tier is four caps (read/write IOPS, read/write bytes/s, each a number or
 //!   `max`, optionally per GiB of volume size) and a priority class. Built in: `streaming`
-//!   (uncapped) and `batch` (2000 IOPS and 200 MiB/s each way); the node config's
+//!   (uncapped) and `batch` (no fixed cap: the priority controllers share each device
+//!   between the classes, [`priority`]); the node config's
 //!   `[tiers.<name>]` tables add tiers or replace these, checked by
 //!   [`TierSet::from_config`] with errors naming the field.
 //! - [`resolve`](mod@resolve): a volume's tier from, weakest first, the built-in default (`batch`), the

@@ -131,10 +131,16 @@ k8s_log "containerd $(containerd --version | awk '{print $3}'), runc $(runc --ve
 ctr --address /run/containerd/containerd.sock -n k8s.io images ls -q | sed 's/^/    /'
 
 # --- iolane node, registrar, csi-provisioner -------------------------------------------
-# deploy/base's node config: this VM's disk, the batch tier capped at $cap IOPS.
-sed -e 's#^devices = .*#devices = ["/dev/nvme0n1"]#' \
-    -e "/^\[tiers.batch\]/,/^\$/{s/^read_iops = .*/read_iops = $cap/;s/^write_iops = .*/write_iops = $cap/}" \
-    "$repo/deploy/base/node-config.toml" >"$D/node.toml"
+# deploy/base's node config: this VM's disk, the batch tier capped at $cap IOPS, and the
+# priority controllers off, so that the pod's line is exactly that cap (with them on, an
+# idle batch volume's line is its dynamic share under the cap; tests/vm/priority.sh tests
+# them).
+{
+    printf '[priority]\nenabled = false\n\n'
+    sed -e 's#^devices = .*#devices = ["/dev/nvme0n1"]#' \
+        -e "/^\[tiers.batch\]/,/^\$/{s/^read_iops = .*/read_iops = $cap/;s/^write_iops = .*/write_iops = $cap/}" \
+        "$repo/deploy/base/node-config.toml"
+} >"$D/node.toml"
 start_iolane() { # LOG
     k8s_start iolane "$1" "$b/iolane" node --endpoint "unix://$sock" \
         --node-id "$node" --state-dir "$D/iolane-state" --config "$D/node.toml" \

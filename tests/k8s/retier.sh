@@ -79,8 +79,17 @@ k8s_apply_base volumeattributesclasses.yaml || exit 1
 k8s_node_pod_yaml | kubectl apply -f - >/dev/null || exit 1
 
 # The tiers of the shipped node config, without its device class (loop backend here).
+# The built-in batch tier has no fixed cap (the priority controllers share each device,
+# docs/priority.md); this test is about re-tiering, not priority, so batch gets an explicit
+# ceiling (read_iops = 2000, the value the steps below look for) and the priority
+# controllers are off: the batch line is then exactly the tier's cap.
 config="$K8S_DIR/node.toml"
-awk '/^\[tiers\./ {on = 1} on' "$repo/deploy/base/node-config.toml" >"$config"
+{
+    printf '[priority]\nenabled = false\n\n'
+    awk '/^\[tiers\./ {on = 1} on' "$repo/deploy/base/node-config.toml" |
+        awk '/^\[tiers\./ {batch = ($0 == "[tiers.batch]")} batch && /^read_iops *=/ {$0 = "read_iops = 2000"} {print}'
+} >"$config"
+grep -qx 'read_iops = 2000' "$config" || { echo "retier: no [tiers.batch] read_iops in deploy/base/node-config.toml"; exit 1; }
 cg="$K8S_DIR/cgroup"
 mkdir -p "$cg"
 metrics_port=$(k8s_free_port)

@@ -38,6 +38,8 @@ pub struct Options {
     /// lvm mode only: leave `iol-*` LVs alone at start and at drop (a reboot test keeps
     /// its volumes across boots).
     pub keep_lvs: bool,
+    /// The driver's log filter (`IOLANE_LOG`); `None` is `info,csi_driver=debug`.
+    pub log: Option<String>,
 }
 
 /// A running `iolane node` with CSI clients connected to it.
@@ -385,7 +387,10 @@ async fn launch(root: &Path, options: &Options) -> (Child, Channel) {
         // Tests run drivers side by side: `/status` only where a test asks for it with
         // `--status-address` (the default loopback port would be taken by the first).
         .env("IOLANE_STATUS_ADDRESS", "off")
-        .env("IOLANE_LOG", "info,csi_driver=debug")
+        .env(
+            "IOLANE_LOG",
+            options.log.as_deref().unwrap_or("info,csi_driver=debug"),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
         .stderr(log);

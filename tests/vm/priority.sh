@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Host side, root: the priority controllers' VM test (issue 9). Builds `iolane` and the
-# `suite` test binary, boots the test VM with one NVMe disk that QEMU throttles to --iops
-# (default 400, as the lab: emulated NVMe under software emulation stays IO-bound there) IOPS, and runs tiers::priority::vm_streaming_keeps_its_rate_against_four_batch_volumes
-# twice in that boot (tests/vm/priority-test.sh): with the static tier caps alone
-# (`IOLANE_TEST_PRIORITY=off`, where it must FAIL: that is the issue) and with
-# `[priority] enabled = true` (where it must pass). Prints each run's figures.
+# Host side, root: the priority controllers' VM test (issue 9) alone; tests/vm/all.sh runs
+# the same boot in CI. Builds `iolane` and the `suite` test binary, boots the test VM with
+# two NVMe disks that QEMU throttles each to --iops (default 400, as the lab: the emulated NVMe
+# under software emulation stays IO-bound there) IOPS, and runs
+# tiers::priority::vm_streaming_keeps_its_rate_against_four_batch_volumes twice in that
+# boot (tests/vm/priority-test.sh): with the default tiers and priority on (`on`, must
+# pass) and with the pre-priority static caps (`off`, where it must FAIL: that is the
+# issue). Prints each run's figures.
 #
 #   bash tests/vm/priority.sh [--iops N]
 #
@@ -18,7 +20,7 @@ iops=400
 while [ $# -gt 0 ]; do
     case "$1" in
         --iops) iops="${2:?}"; shift 2 ;;
-        -h|--help) sed -n '3,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '3,15p' "$0"; exit 0 ;;
         *) echo "priority.sh: unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -40,9 +42,9 @@ for line in open(sys.argv[1]):
 ' "$work/build.json" | tail -1)"
 [ -x "$exe" ] || { echo "priority.sh: no suite test binary" >&2; exit 1; }
 objcopy --strip-debug "$exe" "$work/bin/suite"
-echo "priority.sh: [$(($(date +%s) - t0))s] built; booting with nvme0n1 throttled to $iops IOPS"
+echo "priority.sh: [$(($(date +%s) - t0))s] built; booting with nvme0n1 and nvme1n1 throttled to $iops IOPS each"
 b0=$(date +%s)
-bash "$here/run.sh" --disks 1 --timeout 1200 --disk-opts "throttling.iops-total=$iops" --rwdir "$work" -- \
+bash "$here/run.sh" --disks 2 --timeout 1200 --disk-opts "throttling.iops-total=$iops" --rwdir "$work" -- \
     env IOLANE_TEST_PRIORITY_IOPS="$iops" bash "$here/priority-test.sh" "$work/bin"
 rc=$?
 echo "priority.sh: VM run took $(($(date +%s) - b0))s; exit $rc"

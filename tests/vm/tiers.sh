@@ -58,8 +58,9 @@ record() { # record NAME RC MS LOG
 }
 
 log="$(mktemp)"
-# tiers::priority:: needs a throttled disk: tests/vm/priority.sh runs it.
-mapfile -t tests < <("$bin/suite" --list --format terse 2>/dev/null | sed -n 's/^\(tiers::.*\): test$/\1/p' | grep -v '^tiers::priority::')
+# tiers::priority:: and tiers::priority_devices:: need throttled disks: tests/vm/priority.sh
+# runs them.
+mapfile -t tests < <("$bin/suite" --list --format terse 2>/dev/null | sed -n 's/^\(tiers::.*\): test$/\1/p' | grep -v '^tiers::priority::\|^tiers::priority_devices::')
 [ ${#tests[@]} -gt 0 ] || { echo "FAILED tiers::list 0 (no tests listed)" >>"$results"; exit 1; }
 for t in "${tests[@]}"; do
     if [ -n "$filter" ] && ! grep -qE -- "$filter" <<<"$t"; then continue; fi

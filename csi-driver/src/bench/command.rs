@@ -1,5 +1,6 @@
 //! `iolane bench`: its flags turned into a [`BenchSpec`], the run, and the report printed
-//! (and written as JSON when asked).
+//! (and written as JSON when asked); with `--calibrate`, the device calibration of
+//! [`super::calibrate`].
 
 use crate::config::BenchArgs;
 
@@ -8,6 +9,18 @@ use super::{BenchSpec, Pattern, run};
 /// Runs `iolane bench`. The report is the command's output, so it goes to stdout.
 #[allow(clippy::print_stdout)]
 pub fn run_bench(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.calibrate {
+        let spec = super::calibrate::CalibrateSpec {
+            target: args.target.clone(),
+            queue_depth: args.queue_depth,
+            duration: std::time::Duration::from_secs(args.duration),
+            size_limit: args.size_limit,
+            state_dir: args.state_dir.clone(),
+            sys: std::path::PathBuf::from("/sys"),
+        };
+        super::calibrate::calibrate(&spec)?;
+        return Ok(());
+    }
     let pattern: Pattern = args
         .pattern
         .parse()

@@ -213,15 +213,15 @@ fn run_on_this_thread(spec: &BenchSpec) -> Result<BenchReport, BenchError> {
         }
     })?;
     let recorded = runtime.block_on(drive(spec, file, span))?;
-    let mut report = BenchReport::new(
+    let report = BenchReport::new(
         spec,
         span,
+        recorded.started_unix_ms,
         recorded.per_second,
         recorded.samples,
         &recorded.reads,
         &recorded.writes,
     );
-    report.started_unix_ms = recorded.started_unix_ms;
     Ok(report)
 }
 
@@ -320,7 +320,7 @@ struct Recorded {
     samples: Vec<IntervalStats>,
     reads: Histogram,
     writes: Histogram,
-    /// Wall-clock start of the first interval, milliseconds since the Unix epoch.
+    /// Wall-clock start of the run, milliseconds since the Unix epoch.
     started_unix_ms: u64,
 }
 
@@ -342,6 +342,9 @@ struct Shared<'a> {
 async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, BenchError> {
     let seconds = usize::try_from(spec.seconds()).unwrap_or(usize::MAX);
     let start = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let shared = Shared {
         spec,
         file: tokio_uring::fs::File::from_std(file),
@@ -354,9 +357,7 @@ async fn drive(spec: &BenchSpec, file: File, span: u64) -> Result<Recorded, Benc
             samples: vec![IntervalStats::default(); spec.samples()],
             reads: Histogram::new(),
             writes: Histogram::new(),
-            started_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            started_unix_ms,
         }),
         failure: RefCell::new(None),
     };

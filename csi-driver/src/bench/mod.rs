@@ -19,6 +19,8 @@
 //! - [`report`]: [`BenchReport`], serde (JSON) and a `Display` table.
 //! - [`histogram`]: the log-bucketed latency histogram (about 3 % resolution).
 //! - [`command`]: `iolane bench`'s flags to a spec, and its output.
+//! - [`calibrate`]: `iolane bench --calibrate`: a device's capacity, measured and stored
+//!   for the node's priority controllers.
 //!
 //! # How it works
 //! `run` starts a dedicated thread that owns a current-thread tokio-uring runtime, so it may
@@ -53,6 +55,7 @@
 //! own `cgroup.subtree_control` (the no-internal-process rule), and `EINVAL`/`ENOENT`
 //! when `dir` is not a cgroup.
 
+pub mod calibrate;
 pub mod command;
 pub mod engine;
 pub mod histogram;

@@ -78,6 +78,10 @@ pub struct BenchReport {
     pub span_bytes: u64,
     /// The cgroup the process ran in, if one was given.
     pub cgroup: Option<PathBuf>,
+    /// Wall-clock start of the run (the first IO), milliseconds since the Unix epoch: lines
+    /// up the samples of benches run side by side.
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// Length of the run in seconds, the length of `per_second`.
     pub duration_secs: u64,
     /// One entry per second of the run, in order; a second with no completed IO is present
@@ -90,10 +94,6 @@ pub struct BenchReport {
     /// interval, not rates: times `1000 / interval_ms` for a rate); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<IntervalStats>,
-    /// Wall-clock start of the first interval, milliseconds since the Unix epoch, so the
-    /// samples can be lined up with events outside the run (0 when unknown).
-    #[serde(default)]
-    pub started_unix_ms: u64,
     /// Reads completed.
     pub read_ios: u64,
     /// Writes completed.
@@ -125,6 +125,7 @@ impl BenchReport {
     pub(crate) fn new(
         spec: &BenchSpec,
         span_bytes: u64,
+        started_unix_ms: u64,
         per_second: Vec<IntervalStats>,
         intervals: Vec<IntervalStats>,
         reads: &Histogram,
@@ -149,6 +150,7 @@ impl BenchReport {
             direct: spec.direct,
             span_bytes,
             cgroup: spec.cgroup.clone(),
+            started_unix_ms,
             duration_secs: secs,
             read_ios,
             write_ios,
@@ -165,7 +167,6 @@ impl BenchReport {
             per_second,
             interval_ms: u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
             intervals,
-            started_unix_ms: 0,
         }
     }
 

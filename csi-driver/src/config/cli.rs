@@ -56,9 +56,8 @@ pub struct DemoArgs {
     /// Seconds each load run lasts.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
-    /// Replace the batch tier's read and write IOPS caps with N (through a demo node
-    /// config), for machines too slow to go above the built-in 2000; default: the
-    /// built-in tier.
+    /// The demo batch tier's static read and write IOPS cap (through a demo node config),
+    /// for machines too slow to go far above the default 2000.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_iops: Option<u64>,
     /// Also write the results as JSON to this file.
@@ -103,6 +102,16 @@ pub struct BenchArgs {
     /// `intervals`) the IOPS of every interval; 10-1000, dividing 1000.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Calibrate the physical device under the target for the priority controllers: 4 KiB
+    /// random reads and writes (IOPS), 1 MiB sequential reads and writes (bandwidth), each
+    /// for --duration, stored under --state-dir by the device's identity. The writes
+    /// destroy the target's contents: use a scratch volume or file.
+    #[arg(long, conflicts_with_all = ["pattern", "block_size", "cgroup", "buffered", "json", "interval_ms"])]
+    pub calibrate: bool,
+    /// With --calibrate: the node's state directory (the result goes to its
+    /// `calibration/`).
+    #[arg(long, env = "IOLANE_STATE_DIR", default_value = "/var/lib/iolane")]
+    pub state_dir: PathBuf,
 }
 
 /// Flags of `iolane status`.
@@ -331,6 +340,39 @@ mod tests {
         assert_eq!(b.target, PathBuf::from("/dev/loop3"));
         assert_eq!((b.block_size, b.queue_depth, b.duration), (4096, 32, 5));
         assert!(!b.buffered);
+        assert!(!b.calibrate);
+    }
+
+    #[test]
+    fn cli_parses_bench_calibrate_and_refuses_a_pattern_with_it() {
+        let cli = Cli::try_parse_from([
+            "iolane",
+            "bench",
+            "--calibrate",
+            "--target",
+            "/dev/loop3",
+            "--state-dir",
+            "/srv/iolane",
+            "--duration",
+            "2",
+        ])
+        .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not the bench command");
+        };
+        assert!(b.calibrate);
+        assert_eq!(b.state_dir, PathBuf::from("/srv/iolane"));
+        let e = Cli::try_parse_from([
+            "iolane",
+            "bench",
+            "--calibrate",
+            "--target",
+            "/dev/loop3",
+            "--pattern",
+            "randwrite",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct NodeConfig {
     /// and `batch`; checked by [`NodeConfig::tier_set`].
     #[serde(default)]
     pub tiers: iops_controller::TierConfig,
-    /// The per-device class controllers (`[priority]`, opt-in); see
+    /// The per-device class controllers (`[priority]`, on by default); see
     /// [`super::priority::PrioritySection`].
     #[serde(default)]
     pub priority: super::priority::PrioritySection,

@@ -1,15 +1,15 @@
-//! The node config's `[priority]` section (issue 9, opt-in): whether the per-device class
+//! The node config's `[priority]` section (issue 9, on by default): whether the per-device class
 //! controllers run (`iops_controller::priority::node`), the law's floor, headroom and
 //! period, and per-device capacity overrides (`[priority.devices."<name or MAJ:MIN>"]`).
 //! Checked at start-up with errors naming the key.
 //!
 //! ```toml
 //! [priority]
-//! enabled = true        # default false
+//! enabled = true        # the default; false leaves the tiers' static caps alone
 //! floor = 0.05          # the batch class never gets less of a device while streaming runs
 //! headroom = 0.10       # kept free beyond what active streaming uses
 //! period_ms = 100       # how often the law runs
-//! default_iops = 2000   # where a device with no override starts (corrected online)
+//! default_iops = 2000   # where a device with no override or calibration starts (corrected online)
 //!
 //! [priority.devices.nvme0n1]      # or "259:0"
 //! iops = 1500                     # read and write IOPS; or read_iops / write_iops
@@ -28,7 +28,7 @@ use super::ConfigError;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrioritySection {
-    #[serde(default)]
+    #[serde(default = "default_enabled")]
     pub enabled: bool,
     #[serde(default = "default_floor")]
     pub floor: f64,
@@ -53,6 +53,9 @@ pub struct DeviceCapacity {
     pub write_bps: Option<f64>,
 }
 
+fn default_enabled() -> bool {
+    true
+}
 fn default_floor() -> f64 {
     Params::default().floor
 }
@@ -69,7 +72,7 @@ fn default_iops() -> f64 {
 impl Default for PrioritySection {
     fn default() -> Self {
         PrioritySection {
-            enabled: false,
+            enabled: default_enabled(),
             floor: default_floor(),
             headroom: default_headroom(),
             period_ms: default_period_ms(),
@@ -164,6 +167,8 @@ impl PrioritySection {
             period: Duration::from_millis(self.period_ms),
             devices,
             default_model: DeviceModel::uniform_iops(default_iops),
+            // The node sets the state directory's store (`iolane bench --calibrate`).
+            calibrations: None,
         };
         Ok(self.enabled.then_some(config))
     }
@@ -175,9 +180,14 @@ mod tests {
     use crate::config::NodeConfig;
 
     #[test]
-    fn off_by_default_and_every_key_checked_by_name() {
+    fn on_by_default_and_every_key_checked_by_name() {
         let c = NodeConfig::parse("").unwrap();
         assert_eq!(c.priority, PrioritySection::default());
+        assert_eq!(
+            c.priority.to_config().unwrap(),
+            Some(PriorityConfig::default())
+        );
+        let c = NodeConfig::parse("[priority]\nenabled = false\n").unwrap();
         assert_eq!(c.priority.to_config().unwrap(), None);
 
         let c = NodeConfig::parse(

@@ -30,9 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iops_controller::{
-    DeviceNumber, Enforcement, IoMax, Limit, Limits, RealCgroupFs, TierSet, keys,
-};
+use iops_controller::{DeviceNumber, Enforcement, IoMax, RealCgroupFs, TierSet, keys};
 use serde::Serialize;
 
 use crate::backend::loopback::LoopBackend;

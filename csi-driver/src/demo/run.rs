@@ -4,32 +4,24 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// The node's tiers: the built-ins, or batch replaced by `--batch-iops` through a node
-/// config (the same `[tiers.batch]` table a ConfigMap would carry).
-fn tiers(batch_iops: Option<u64>) -> Result<(TierSet, Option<String>), DemoError> {
-    let Some(n) = batch_iops else {
-        return Ok((TierSet::builtin(), None));
-    };
-    let builtin = TierSet::builtin();
-    let bps = builtin
-        .get(keys::BATCH)
-        .map(|t| t.limits_for(VOLUME_BYTES as u64))
-        .unwrap_or(Limits::UNLIMITED);
+/// The demo's batch read and write IOPS cap without `--batch-iops`.
+pub(super) const DEMO_BATCH_IOPS: u64 = 2000;
+/// The demo's batch bandwidth cap, each way (200 MiB/s).
+const DEMO_BATCH_BPS: u64 = 200 << 20;
+
+/// The node's tiers: the built-in batch tier replaced, through a node config (the same
+/// `[tiers.batch]` table a ConfigMap would carry), by a static cap of `--batch-iops`
+/// (default [`DEMO_BATCH_IOPS`]) IOPS. The demo shows a tier's hard ceiling: the built-in
+/// batch tier has no fixed cap (the node's priority controllers share each device; the
+/// demo's in-process node does not run them).
+fn tiers(batch_iops: Option<u64>) -> Result<(TierSet, String), DemoError> {
+    let n = batch_iops.unwrap_or(DEMO_BATCH_IOPS);
     let text = format!(
-        "[tiers.batch]\npriority = \"batch\"\nread_iops = {n}\nwrite_iops = {n}\nread_bps = {}\nwrite_bps = {}\n",
-        quoted(bps.read_bps),
-        quoted(bps.write_bps)
+        "[tiers.batch]\npriority = \"batch\"\nread_iops = {n}\nwrite_iops = {n}\nread_bps = {DEMO_BATCH_BPS}\nwrite_bps = {DEMO_BATCH_BPS}\n",
     );
     let cfg = NodeConfig::parse(&text).map_err(|e| step("--batch-iops", e))?;
     let set = cfg.tier_set().map_err(|e| step("--batch-iops", e))?;
-    Ok((set, Some(text)))
-}
-
-fn quoted(l: Limit) -> String {
-    match l.get() {
-        Some(v) => v.to_string(),
-        None => "\"max\"".to_owned(),
-    }
+    Ok((set, text))
 }
 
 #[allow(clippy::print_stdout)]
@@ -44,9 +36,10 @@ pub(super) async fn run(
     let tmp = os.make_temp_dir("iolane-demo.")?;
     made.tmp = Some(tmp.clone());
     println!("iolane demo: working in {}", tmp.display());
-    if let Some(text) = &config_text {
-        println!("node config (--batch-iops):\n{}", indent(text));
-    }
+    println!(
+        "node config (a static batch cap):\n{}",
+        indent(&config_text)
+    );
 
     // The node, in-process, on the loop backend, serving on a socket in the temp dir.
     let socket = tmp.join("csi.sock");
@@ -345,16 +338,11 @@ mod tests {
             (l.read_iops.get(), l.write_iops.get()),
             (Some(300), Some(300))
         );
-        assert_eq!(
-            l.read_bps,
-            TierSet::builtin()
-                .get(keys::BATCH)
-                .unwrap()
-                .limits_for(1 << 30)
-                .read_bps
-        );
-        assert!(text.unwrap().starts_with("[tiers.batch]"));
-        assert!(tiers(None).unwrap().1.is_none());
+        assert_eq!(l.read_bps.get(), Some(200 << 20));
+        assert!(text.starts_with("[tiers.batch]"));
+        let (set, _) = tiers(None).unwrap();
+        let l = set.get(keys::BATCH).unwrap().limits_for(1 << 30);
+        assert_eq!(l.read_iops.get(), Some(DEMO_BATCH_IOPS));
         assert!(tiers(Some(0)).is_err());
     }
 

@@ -151,6 +151,7 @@ impl Driver {
             backend: self.backend.kind().to_owned(),
             pools,
             volumes: out,
+            devices: Vec::new(), // filled from the enforcement controller when served
         })
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use iops_controller::{DeviceNumber, FakeCgroupFs, TierSet};
+use iops_controller::{DeviceNumber, FakeCgroupFs};
 
 use super::{Driver, Settings};
 use crate::backend::{Backend, Created};
@@ -162,7 +162,14 @@ impl Node {
             attached: Mutex::default(),
             read_only: Mutex::default(),
         });
-        let tiering = Tiering::new(TierSet::builtin(), None);
+        // A batch tier with explicit caps (the built-in has none), so publish writes a line.
+        let tiers = crate::config::NodeConfig::parse(
+            "[tiers.batch]\npriority = \"batch\"\nread_iops = 2000\nwrite_iops = 2000\n\
+             read_bps = \"max\"\nwrite_bps = \"max\"\n",
+        )
+        .and_then(|c| c.tier_set())
+        .unwrap();
+        let tiering = Tiering::new(tiers, None);
         let cgroups = Arc::new(FakeCgroupFs::new());
         let enforcement = Arc::new(Enforcement::new(root.join("cgroup"), cgroups.clone()));
         let settings = Settings {

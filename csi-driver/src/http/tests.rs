@@ -167,6 +167,7 @@ async fn status_is_served_from_the_cache_and_the_enforcement_controller() {
         backend: "loop".to_owned(),
         pools: Vec::new(),
         volumes: vec![volume("iol-a"), volume("iol-b")],
+        devices: Vec::new(),
     });
     enforcement.publish(Publication {
         volume_id: "iol-b".to_owned(),

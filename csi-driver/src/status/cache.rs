@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use iops_controller::Enforcement;
 
-use super::NodeStatus;
+use super::{DeviceStatus, NodeStatus};
 
 /// The last backend reading, shared by the refresh loop (writer) and `/status` (readers).
 #[derive(Debug, Clone, Default)]
@@ -49,6 +49,12 @@ impl StatusSource {
         for v in &mut status.volumes {
             v.publications = publications.remove(&v.id).unwrap_or_default();
         }
+        status.devices = self
+            .enforcement
+            .priority_devices()
+            .iter()
+            .map(DeviceStatus::from)
+            .collect();
         Some(status)
     }
 }

@@ -136,6 +136,50 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
         );
     }
     let _ = writeln!(out);
+    if !after.devices.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12} {:<10} {:>6} {:>10} {:>9} {:>7} {:>6} {:>9}",
+            "DEVICE",
+            "CAPACITY",
+            "FROM",
+            "SCALE",
+            "STREAMING",
+            "BATCH",
+            "BUDGET",
+            "SATUR",
+            "VOLUMES"
+        );
+        for d in &after.devices {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>7.0} IOPS {:<10} {:>6.2} {:>10} {:>9.2} {:>7.2} {:>6} {:>3} s/{} b",
+                d.name,
+                d.capacity_read_iops,
+                if d.capacity_source.is_empty() {
+                    "-"
+                } else {
+                    d.capacity_source.as_str()
+                },
+                d.capacity_scale,
+                format!(
+                    "{:.2}{}",
+                    d.streaming_use,
+                    if d.streaming_active { " act" } else { "" }
+                ),
+                d.batch_use,
+                d.batch_budget,
+                if d.saturated { "yes" } else { "no" },
+                d.streaming_publications,
+                d.batch_publications,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  (use and budget are fractions of the device's capacity, last period)"
+        );
+        let _ = writeln!(out);
+    }
     let _ = writeln!(
         out,
         "{:<36} {:<20} {:>9} {:<8} {:<10} caps (tier)",
@@ -206,7 +250,7 @@ pub fn render(before: &NodeStatus, after: &NodeStatus, secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{PoolStatus, PublicationSnapshot, VolumeStatus};
+    use crate::status::{DeviceStatus, PoolStatus, PublicationSnapshot, VolumeStatus};
     use iops_controller::{DeviceNumber, Limit, Limits, Outcome, PodUid};
 
     fn capped() -> Limits {
@@ -271,6 +315,20 @@ mod tests {
                 condition: None,
                 publications: vec![publication(stats)],
             }],
+            devices: vec![DeviceStatus {
+                name: "nvme0n1".to_owned(),
+                capacity_read_iops: 400_000.0,
+                capacity_write_iops: 100_000.0,
+                capacity_scale: 1.0,
+                capacity_source: "calibrated".to_owned(),
+                streaming_use: 0.62,
+                batch_use: 0.05,
+                streaming_active: true,
+                batch_budget: 0.28,
+                saturated: false,
+                streaming_publications: 1,
+                batch_publications: 4,
+            }],
         };
         let text = render(
             &snapshot(Some(counters(1000, 0))),
@@ -284,6 +342,20 @@ mod tests {
         assert!(text.contains("batch"), "{text}");
         assert!(text.contains("riops=200"), "{text}");
         assert!(text.contains("200 r/s 0 w/s"), "{text}");
+        let device = text
+            .lines()
+            .find(|l| l.starts_with("nvme0n1"))
+            .unwrap_or_else(|| panic!("no device line:\n{text}"));
+        for want in [
+            "400000 IOPS",
+            "calibrated",
+            "0.62 act",
+            "0.05",
+            "0.28",
+            "1 s/4 b",
+        ] {
+            assert!(device.contains(want), "{want:?} not in {device:?}");
+        }
         // A snapshot round-trips through its JSON form.
         let s = snapshot(None);
         let back: NodeStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

@@ -21,4 +21,4 @@ pub use client::{StatusError, fetch, rates, render, run};
 pub use iops_controller::Counters;
 pub use iops_controller::PublicationSnapshot;
 pub use pool_gauges::PoolGauges;
-pub use snapshot::{NodeStatus, PoolStatus, VolumeStatus};
+pub use snapshot::{DeviceStatus, NodeStatus, PoolStatus, VolumeStatus};

@@ -30,7 +30,7 @@ use crate::apply::{self, ApplyError, CgroupFs};
 use crate::cgroup::{PodUid, find_pod_cgroup};
 use crate::device::DeviceNumber;
 use crate::metrics::{EnforcementMetrics, PriorityMetrics};
-use crate::priority::{NodePriority, PriorityPass};
+use crate::priority::{DeviceState, NodePriority, PriorityPass};
 use crate::reconcile::{Outcome, PassReport, Publication, Reconciler};
 
 /// The publications of this node, the reconciler that enforces them, and the cgroup tree.
@@ -54,6 +54,8 @@ struct State {
     foreign: BTreeSet<PathBuf>,
     /// The priority controllers, when the node config enables them.
     priority: Option<NodePriority>,
+    /// What each device's controller decided in the last priority pass (for `/status`).
+    devices: Vec<DeviceState>,
 }
 
 impl std::fmt::Debug for Enforcement {
@@ -109,7 +111,13 @@ impl Enforcement {
         if let Some(m) = &self.priority_metrics {
             m.observe(&pass);
         }
+        state.devices.clone_from(&pass.devices);
         Some(pass)
+    }
+
+    /// Each controlled device as of the last priority pass (empty while priority is off).
+    pub fn priority_devices(&self) -> Vec<DeviceState> {
+        self.lock().devices.clone()
     }
 
     /// Feeds every pass to `metrics`.

@@ -195,6 +195,7 @@ mod tests {
             errors: vec![],
             devices: vec![DeviceState {
                 name: "nvme0n1".into(),
+                source: crate::priority::CapacitySource::Config,
                 report: DeviceReport {
                     capacity: DeviceModel::uniform_iops(1500.0),
                     capacity_scale: 1.0,

@@ -39,10 +39,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::tier::{Limits, Priority};
+use crate::tier::{Limits, MIN_CAP, Priority};
 
 use super::model::{Capacity, Correction, DeviceModel, Usage};
-use super::split::water_fill;
+use super::split::{quantize, water_fill};
 
 /// The tunables of the law. Fractions are of the device's capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +67,15 @@ pub struct Params {
     pub dead_band: f64,
     /// Each direction gets at least this fraction of a publication's share.
     pub min_direction: f64,
+    /// Active batch publications' IOPS limits are whole multiples of this (blk-throttle
+    /// counts IOs per 100 ms slice: a limit that is not a whole number of IOs per slice
+    /// loses the fraction at every slice trim, so a volume held to 5 IOPS does 2.5-3.3);
+    /// the batch class total stays the nearest multiple to its budget ([`super::split::quantize`]).
+    /// 0 turns it off.
+    pub throttle_unit: f64,
+    /// When fewer units than volumes share the budget, which volumes get the leftover
+    /// units rotates every this many passes.
+    pub rotate_periods: u32,
     /// The device counts as saturated at or above this average queue depth.
     pub saturation_depth: f64,
     /// A streaming publication whose average queue depth over a pass is at least this
@@ -93,6 +102,8 @@ impl Default for Params {
             demand_margin: 1.25,
             dead_band: 0.02,
             min_direction: 0.10,
+            throttle_unit: 10.0,
+            rotate_periods: 20,
             saturation_depth: 8.0,
             backlog_depth: 1.0,
             smoothing: 0.15,
@@ -145,6 +156,7 @@ impl Params {
             }
         };
         positive("probe", self.probe, 0.0)?;
+        positive("throttle_unit", self.throttle_unit, 0.0)?;
         positive("demand_margin", self.demand_margin, 1.0)?;
         positive("saturation_depth", self.saturation_depth, 0.0)?;
         positive("smoothing", self.smoothing, 0.0)?;
@@ -263,6 +275,8 @@ pub struct DeviceController<K> {
     streaming_idle: u32,
     /// Passes since the budget last fell (no growth before `hold_periods`).
     settled: u32,
+    /// Passes made (the rotation of leftover units).
+    passes: u64,
     report: Option<DeviceReport>,
 }
 
@@ -293,6 +307,7 @@ impl<K: Ord + Clone> DeviceController<K> {
             budget: 1.0 + params.probe,
             streaming_idle: params.hold_periods,
             settled: params.hold_periods,
+            passes: 0,
             report: None,
         })
     }
@@ -492,26 +507,61 @@ impl<K: Ord + Clone> DeviceController<K> {
         let shares = water_fill(self.budget, &wants);
         let mut share_of: BTreeMap<usize, f64> = claimants.into_iter().zip(shares).collect();
 
-        // 5. Limits.
+        // 5. Limits: each active batch publication's share split between reads and
+        // writes by its cost mix, the class's IOPS in whole throttle units.
+        self.passes += 1;
+        let mut dir_shares: Vec<(f64, f64)> = vec![(0.0, 0.0); publications.len()];
+        for (i, s) in publications.iter().enumerate() {
+            if s.class != Priority::Batch {
+                continue;
+            }
+            let state = self.publications.get_mut(&s.key).expect("inserted above");
+            let share = share_of.remove(&i).unwrap_or(p.wake_share);
+            let c = costs[i];
+            if c.total() > 0.0 {
+                state.read_fraction = c.read / c.total();
+            }
+            state.share = Some(share);
+            dir_shares[i] = if active[i] {
+                (
+                    share * state.read_fraction.max(p.min_direction),
+                    share * (1.0 - state.read_fraction).max(p.min_direction),
+                )
+            } else {
+                // Waking up, it may read or write: the wake share each way.
+                (share, share)
+            };
+        }
+        let quantized: Vec<usize> = (0..publications.len())
+            .filter(|i| publications[*i].class == Priority::Batch && active[*i])
+            .collect();
+        if p.throttle_unit > 0.0 && !quantized.is_empty() {
+            let rotation =
+                usize::try_from(self.passes / u64::from(p.rotate_periods.max(1))).unwrap_or(0);
+            let min = MIN_CAP as f64;
+            let reads: Vec<f64> = quantized.iter().map(|i| dir_shares[*i].0).collect();
+            let writes: Vec<f64> = quantized.iter().map(|i| dir_shares[*i].1).collect();
+            // The leftover units rotate in the class's main direction only: the other
+            // one holds the `min_direction` slack, whose rotation would only rewrite lines.
+            let reads_lead = reads.iter().sum::<f64>() >= writes.iter().sum::<f64>();
+            let (rr, wr) = if reads_lead {
+                (rotation, 0)
+            } else {
+                (0, rotation)
+            };
+            let reads = quantize(&reads, model.read_iops, p.throttle_unit, min, rr);
+            let writes = quantize(&writes, model.write_iops, p.throttle_unit, min, wr);
+            for ((i, r), w) in quantized.iter().zip(reads).zip(writes) {
+                dir_shares[*i] = (r, w);
+            }
+        }
         for (i, s) in publications.iter().enumerate() {
             let state = self.publications.get_mut(&s.key).expect("inserted above");
             state.limits = match s.class {
                 Priority::Streaming => s.ceiling,
                 Priority::Batch => {
-                    let share = share_of.remove(&i).unwrap_or(p.wake_share);
-                    let c = costs[i];
-                    if c.total() > 0.0 {
-                        state.read_fraction = c.read / c.total();
-                    }
-                    state.share = Some(share);
-                    if active[i] {
-                        let read = share * state.read_fraction.max(p.min_direction);
-                        let write = share * (1.0 - state.read_fraction).max(p.min_direction);
-                        model.limits_for(read, write, &s.ceiling)
-                    } else {
-                        // Waking up, it may read or write: the wake share each way.
-                        model.limits_for(share, share, &s.ceiling)
-                    }
+                    let (read, write) = dir_shares[i];
+                    model.limits_for(read, write, &s.ceiling)
                 }
             }
             .canonical();

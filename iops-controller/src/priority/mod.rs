@@ -9,6 +9,8 @@
 //! device, and writes the returned limits into each batch pod's `io.max`, keyed on the
 //! volume's own device.
 //!
+//! - [`calibration`]: device capacities measured by `iolane bench --calibrate`, stored
+//!   in the node's state directory by device identity.
 //! - [`model`]: the device cost model (calibrated rates) and its online correction.
 //! - [`split`]: max-min fair division of the batch budget.
 //! - [`controller`]: the control law of one device.
@@ -17,6 +19,7 @@
 //! - [`node`]: the node's controllers, one per physical device, fed from the
 //!   enforcement controller's publications (opt-in: `[priority]` in the node config).
 
+pub mod calibration;
 pub mod controller;
 pub mod model;
 pub mod node;
@@ -28,11 +31,12 @@ mod scenarios;
 #[cfg(test)]
 mod sim;
 
+pub use calibration::{Calibration, CalibrationStore};
 pub use controller::{
     Counters, Decision, DeviceController, DeviceReport, DeviceSample, Params, ParamsError,
     PublicationSample,
 };
 pub use model::{Capacity, Correction, Cost, DeviceModel, Usage};
-pub use node::{DeviceState, NodePriority, PriorityConfig, PriorityPass};
+pub use node::{CapacitySource, DeviceState, NodePriority, PriorityConfig, PriorityPass};
 pub use split::water_fill;
 pub use topology::{BlockStat, Topology};

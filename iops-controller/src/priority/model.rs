@@ -58,7 +58,9 @@ impl DeviceModel {
     /// some kernels 1), then capped by `ceiling`.
     pub fn limits_for(&self, read_share: f64, write_share: f64, ceiling: &Limits) -> Limits {
         let cap = |rate: f64, share: f64, ceiling: Limit| {
-            let dynamic = ((rate * share).floor() as u64).max(MIN_CAP);
+            // Nearest, not down: a share that is a whole number of IOs (quantized by
+            // the law) must not lose one to float error.
+            let dynamic = ((rate * share).round() as u64).max(MIN_CAP);
             match ceiling.get() {
                 Some(c) => Limit::per_sec(dynamic.min(c)),
                 None => Limit::per_sec(dynamic),

@@ -8,9 +8,12 @@
 //!
 //! 1. every publication whose pod cgroup is found is one controller input, keyed on
 //!    (pod cgroup, volume device): its class from its tier's priority, its ceiling the
-//!    tier's caps recorded at publish ([`NodePriority::record`]), its counters the pod's
-//!    `io.stat` for the volume's device, its in-flight count and weighted milliseconds
-//!    from the volume device's sysfs `stat`;
+//!    tier's caps recorded at publish ([`NodePriority::record`]), its counters, in-flight
+//!    count and weighted milliseconds from the volume device's own sysfs `stat` (split
+//!    evenly when the volume is in several pods; not the pod's `io.stat`, which Linux 6.1
+//!    was seen to leave empty for a throttled pod); a publication also counts as active
+//!    while its counters moved within the last second (IO held in blk-throttle is in no
+//!    in-flight count);
 //! 2. publications are grouped by the physical devices under their volume device
 //!    ([`Topology::physical`], looked up once per volume device); each group has its own
 //!    [`DeviceController`], created with the configured capacity of the device (by
@@ -23,8 +26,9 @@
 //!
 //! The tier's caps stay the hard ceiling: the law never returns more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, CgroupFs};
@@ -32,9 +36,10 @@ use crate::device::DeviceNumber;
 use crate::reconcile::Reconciler;
 use crate::tier::{Limits, Priority, TierSet};
 
+use super::calibration::CalibrationStore;
 use super::controller::{Counters, DeviceController, DeviceReport, DeviceSample, Params};
 use super::model::DeviceModel;
-use super::topology::Topology;
+use super::topology::{StatFiles, Topology};
 
 /// The IOPS a device with no configured capacity starts from: low enough that batch
 /// cannot flood a slow disk before the online correction (up to `max_ratio` times this)
@@ -54,6 +59,30 @@ pub struct PriorityConfig {
     pub devices: BTreeMap<String, DeviceModel>,
     /// The capacity of a device with no override.
     pub default_model: DeviceModel,
+    /// Where `iolane bench --calibrate` stored device capacities (the node's state
+    /// directory), read when a device's controller is created; `None`: no calibrations.
+    pub calibrations: Option<CalibrationStore>,
+}
+
+/// Where the capacity a device's controller started from came from, in precedence order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacitySource {
+    /// The node config's `[priority.devices.*]`.
+    Config,
+    /// `iolane bench --calibrate`, stored in the state directory.
+    Calibrated,
+    /// `default_iops`.
+    Default,
+}
+
+impl CapacitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacitySource::Config => "config",
+            CapacitySource::Calibrated => "calibrated",
+            CapacitySource::Default => "default",
+        }
+    }
 }
 
 impl Default for PriorityConfig {
@@ -63,12 +92,58 @@ impl Default for PriorityConfig {
             period: Duration::from_millis(100),
             devices: BTreeMap::new(),
             default_model: DeviceModel::uniform_iops(DEFAULT_START_IOPS),
+            calibrations: None,
         }
     }
 }
 
-/// One controller input: a pod's cgroup and the volume device in it.
-type Key = (PathBuf, DeviceNumber);
+/// One controller input (a pod's cgroup and the volume device in it), as an id interned
+/// by [`Interned`]: the controllers' maps and sorts compare integers, not paths.
+type Key = u64;
+
+/// The ids of (pod cgroup, volume device) pairs, both ways.
+#[derive(Debug, Default)]
+struct Interned {
+    ids: HashMap<PathBuf, Vec<(DeviceNumber, Key)>>,
+    keys: HashMap<Key, (PathBuf, DeviceNumber)>,
+    next: Key,
+}
+
+impl Interned {
+    fn id(&mut self, cgroup: &Path, dev: DeviceNumber) -> Key {
+        if let Some(k) = self
+            .ids
+            .get(cgroup)
+            .and_then(|v| v.iter().find(|(d, _)| *d == dev))
+        {
+            return k.1;
+        }
+        let k = self.next;
+        self.next += 1;
+        self.ids
+            .entry(cgroup.to_owned())
+            .or_default()
+            .push((dev, k));
+        self.keys.insert(k, (cgroup.to_owned(), dev));
+        k
+    }
+
+    fn get(&self, k: Key) -> Option<&(PathBuf, DeviceNumber)> {
+        self.keys.get(&k)
+    }
+
+    /// Forgets every id not in `live`.
+    fn retain(&mut self, live: &HashSet<Key>) {
+        if self.keys.len() == live.len() {
+            return;
+        }
+        self.keys.retain(|k, _| live.contains(k));
+        self.ids.retain(|_, v| {
+            v.retain(|(_, k)| live.contains(k));
+            !v.is_empty()
+        });
+    }
+}
 
 /// A physical device (or the set a volume spans) as a controller's key.
 pub type DeviceSet = Vec<DeviceNumber>;
@@ -79,6 +154,8 @@ pub struct DeviceState {
     /// The device's kernel name (or `MAJ:MIN`), `+`-joined when a volume spans several.
     pub name: String,
     pub report: DeviceReport,
+    /// Where the capacity the controller started from came from.
+    pub source: CapacitySource,
     /// Publications on the device by class: (streaming, batch).
     pub publications: (usize, usize),
 }
@@ -93,6 +170,13 @@ pub struct PriorityPass {
     pub devices: Vec<DeviceState>,
 }
 
+/// One physical device's controller, with what is looked up once when it is created.
+struct Device {
+    controller: DeviceController<Key>,
+    name: String,
+    source: CapacitySource,
+}
+
 /// The per-device controllers of a node and what they need across passes.
 pub struct NodePriority {
     config: PriorityConfig,
@@ -100,15 +184,18 @@ pub struct NodePriority {
     /// Tier name -> class.
     classes: BTreeMap<String, Priority>,
     /// Target path -> the tier's caps at publish (the ceiling).
-    ceilings: BTreeMap<PathBuf, Limits>,
+    ceilings: HashMap<PathBuf, Limits>,
     /// Volume device -> the physical devices under it.
-    physical: BTreeMap<DeviceNumber, DeviceSet>,
-    controllers: BTreeMap<DeviceSet, DeviceController<Key>>,
+    physical: HashMap<DeviceNumber, Arc<DeviceSet>>,
+    keys: Interned,
+    controllers: BTreeMap<DeviceSet, Device>,
     epoch: Instant,
     /// Each input's counters and when they last moved: a batch volume held to a few IOPS
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
-    moved: BTreeMap<Key, (Counters, Duration)>,
+    moved: HashMap<Key, (Counters, Duration)>,
+    /// The volume and physical devices' `stat` files, kept open between passes.
+    stats: StatFiles,
 }
 
 impl std::fmt::Debug for NodePriority {
@@ -127,11 +214,13 @@ impl NodePriority {
             classes: tiers.iter().map(|t| (t.name.clone(), t.priority)).collect(),
             config,
             topology,
-            ceilings: BTreeMap::new(),
-            physical: BTreeMap::new(),
+            ceilings: HashMap::new(),
+            physical: HashMap::new(),
+            keys: Interned::default(),
             controllers: BTreeMap::new(),
             epoch: Instant::now(),
-            moved: BTreeMap::new(),
+            moved: HashMap::new(),
+            stats: StatFiles::default(),
         }
     }
 
@@ -145,21 +234,59 @@ impl NodePriority {
         self.ceilings.insert(target.to_owned(), ceiling);
     }
 
-    /// The capacity a new controller for `set` starts from.
-    fn model_for(&self, set: &DeviceSet) -> DeviceModel {
+    /// The capacity a new controller for `set` starts from, and where it came from: the
+    /// node config (by `MAJ:MIN` or kernel name, the first member with one), else the
+    /// calibrations of the set's devices (summed: a pool over several PVs), all of them
+    /// needed, else the default.
+    fn model_for(&self, set: &DeviceSet) -> (DeviceModel, CapacitySource) {
         for dev in set {
             if let Some(m) = self.config.devices.get(&dev.to_string()) {
-                return *m;
+                return (*m, CapacitySource::Config);
             }
             if let Some(m) = self
                 .topology
                 .name(*dev)
                 .and_then(|n| self.config.devices.get(&n))
             {
-                return *m;
+                return (*m, CapacitySource::Config);
             }
         }
-        self.config.default_model
+        if let Some(store) = &self.config.calibrations {
+            let mut sum: Option<DeviceModel> = None;
+            for dev in set {
+                let Some(id) = self.topology.identity(*dev) else {
+                    sum = None;
+                    break;
+                };
+                match store.load(&id) {
+                    Ok(Some(c)) => {
+                        let m = c.model;
+                        sum = Some(match sum {
+                            None => m,
+                            Some(s) => DeviceModel {
+                                read_iops: s.read_iops + m.read_iops,
+                                write_iops: s.write_iops + m.write_iops,
+                                read_bps: s.read_bps + m.read_bps,
+                                write_bps: s.write_bps + m.write_bps,
+                            },
+                        });
+                    }
+                    Ok(None) => {
+                        sum = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %dev, identity = %id, error = %e, "priority: calibration not read");
+                        sum = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(m) = sum {
+                return (m, CapacitySource::Calibrated);
+            }
+        }
+        (self.config.default_model, CapacitySource::Default)
     }
 
     fn set_name(&self, set: &DeviceSet) -> String {
@@ -182,17 +309,18 @@ impl NodePriority {
         fs: &dyn CgroupFs,
     ) -> PriorityPass {
         let mut out = PriorityPass::default();
-        let live: BTreeMap<&Path, ()> = reconciler
-            .publications()
-            .map(|p| (p.publication.target_path.as_path(), ()))
-            .collect();
-        self.ceilings.retain(|t, _| live.contains_key(t.as_path()));
-
-        // 1. Inputs, grouped by physical device. Key -> (targets, desired limits now).
-        let mut groups: BTreeMap<DeviceSet, Vec<super::PublicationSample<Key>>> = BTreeMap::new();
-        let mut targets: BTreeMap<Key, Vec<(PathBuf, Limits)>> = BTreeMap::new();
-        let mut volume_devs = Vec::new();
+        let mut count = 0;
+        // 1. Inputs, grouped by physical device. Targets: (key, target, desired limits
+        // now), borrowed from the reconciler until the writes.
+        let mut groups: BTreeMap<Arc<DeviceSet>, Vec<super::PublicationSample<Key>>> =
+            BTreeMap::new();
+        let mut targets: Vec<(Key, &Path, Limits)> = Vec::new();
+        let mut live: HashSet<Key> = HashSet::new();
+        let mut volume_devs: HashSet<DeviceNumber> = HashSet::new();
+        let mut vstats: HashMap<DeviceNumber, super::topology::BlockStat> = HashMap::new();
+        let mut keys_of_dev: HashMap<DeviceNumber, u64> = HashMap::new();
         for p in reconciler.publications() {
+            count += 1;
             let (Some(cgroup), Some(ceiling)) = (
                 p.cgroup,
                 self.ceilings.get(&p.publication.target_path).copied(),
@@ -203,17 +331,17 @@ impl NodePriority {
                 continue; // pending or failed: the reconciler deals with it first
             }
             let dev = p.publication.device;
-            let key = (cgroup.to_owned(), dev);
-            let entry = targets.entry(key.clone()).or_default();
-            entry.push((p.publication.target_path.clone(), p.publication.limits));
-            if entry.len() > 1 {
+            let key = self.keys.id(cgroup, dev);
+            targets.push((key, &p.publication.target_path, p.publication.limits));
+            if !live.insert(key) {
                 continue; // the same volume in the same pod twice: one input
             }
             let set = match self.physical.get(&dev) {
-                Some(set) => set.clone(),
+                Some(set) => Arc::clone(set),
                 None => match self.topology.physical(dev) {
                     Ok(set) if !set.is_empty() => {
-                        self.physical.insert(dev, set.clone());
+                        let set = Arc::new(set);
+                        self.physical.insert(dev, Arc::clone(&set));
                         set
                     }
                     Ok(_) => continue,
@@ -225,35 +353,47 @@ impl NodePriority {
                     }
                 },
             };
-            let counters = match apply::stats(fs, cgroup, dev) {
-                Ok(s) => s.map_or_else(Counters::default, |s| Counters {
-                    rios: s.rios,
-                    wios: s.wios,
-                    rbytes: s.rbytes,
-                    wbytes: s.wbytes,
-                }),
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => {
-                    out.errors
-                        .push(format!("io.stat of {}: {e}", cgroup.display()));
-                    continue;
+            // The volume's own device counters (`/sys/block/dm-N/stat`), read once per
+            // pass per volume device. Not the pod's `io.stat`: on Linux 6.1 a pod cgroup's
+            // `io.stat` line for a throttled dm device was seen to stay absent for whole
+            // runs while the pod did hundreds of IOPS through it (docs/priority.md,
+            // *What is measured*), which left batch looking idle and unthrottled.
+            if let std::collections::hash_map::Entry::Vacant(slot) = vstats.entry(dev) {
+                match self.stats.stat(&self.topology, dev) {
+                    Ok(st) => {
+                        slot.insert(st);
+                    }
+                    Err(e) => {
+                        out.errors.push(format!("stat of volume device {dev}: {e}"));
+                        continue;
+                    }
                 }
+            }
+            let Some(vstat) = vstats.get(&dev).copied() else {
+                continue;
             };
-            let vstat = self.topology.stat(dev).ok();
-            let last_moved = match self.moved.get(&key) {
-                Some((before, at)) if *before == counters => *at,
-                _ => now,
+            *keys_of_dev.entry(dev).or_insert(0u64) += 1;
+            let counters = Counters {
+                rios: vstat.reads,
+                wios: vstat.writes,
+                rbytes: vstat.read_sectors * 512,
+                wbytes: vstat.write_sectors * 512,
             };
-            self.moved.insert(key.clone(), (counters, last_moved));
-            // Recent IO counts as IO in flight (queued in blk-throttle, which the
-            // device's in-flight count does not see).
-            let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
             let class = self
                 .classes
                 .get(&p.publication.tier)
                 .copied()
                 .unwrap_or(Priority::Streaming);
-            volume_devs.push(dev);
+            let vstat = Some(vstat);
+            let last_moved = match self.moved.get(&key) {
+                Some((before, at)) if *before == counters => *at,
+                _ => now,
+            };
+            self.moved.insert(key, (counters, last_moved));
+            // Recent IO counts as IO in flight (queued in blk-throttle, which the
+            // device's in-flight count does not see).
+            let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
+            volume_devs.insert(dev);
             groups
                 .entry(set)
                 .or_default()
@@ -266,62 +406,145 @@ impl NodePriority {
                     ceiling,
                 });
         }
-        self.physical.retain(|d, _| volume_devs.contains(d));
-        self.moved.retain(|k, _| targets.contains_key(k));
-        self.controllers.retain(|set, _| groups.contains_key(set));
+        // A volume published into several pods: its device's counters are split evenly
+        // between its inputs (each pod is one input of the law).
+        if keys_of_dev.values().any(|n| *n > 1) {
+            for samples in groups.values_mut() {
+                for s in samples.iter_mut() {
+                    let n = self
+                        .keys
+                        .get(s.key)
+                        .and_then(|(_, dev)| keys_of_dev.get(dev))
+                        .copied()
+                        .unwrap_or(1)
+                        .max(1);
+                    s.counters = Counters {
+                        rios: s.counters.rios / n,
+                        wios: s.counters.wios / n,
+                        rbytes: s.counters.rbytes / n,
+                        wbytes: s.counters.wbytes / n,
+                    };
+                }
+            }
+        }
+        // Forget what went (sizes first: usually nothing did).
+        if self.ceilings.len() > count {
+            let targets_now: HashSet<&Path> = reconciler
+                .publications()
+                .map(|p| p.publication.target_path.as_path())
+                .collect();
+            self.ceilings
+                .retain(|t, _| targets_now.contains(t.as_path()));
+        }
+        if self.physical.len() > volume_devs.len() {
+            self.physical.retain(|d, _| volume_devs.contains(d));
+            // A volume device went: close its `stat` file, and those of physical devices
+            // no volume is on any more.
+            let physical = &self.physical;
+            self.stats.retain(|d| {
+                volume_devs.contains(d) || physical.values().any(|set| set.contains(d))
+            });
+        }
+        if self.moved.len() > live.len() {
+            self.moved.retain(|k, _| live.contains(k));
+        }
+        self.keys.retain(&live);
+        if self.controllers.len() > groups.len() {
+            self.controllers
+                .retain(|set, _| groups.keys().any(|g| g.as_ref() == set));
+        }
+        targets.sort_unstable_by_key(|t| t.0);
 
         // 2. One pass per device.
         let mut writes: Vec<(Key, Limits)> = Vec::new();
         for (set, samples) in &groups {
-            let model = self.model_for(set);
-            let name = self.set_name(set);
-            let controller = match self.controllers.entry(set.clone()) {
-                std::collections::btree_map::Entry::Occupied(c) => c.into_mut(),
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    match DeviceController::new(model, self.config.params) {
-                        Ok(c) => {
-                            tracing::info!(device = %name, read_iops = model.read_iops, write_iops = model.write_iops, "priority: controlling a device");
-                            slot.insert(c)
-                        }
-                        Err(e) => {
-                            out.errors.push(format!("device {name}: {e}"));
-                            continue;
-                        }
+            let set: &DeviceSet = set;
+            if !self.controllers.contains_key(set) {
+                let (model, source) = self.model_for(set);
+                let name = self.set_name(set);
+                match DeviceController::new(model, self.config.params) {
+                    Ok(controller) => {
+                        tracing::info!(device = %name, read_iops = model.read_iops, write_iops = model.write_iops, read_bps = model.read_bps, write_bps = model.write_bps, source = source.as_str(), "priority: controlling a device");
+                        self.controllers.insert(
+                            set.clone(),
+                            Device {
+                                controller,
+                                name,
+                                source,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        out.errors.push(format!("device {name}: {e}"));
+                        continue;
                     }
                 }
+            }
+            let Some(entry) = self.controllers.get_mut(set) else {
+                continue;
             };
             let device = set.iter().try_fold(DeviceSample::default(), |acc, d| {
-                let s = self.topology.stat(*d).ok()?;
+                let s = self.stats.stat(&self.topology, *d).ok()?;
                 Some(DeviceSample {
                     ios: acc.ios + s.ios,
                     weighted_ms: acc.weighted_ms + s.weighted_ms,
                 })
             });
-            let decision = controller.pass(now, samples, device);
+            let decision = entry.controller.pass(now, samples, device);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                // One line per device and pass (debug only): what the law saw and chose.
+                let seen: Vec<String> = samples
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}:{}/{}",
+                            if s.class == Priority::Streaming {
+                                's'
+                            } else {
+                                'b'
+                            },
+                            s.counters.rios + s.counters.wios,
+                            s.in_flight
+                                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+                        )
+                    })
+                    .collect();
+                let r = &decision.report;
+                tracing::debug!(device = %entry.name, budget = r.batch_budget, streaming_active = r.streaming_active, backlogged = r.streaming_backlogged, saturated = r.saturated, streaming_use = r.streaming_use, batch_use = r.batch_use, inputs = %seen.join(" "), "priority: pass");
+            }
             let streaming = samples
                 .iter()
                 .filter(|s| s.class == Priority::Streaming)
                 .count();
             out.devices.push(DeviceState {
-                name,
+                name: entry.name.clone(),
                 report: decision.report,
+                source: entry.source,
                 publications: (streaming, samples.len() - streaming),
             });
             writes.extend(decision.limits);
         }
 
-        // 3. Write what changed.
-        for ((cgroup, dev), limits) in writes {
-            let Some(ts) = targets.get(&(cgroup.clone(), dev)) else {
-                continue;
-            };
-            if ts.iter().all(|(_, held)| held.canonical() == limits) {
+        // 3. Write what changed: the targets of each changed input (cloned, the borrow of
+        // the reconciler ends here), then the lines, then the reconciler's desired limits.
+        let mut changed: Vec<(Key, Limits, Vec<PathBuf>)> = Vec::new();
+        for (key, limits) in writes {
+            let from = targets.partition_point(|t| t.0 < key);
+            let ts = &targets[from..targets.partition_point(|t| t.0 <= key)];
+            if ts.is_empty() || ts.iter().all(|(_, _, held)| held.canonical() == limits) {
                 continue;
             }
-            match apply::apply(fs, &cgroup, dev, &limits) {
+            changed.push((key, limits, ts.iter().map(|t| t.1.to_owned()).collect()));
+        }
+        for (key, limits, ts) in changed {
+            let Some((cgroup, dev)) = self.keys.get(key) else {
+                continue;
+            };
+            let dev = *dev;
+            match apply::apply(fs, cgroup, dev, &limits) {
                 Ok(()) => {
                     out.written += 1;
-                    for (t, _) in ts {
+                    for t in &ts {
                         reconciler.set_limits(t, limits);
                     }
                     tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max set");

@@ -29,6 +29,58 @@ pub struct Job {
     counters: Counters,
     carry: (f64, f64),
     queue_ms: f64,
+    /// blk-throttle's state for reads and writes (with [`Sim::blk_throttle`]).
+    throttle: [Throttle; 2],
+}
+
+/// Jiffies per second and per blk-throttle slice (Debian's HZ = 250; 100 ms slices).
+const HZ: u64 = 250;
+const SLICE: u64 = 25;
+
+/// blk-throttle's IOPS accounting for one direction of a group that always has IO
+/// queued (a closed-loop job), as Linux 6.1 does it: the IOs allowed since the slice
+/// start are `limit x elapsed / HZ` with the elapsed time rounded up to whole slices,
+/// rounded down; after each dispatch the whole slices elapsed are trimmed off the start
+/// and `limit x slice x n / HZ` IOs (rounded down) off the count, so the fraction of an
+/// IO a slice is worth is lost at each trim; a new limit starts a new slice.
+#[derive(Debug, Clone, Copy, Default)]
+struct Throttle {
+    limit: Option<u64>,
+    start: u64,
+    disp: u64,
+}
+
+impl Throttle {
+    fn set(&mut self, limit: Option<u64>, now: u64) {
+        if limit != self.limit {
+            self.limit = limit;
+            self.start = now;
+            self.disp = 0;
+        }
+    }
+
+    /// IOs released in jiffies `[from, to)`; `None` when unlimited.
+    fn release(&mut self, from: u64, to: u64) -> Option<u64> {
+        let limit = self.limit?;
+        let mut n = 0;
+        for j in from..to {
+            loop {
+                let elapsed = j - self.start;
+                let rounded = (elapsed + 1).div_ceil(SLICE) * SLICE;
+                if self.disp + 1 > limit * rounded / HZ {
+                    break;
+                }
+                self.disp += 1;
+                n += 1;
+                let slices = (j - self.start) / SLICE;
+                if slices > 0 {
+                    self.disp = self.disp.saturating_sub(limit * SLICE * slices / HZ);
+                    self.start += slices * SLICE;
+                }
+            }
+        }
+        Some(n)
+    }
 }
 
 #[derive(Debug)]
@@ -46,6 +98,10 @@ pub struct Sim {
     pub noise: Option<u64>,
     device: DeviceSample,
     pub last: Option<Decision<usize>>,
+    /// Enforce IOPS limits as blk-throttle does (whole IOs per 100 ms slice, fractions
+    /// lost at each trim) instead of exactly.
+    pub blk_throttle: bool,
+    jiffies: u64,
 }
 
 impl Sim {
@@ -60,6 +116,8 @@ impl Sim {
             now: Duration::from_secs(1),
             device: DeviceSample::default(),
             last: None,
+            blk_throttle: false,
+            jiffies: 0,
         }
     }
 
@@ -84,6 +142,7 @@ impl Sim {
             counters: Counters::default(),
             carry: (0.0, 0.0),
             queue_ms: 0.0,
+            throttle: [Throttle::default(); 2],
         });
         self.jobs.len() - 1
     }
@@ -97,15 +156,36 @@ impl Sim {
             let by_bytes = bytes.get().map_or(f64::INFINITY, |v| v as f64 / 4096.0);
             iops.min(by_bytes)
         };
+        let (from, to) = (self.jiffies, self.jiffies + SLICE);
+        self.jiffies = to;
+        let blk = self.blk_throttle;
         let wanted: Vec<(f64, f64)> = self
             .jobs
-            .iter()
+            .iter_mut()
             .map(|j| {
+                let limits = j.limits;
+                let mut released = |d: usize, l: crate::tier::Limit| {
+                    j.throttle[d].set(l.get(), from);
+                    j.throttle[d]
+                        .release(from, to)
+                        .map_or(f64::INFINITY, |n| n as f64 / dt)
+                };
+                let (rel_r, rel_w) = if blk {
+                    (
+                        released(0, limits.read_iops),
+                        released(1, limits.write_iops),
+                    )
+                } else {
+                    (f64::INFINITY, f64::INFINITY)
+                };
                 // INFINITY * 0.0 is NaN: a direction the job does not use wants nothing.
                 let part = |f: f64| if f > 0.0 { j.demand * f } else { 0.0 };
-                let r =
-                    part(1.0 - j.write_fraction).min(cap(j.limits.read_iops, j.limits.read_bps));
-                let w = part(j.write_fraction).min(cap(j.limits.write_iops, j.limits.write_bps));
+                let r = part(1.0 - j.write_fraction)
+                    .min(cap(j.limits.read_iops, j.limits.read_bps))
+                    .min(rel_r);
+                let w = part(j.write_fraction)
+                    .min(cap(j.limits.write_iops, j.limits.write_bps))
+                    .min(rel_w);
                 // A closed-loop job with a cap runs at the cap.
                 (
                     if r.is_finite() { r } else { 1e12 },

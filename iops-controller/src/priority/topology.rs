@@ -11,8 +11,11 @@
 //! `/sys/dev/block/MAJ:MIN/stat` fields (Documentation/block/stat.rst): 1 reads completed,
 //! 5 writes completed, 9 IOs in flight, 11 weighted milliseconds in queue.
 
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +37,12 @@ pub fn real_device_of() -> DeviceOf {
 pub struct BlockStat {
     /// Reads plus writes completed.
     pub ios: u64,
+    /// Reads completed (field 1) and writes completed (field 5).
+    pub reads: u64,
+    pub writes: u64,
+    /// 512-byte sectors read (field 3) and written (field 7).
+    pub read_sectors: u64,
+    pub write_sectors: u64,
     /// IOs in flight now.
     pub in_flight: u64,
     /// Weighted milliseconds spent in queue (field 11).
@@ -43,19 +52,94 @@ pub struct BlockStat {
 impl BlockStat {
     /// Parses the whitespace-separated fields of a `stat` file.
     pub fn parse(text: &str) -> Option<BlockStat> {
-        let f: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        if f.len() < 11 {
+        // Every field must be a number; fields 1, 3, 5, 7, 9 and 11 are kept (no
+        // allocation: read every period).
+        let mut f = [0u64; 11];
+        let mut n = 0;
+        for token in text.split_ascii_whitespace() {
+            let v: u64 = token.parse().ok()?;
+            if let Some(slot) = f.get_mut(n) {
+                *slot = v;
+            }
+            n += 1;
+        }
+        if n < 11 {
             return None;
         }
         Some(BlockStat {
             ios: f[0] + f[4],
+            reads: f[0],
+            writes: f[4],
+            read_sectors: f[2],
+            write_sectors: f[6],
             in_flight: f[8],
             weighted_ms: f[10],
         })
+    }
+}
+
+/// The `stat` files a node reads every pass, kept open and re-read at offset 0: sysfs
+/// regenerates an attribute's text on every read at offset 0 (`seq_file`), so a pass costs
+/// one `pread` per device instead of an open with its path walk, a read and a close. A
+/// handle that fails (its device went) is dropped and the file opened again once: a
+/// device number can come back for a new device.
+#[derive(Debug, Default)]
+pub struct StatFiles {
+    open: HashMap<DeviceNumber, File>,
+    buf: Vec<u8>,
+}
+
+impl StatFiles {
+    /// `dev`'s `stat` counters through `topology`'s sysfs.
+    pub fn stat(&mut self, topology: &Topology, dev: DeviceNumber) -> io::Result<BlockStat> {
+        const LEN: usize = 1024;
+        if self.buf.len() != LEN {
+            self.buf.resize(LEN, 0);
+        }
+        let mut last = None;
+        for _ in 0..2 {
+            let file = match self.open.entry(dev) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => v.insert(File::open(topology.dir(dev).join("stat"))?),
+            };
+            match file.read_at(&mut self.buf, 0) {
+                // A whole line that fits (a stat line is under 300 bytes).
+                Ok(n) if n < LEN => {
+                    let parsed = std::str::from_utf8(&self.buf[..n])
+                        .ok()
+                        .and_then(BlockStat::parse);
+                    if let Some(st) = parsed {
+                        return Ok(st);
+                    }
+                    self.open.remove(&dev);
+                    return topology.stat(dev);
+                }
+                Ok(_) => {
+                    self.open.remove(&dev);
+                    return topology.stat(dev);
+                }
+                Err(e) => {
+                    self.open.remove(&dev);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("stat: no read")))
+    }
+
+    /// Closes the files of devices `keep` says no to.
+    pub fn retain(&mut self, keep: impl Fn(&DeviceNumber) -> bool) {
+        self.open.retain(|d, _| keep(d));
+    }
+
+    /// How many files are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
     }
 }
 
@@ -93,6 +177,12 @@ impl Topology {
         text.lines()
             .find_map(|l| l.strip_prefix("DEVNAME="))
             .map(str::to_owned)
+    }
+
+    /// The identity of `dev` that survives reboots (its `wwid`, serial, or name; see
+    /// [`super::calibration::identity`]).
+    pub fn identity(&self, dev: DeviceNumber) -> Option<String> {
+        super::calibration::identity(&self.dir(dev))
     }
 
     /// `dev`'s `stat` counters.
@@ -244,6 +334,10 @@ mod tests {
             topo.stat(dn("253:3")).unwrap(),
             BlockStat {
                 ios: 150,
+                reads: 100,
+                writes: 50,
+                read_sectors: 800,
+                write_sectors: 400,
                 in_flight: 3,
                 weighted_ms: 1234
             }

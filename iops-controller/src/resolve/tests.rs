@@ -403,12 +403,7 @@ fn limits_combine_tier_size_and_overrides() {
     let tiers = TierSet::from_config(&config).unwrap();
     let gib = crate::tier::GIB;
     let table = [
-        (
-            "batch",
-            NONE,
-            gib,
-            "rbps=209715200 wbps=209715200 riops=2000 wiops=2000",
-        ),
+        ("batch", NONE, gib, "rbps=max wbps=max riops=max wiops=max"),
         (
             "batch",
             Overrides {
@@ -417,7 +412,7 @@ fn limits_combine_tier_size_and_overrides() {
                 ..NONE
             },
             gib,
-            "rbps=209715200 wbps=5 riops=max wiops=2000",
+            "rbps=max wbps=5 riops=max wiops=max",
         ),
         (
             "scaled",

@@ -126,38 +126,18 @@ pub struct Tier {
     pub priority: Priority,
 }
 
-/// The built-in batch caps.
-///
-/// A datacenter NVMe drive serves several hundred thousand random 4 KiB IOPS and 2-7 GB/s;
-/// the pressure a batch job puts on it is what matters, not what the job alone could use.
-/// 2000 IOPS is ample for shuffle and spill files, which Spark and Flink write and read in
-/// large sequential chunks, yet ten batch volumes together still take only a few percent
-/// of the drive's IOPS. 200 MiB/s lets one batch volume stream a 10 GiB spill in under a
-/// minute while ten of them stay within about 2 GB/s, so a streaming volume on the same
-/// drive keeps most of its bandwidth. Operators with other drives replace the tier in the
-/// node config.
-pub const BATCH_IOPS: u64 = 2000;
-/// See [`BATCH_IOPS`].
-pub const BATCH_BPS: u64 = 200 * MIB;
-
 impl Tier {
     /// The built-in uncapped tier.
     pub fn streaming() -> Tier {
         Tier::flat(keys::STREAMING, Limits::UNLIMITED, Priority::Streaming)
     }
 
-    /// The built-in capped tier (see [`BATCH_IOPS`]).
+    /// The built-in batch tier: no fixed cap. Its volumes share, per physical device, what
+    /// streaming volumes leave, above the class's floor (the priority controllers,
+    /// `crate::priority`, `docs/priority.md`); a `[tiers.batch]` table with caps puts hard
+    /// ceilings on top of that share.
     pub fn batch() -> Tier {
-        Tier::flat(
-            keys::BATCH,
-            Limits {
-                read_bps: Limit::per_sec(BATCH_BPS),
-                write_bps: Limit::per_sec(BATCH_BPS),
-                read_iops: Limit::per_sec(BATCH_IOPS),
-                write_iops: Limit::per_sec(BATCH_IOPS),
-            },
-            Priority::Batch,
-        )
+        Tier::flat(keys::BATCH, Limits::UNLIMITED, Priority::Batch)
     }
 
     /// A tier whose caps do not depend on volume size.

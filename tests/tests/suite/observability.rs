@@ -177,6 +177,13 @@ async fn pvc_annotation_metrics_status_and_healthz() {
             "--reconcile-period".into(),
             "1".into(),
         ],
+        // Static caps (the pre-priority batch tier's numbers), so the lines checked below
+        // are fixed: the priority controllers, on by default, are checked in `tiers::`.
+        config: Some(
+            "[priority]\nenabled = false\n\n[tiers.batch]\npriority = \"batch\"\n\
+             read_iops = 2000\nwrite_iops = 2000\nread_bps = 209715200\nwrite_bps = 209715200\n"
+                .to_owned(),
+        ),
         ..Options::default()
     })
     .await;

@@ -41,8 +41,9 @@ struct Node {
     _sys: tempfile::TempDir,
 }
 
-/// Pod 0: streaming on dm-3; pod 1: batch on dm-4 (both on nvme0n1, 259:0); pod 2: batch
-/// on dm-5 (nvme1n1, 259:1, configured at 4000 IOPS).
+/// Pod 0: streaming on dm-3; pod 1: batch on dm-4 (both on nvme0n1, 259:0); pod 2: a batch
+/// tier with a 2000-IOPS ceiling (`capped`) on dm-5 (nvme1n1, 259:1, configured at 4000
+/// IOPS).
 fn node() -> Node {
     let sys = tempfile::tempdir().unwrap();
     device(sys.path(), "259:0", "nvme0n1", None);
@@ -61,7 +62,23 @@ fn node() -> Node {
     config
         .devices
         .insert("nvme1n1".into(), DeviceModel::uniform_iops(4000.0));
-    let priority = NodePriority::new(config, &TierSet::builtin(), topology);
+    let capped = Tier::flat(
+        "capped",
+        Limits {
+            read_iops: Limit::per_sec(2000),
+            write_iops: Limit::per_sec(2000),
+            ..Limits::UNLIMITED
+        },
+        Priority::Batch,
+    );
+    let tiers: TierSet = toml::from_str::<crate::TierConfig>(
+        "[capped]\npriority = \"batch\"\nread_iops = 2000\nwrite_iops = 2000\n\
+         read_bps = \"max\"\nwrite_bps = \"max\"\n",
+    )
+    .map(|c| TierSet::from_config(&c).unwrap())
+    .unwrap();
+    assert_eq!(tiers.get("capped"), Some(&capped));
+    let priority = NodePriority::new(config, &tiers, topology);
     let fs = Arc::new(FakeCgroupFs::new());
     let root = tempfile::tempdir().unwrap();
     let mut reconciler = Reconciler::new();
@@ -78,7 +95,7 @@ fn node() -> Node {
         .zip([
             ("253:3", Tier::streaming()),
             ("253:4", Tier::batch()),
-            ("253:5", Tier::batch()),
+            ("253:5", capped.clone()),
         ])
         .enumerate()
     {
@@ -106,19 +123,20 @@ fn node() -> Node {
         });
     }
     let report = reconciler.pass_kept(n.root.path(), n.fs.as_ref());
-    assert_eq!(report.applied, 2, "{report:?}"); // streaming's all-max line is in sync
+    // Streaming's and built-in batch's all-max lines are in sync; `capped` is written.
+    assert_eq!(report.applied, 1, "{report:?}");
     n.reconciler = reconciler;
     n
 }
 
-fn read_ios(n: &Node, pod: usize, dev: &str, rios: u64) {
-    n.fs.set_io_stat(
-        &n.cgroups[pod],
-        &format!(
-            "{dev} rbytes={} wbytes=0 rios={rios} wios=0 dbytes=0 dios=0\n",
-            rios * 4096
-        ),
-    );
+/// The volume device's sysfs `stat` after `rios` 4 KiB reads (what the node reads; the
+/// pod is the one the device is published into).
+fn read_ios(n: &Node, _pod: usize, dev: &str, rios: u64) {
+    fs::write(
+        n._sys.path().join("dev/block").join(dev).join("stat"),
+        format!("{rios} 0 {} 0 0 0 0 0 0 0 0\n", rios * 8),
+    )
+    .unwrap();
 }
 
 fn riops(n: &Node, pod: usize, dev: &str) -> Limit {
@@ -156,8 +174,8 @@ fn batch_is_held_to_what_streaming_leaves_and_another_device_is_untouched() {
     let nvme0 = &last.devices[0];
     assert!(nvme0.report.streaming_active);
     assert_eq!(nvme0.publications, (1, 1));
-    // Batch gets 1 - 0.5 streaming - 0.10 headroom of the 1000-IOPS device, far under
-    // its 2000-IOPS tier cap; streaming keeps its (absent) caps.
+    // Batch (built in: no ceiling) gets 1 - 0.5 streaming - 0.10 headroom of the
+    // 1000-IOPS device; streaming keeps its (absent) caps.
     let batch = riops(&n, 1, "253:4").get().unwrap();
     assert!((300..=450).contains(&batch), "batch riops {batch}");
     assert_eq!(riops(&n, 0, "253:3"), Limit::Max);
@@ -204,4 +222,72 @@ fn when_streaming_stops_batch_gets_the_device_and_unpublished_devices_are_droppe
     let names: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["nvme0n1"]);
     assert_eq!(p.devices[0].publications, (0, 1));
+}
+
+#[test]
+fn capacity_precedence_is_config_then_calibration_then_default() {
+    use crate::priority::calibration::{Calibration, CalibrationStore};
+    let mut n = node();
+    let state = tempfile::tempdir().unwrap();
+    let store = CalibrationStore::in_state_dir(state.path());
+    let calibrate = |id: &str, iops: f64| {
+        store
+            .save(&Calibration {
+                identity: id.to_owned(),
+                name: "x".to_owned(),
+                model: DeviceModel::uniform_iops(iops),
+                measured_unix: 1,
+            })
+            .unwrap();
+    };
+    let pass = |n: &mut Node, ms: u64| {
+        n.priority
+            .pass_at(Duration::from_millis(ms), &mut n.reconciler, n.fs.as_ref())
+    };
+    // No store: nvme0n1 starts at the default, nvme1n1 at its config value.
+    let p = pass(&mut n, 0);
+    let got: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| (d.source, d.report.capacity.read_iops))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (CapacitySource::Default, 1000.0),
+            (CapacitySource::Config, 4000.0)
+        ]
+    );
+    // Both devices calibrated (nvme0n1 by its wwid, nvme1n1 by its name): a controller
+    // created from now on starts from the calibration, except where the config says.
+    fs::write(n._sys.path().join("dev/block/259:0/wwid"), "eui.00aa\n").unwrap();
+    calibrate("wwid:eui.00aa", 3000.0);
+    calibrate("name:nvme1n1", 9999.0);
+    n.priority.config.calibrations = Some(store.clone());
+    // Existing controllers keep their capacity (and their online correction).
+    let p = pass(&mut n, 100);
+    assert_eq!(p.devices[0].source, CapacitySource::Default);
+    // Recreated (their publications went and came back): calibration, config.
+    n.priority.controllers.clear();
+    let p = pass(&mut n, 200);
+    let got: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| (d.source, d.report.capacity.read_iops))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (CapacitySource::Calibrated, 3000.0),
+            (CapacitySource::Config, 4000.0)
+        ]
+    );
+    // A garbled calibration file is not a capacity: the default, and the pass goes on.
+    fs::write(store.path_of("wwid:eui.00aa"), "read_iops=oops\n").unwrap();
+    n.priority.controllers.clear();
+    let p = pass(&mut n, 300);
+    assert_eq!(
+        (p.devices[0].source, p.devices[0].report.capacity.read_iops),
+        (CapacitySource::Default, 1000.0)
+    );
 }

@@ -236,7 +236,10 @@ async fn publish_writes_the_tiers_four_caps_for_the_volumes_own_device_and_unpub
 }
 
 /// A tier with per-GiB IOPS caps: 100 reads and 50 writes per GiB.
-const PER_GIB_TIERS: &str = "[tiers.perf]\npriority = \"batch\"\nread_bps = \"max\"\nwrite_bps = \"max\"\nper_gib = { read_iops = 100, write_iops = 50, floor_gib = 1, ceiling_gib = 100 }\n";
+/// A streaming tier with per-GiB caps: the priority controllers (on by default) give a
+/// streaming volume exactly its ceiling, so the line is the tier's caps for the size (a
+/// batch tier's line would be its dynamic share under them).
+const PER_GIB_TIERS: &str = "[tiers.perf]\npriority = \"streaming\"\nread_bps = \"max\"\nwrite_bps = \"max\"\nper_gib = { read_iops = 100, write_iops = 50, floor_gib = 1, ceiling_gib = 100 }\n";
 
 #[tokio::test]
 async fn publish_caps_follow_the_size_after_node_expand_volume() {

@@ -14,14 +14,23 @@
 //!   unpublish; and (`retier::vm_*`) a running load's rate following a live re-tier to
 //!   uncapped and back within a second, from per-100 ms samples. They return with a printed
 //!   reason outside lvm mode or without cgroup v2 io.
-//! - `priority::vm_*`: the priority controllers (`[priority]`, issue 9) on a disk QEMU
-//!   throttles (`tests/vm/priority.sh`, not `tiers.sh`): streaming keeps its solo rate
-//!   against four batch volumes, and batch alone gets the device.
+//! - `priority::vm_*`: the priority controllers (`[priority]`, on by default, issue 9) on a
+//!   disk QEMU throttles (`tests/vm/priority-test.sh`, a boot of its own in `all.sh`, not
+//!   `tiers.sh`): streaming keeps its solo rate and latency against four batch volumes,
+//!   batch alone gets the device, the floor and the reaction times.
+//!
+//! - `priority_devices::`: two throttled disks, one device class each: load on one never
+//!   changes the other's batch budget (VM, lvm).
+//!
+//! - `calibration::`: `iolane bench --calibrate` on a real loop device, and the node
+//!   starting the state directory's disk from the stored capacity (loop backend, host).
 //!
 //! Environment: `IOLANE_TEST_BENCH_SECS` (seconds per load run, default 5).
 
+mod calibration;
 mod host;
 mod priority;
+mod priority_devices;
 // `vm` first: its `require_vm!` is used by `retier`.
 #[macro_use]
 mod vm;
@@ -39,9 +48,13 @@ use iolane_tests::{
 };
 
 /// The batch tier of these tests: 200 read and write IOPS (the VM does about 3,400
-/// uncapped), no bandwidth cap.
+/// uncapped), no bandwidth cap, as a static cap:
 const BATCH_IOPS: u64 = 200;
-const TIERS: &str = "[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
+///
+/// `[priority] enabled = false`: these tests check the static caps (what publish writes, the
+/// reconciler's repair and re-apply); the priority controllers, on by default, are checked
+/// by `priority::` on an IO-bound disk.
+const TIERS: &str = "[priority]\nenabled = false\n\n[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
 const TIER_KEY: &str = "iolane.dev/tier";
 const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
 /// `--reconcile-period` of the VM tests, seconds.

@@ -1,15 +1,28 @@
 //! The priority controllers (issue 9) end to end, on a disk whose capacity is IO-bound
-//! (`tests/vm/priority.sh`: QEMU throttles the NVMe to `IOLANE_TEST_PRIORITY_IOPS`): the
-//! real `iolane node` on the lvm backend with the default tiers, one streaming and four
-//! batch raw-block volumes published into their own pod cgroups, `iolane bench` (4 KiB
-//! random reads, queue depth 8) in each.
+//! (QEMU throttles the NVMe to `IOLANE_TEST_PRIORITY_IOPS`; `tests/vm/priority-vm.sh` from
+//! `tests/vm/all.sh`, or `tests/vm/priority.sh` alone): the real `iolane node` on the lvm
+//! backend with the **default tiers**, one streaming and four batch raw-block volumes
+//! published into their own pod cgroups, `iolane bench` (4 KiB random reads, queue depth 8,
+//! 100 ms samples) in each.
 //!
-//! `IOLANE_TEST_PRIORITY=on` runs the node with `[priority] enabled = true` and the
-//! device's capacity in the config; `off` with the static tier caps alone, where the test
-//! is expected to fail (the issue's point). Lines of assertions:
-//! - all five loading: streaming keeps >= 0.90 of its solo IOPS;
-//! - batch alone (streaming idle): one batch volume gets >= 0.85 of the device (the
-//!   streaming solo rate).
+//! `IOLANE_TEST_PRIORITY=on`: the default node config (`[priority]` on) plus the device's
+//! capacity (`[priority.devices.nvme0n1] iops`, the node-config override of the
+//! calibration). `off`: the pre-priority defaults (`[priority] enabled = false` and the old
+//! static `[tiers.batch]` of 2000 IOPS), where the test is expected to FAIL (the issue).
+//! Its lines (all measured in one node run, all reported before the first failing one):
+//! - all five loading: streaming keeps >= 0.90 of its solo IOPS (the better of a solo run
+//!   before and after) from +1 s of its start (the first second is the reaction line's;
+//!   the whole run's mean is printed too), and its p99 latency over the whole run stays
+//!   within 1.5x of solo;
+//! - the four batch volumes alone (streaming idle) get >= 0.85 of the device (the
+//!   streaming solo rate);
+//! - while streaming saturates the device, the batch class gets at least its floor (0.05
+//!   of the device, within 20 %); how far above it is printed (blk-throttle overshoots the
+//!   few IOPS per volume a 400-IOPS disk's floor gives);
+//! - reaction, from the 100 ms samples lined up by the benches' start times: streaming
+//!   at 0.90 of solo or more within 1 s of starting next to saturating batch, and batch
+//!   back at 0.85 of the device or more within 2 s of streaming's end (the time is the
+//!   start of the first 300 ms window whose mean reaches the line).
 //!
 //! Outside the VM (no lvm, no cgroup v2 io, or no throttled disk) it returns with a printed
 //! reason, like the other `vm_*` tests.
@@ -19,22 +32,29 @@ use super::*;
 
 /// Bytes of each volume the benches read (prefilled, so reads reach the disk: a thin LV's
 /// unwritten blocks never do).
-const SPAN: u64 = 32 << 20;
+pub(super) const SPAN: u64 = 32 << 20;
+/// The batch class's floor (`[priority] floor`, default).
+const FLOOR: f64 = 0.05;
 
-fn secs() -> u64 {
+pub(super) fn secs() -> u64 {
     std::env::var("IOLANE_TEST_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(5)
 }
 
-/// Mean IOPS of `iolane bench` on `p` from its pod's cgroup, after `delay`.
-fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> f64 {
-    load_sampled(p, json, secs, delay).0
+/// One bench run's figures.
+pub(super) struct Run {
+    pub(super) mean: f64,
+    p99_us: f64,
+    /// Wall clock of the first IO, ms since the epoch.
+    pub(super) start_ms: u64,
+    /// IOPS of every 100 ms.
+    pub(super) samples: Vec<f64>,
 }
 
-/// Mean IOPS and the IOPS of every 100 ms (`--interval-ms 100`).
-fn load_sampled(p: &Published, json: &Path, secs: u64, delay: Duration) -> (f64, Vec<f64>) {
+/// `iolane bench` on `p` from its pod's cgroup, after `delay`.
+pub(super) fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Run {
     std::thread::sleep(delay);
     let bin = binary();
     run(
@@ -72,14 +92,40 @@ fn load_sampled(p: &Published, json: &Path, secs: u64, delay: Duration) -> (f64,
             n as f64 * 10.0
         })
         .collect();
-    (report["mean_iops"].as_f64().expect("mean_iops"), samples)
+    Run {
+        mean: report["mean_iops"].as_f64().expect("mean_iops"),
+        p99_us: report["latency"]["p99_us"].as_f64().expect("p99_us"),
+        start_ms: report["started_unix_ms"].as_u64().expect("started_unix_ms"),
+        samples,
+    }
 }
 
-/// Milliseconds from the start until three 100 ms samples in a row reach `line`.
+/// The batch class's IOPS per 100 ms slot from `t0_ms` on (the sum of the runs' samples
+/// that fall in each slot).
+pub(super) fn class_samples(runs: &[Run], t0_ms: u64) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for r in runs {
+        for (i, v) in r.samples.iter().enumerate() {
+            let at = r.start_ms + 100 * i as u64;
+            if at + 50 < t0_ms {
+                continue;
+            }
+            let slot = usize::try_from((at + 50 - t0_ms) / 100).unwrap_or(usize::MAX);
+            if out.len() <= slot {
+                out.resize(slot + 1, 0.0);
+            }
+            out[slot] += v;
+        }
+    }
+    out
+}
+
+/// Milliseconds from the first sample to the start of the first window of 3 samples whose
+/// mean reaches `line`.
 fn reaction_ms(samples: &[f64], line: f64) -> Option<usize> {
     samples
         .windows(3)
-        .position(|w| w.iter().all(|s| *s >= line))
+        .position(|w| w.iter().sum::<f64>() / 3.0 >= line)
         .map(|i| i * 100)
 }
 
@@ -112,14 +158,18 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
         .expect("a free port")
         .to_string();
     let config = if enabled {
-        format!("[priority]\nenabled = true\n\n[priority.devices.nvme0n1]\niops = {iops}\n")
+        format!("[priority.devices.nvme0n1]\niops = {iops}\n")
     } else {
-        String::new()
+        "[priority]\nenabled = false\n\n[tiers.batch]\npriority = \"batch\"\nread_iops = 2000\n\
+         write_iops = 2000\nread_bps = 209715200\nwrite_bps = 209715200\n"
+            .to_owned()
     };
     // The default reconcile period (10 s): the pool gauges refresh with it, and their LVM
     // reports would take a vCPU of the emulated guest every 2 s.
     let mut d = Driver::start_with(Options {
         args: vec!["--metrics-address".into(), metrics.clone()],
+        // Each pass's inputs and budget (`priority: pass`), printed when the test fails.
+        log: Some("info,csi_driver=debug,iops_controller::priority=debug".to_owned()),
         config: Some(config),
         ..Options::default()
     })
@@ -146,26 +196,40 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     let out = d.root().join("bench");
     fs::create_dir_all(&out).expect("bench dir");
     let s = secs();
-    let solo = load(&streaming, &out.join("s-solo.json"), s, Duration::ZERO);
-    let batch_alone = load(&batch[0], &out.join("b-alone.json"), s, Duration::ZERO);
-    // Batch saturates the device first; streaming joins a second later (the controller
-    // reacts within a period or two).
+    let solo_first = load(&streaming, &out.join("s-solo.json"), s, Duration::ZERO);
+    // The batch class alone: all four at once.
+    let alone: Vec<Run> = std::thread::scope(|sc| {
+        let h: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let json = out.join(format!("b{i}-alone.json"));
+                sc.spawn(move || load(p, &json, s, Duration::ZERO))
+            })
+            .collect();
+        h.into_iter()
+            .map(|h| h.join().expect("batch bench"))
+            .collect()
+    });
+    let batch_alone: f64 = alone.iter().map(|r| r.mean).sum();
+    // Batch saturates the device; streaming joins 1 s later for `s` seconds; batch goes on
+    // 3 s after streaming's end.
     let lead = Duration::from_secs(1);
-    let (together, batch_together) = std::thread::scope(|sc| {
+    let (together, batch_runs, timeline) = std::thread::scope(|sc| {
         let b: Vec<_> = batch
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let json = out.join(format!("b{i}-together.json"));
-                sc.spawn(move || load(p, &json, s + 2, Duration::ZERO))
+                sc.spawn(move || load(p, &json, s + 4, Duration::ZERO))
             })
             .collect();
-        let st = sc.spawn(|| load_sampled(&streaming, &out.join("s-together.json"), s, lead));
+        let st = sc.spawn(|| load(&streaming, &out.join("s-together.json"), s, lead));
         // The controller's view every second while the load runs (for the record).
         let watch = sc.spawn(|| {
             let t0 = Instant::now();
             let mut lines = Vec::new();
-            while t0.elapsed() < Duration::from_secs(s + 2) {
+            while t0.elapsed() < Duration::from_secs(s + 4) {
                 let text = http_get(&metrics, "/metrics");
                 let pick = |name: &str| {
                     text.lines()
@@ -174,10 +238,19 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
                         .unwrap_or("-")
                         .to_owned()
                 };
+                // Processes in each batch pod's cgroup (its bench, while it runs).
+                let procs: Vec<String> = batch
+                    .iter()
+                    .map(|p| {
+                        fs::read_to_string(p.cgroup.join("cgroup.procs"))
+                            .map(|t| t.lines().count().to_string())
+                            .unwrap_or_else(|_| "-".to_owned())
+                    })
+                    .collect();
                 let caps: Vec<String> = batch
                     .iter()
                     .map(|p| {
-                        let text = cat_io_max(&p.cgroup);
+                        let text = fs::read_to_string(p.cgroup.join("io.max")).unwrap_or_default();
                         line_of(&text, &p.dev)
                             .and_then(|l| {
                                 l.split_whitespace()
@@ -187,69 +260,170 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
                     })
                     .collect();
                 lines.push(format!(
-                    "{:>5} ms batch riops={} budget={} streaming_active={} streaming_use={} batch_use={} writes={}",
+                    "{:>5} ms batch riops={} procs={} budget={} streaming_active={} streaming_use={} batch_use={}",
                     t0.elapsed().as_millis(),
                     caps.join("/"),
+                    procs.join("/"),
                     pick("iolane_priority_batch_budget_ratio"),
                     pick("iolane_priority_streaming_active"),
                     pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"streaming\"}"),
                     pick("iolane_priority_class_demand_ratio{device=\"nvme0n1\",class=\"batch\"}"),
-                    pick("iolane_priority_writes_total"),
                 ));
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(300));
             }
             lines
         });
         let together = st.join().expect("streaming bench");
-        if enabled {
-            note(format!(
-                "priority timeline (streaming starts at {} ms):\n{}",
-                lead.as_millis(),
-                watch.join().expect("watch").join("\n")
-            ));
-        }
-        let b: Vec<f64> = b
+        let b: Vec<Run> = b
             .into_iter()
             .map(|h| h.join().expect("batch bench"))
             .collect();
-        (together, b)
+        (together, b, watch.join().expect("watch"))
     });
+    // Streaming solo again: the device's rate is the better of the two solo runs (a VM on a
+    // loaded host stalls now and then; the better run is the stricter reference).
+    let solo_last = load(&streaming, &out.join("s-solo-end.json"), s, Duration::ZERO);
+    let solo_means = (solo_first.mean, solo_last.mean);
+    let solo = if solo_last.mean > solo_first.mean {
+        solo_last
+    } else {
+        solo_first
+    };
+    note(format!(
+        "priority timeline (streaming starts at {} ms):\n{}",
+        lead.as_millis(),
+        timeline.join("\n")
+    ));
     let text = http_get(&metrics, "/metrics");
     let prio: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("iolane_priority_"))
         .collect();
-    let (together, samples) = together;
-    let keep = together / solo;
-    let reaction = reaction_ms(&samples, 0.90 * solo)
-        .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"));
-    let share = batch_alone / solo;
+
+    // The figures.
+    let device = solo.mean;
+    // Streaming's share is judged once the reaction window has passed (from +1 s, as the
+    // floor is): the first second is the reaction line's (streaming at 0.90 within 1 s). The
+    // whole run's mean, which also counts the reaction, is printed beside it.
+    let keep_run = together.mean / solo.mean;
+    let steady_s: Vec<f64> = together.samples.iter().copied().skip(10).collect();
+    let keep = steady_s.iter().sum::<f64>() / steady_s.len().max(1) as f64 / solo.mean;
+    let p99x = together.p99_us / solo.p99_us;
+    let share_alone = batch_alone / device;
+    let s_start = together.start_ms;
+    let s_end = s_start + 100 * together.samples.len() as u64;
+    // Batch per 100 ms from streaming's start, and from its end.
+    let during = class_samples(&batch_runs, s_start);
+    let steady: Vec<f64> = during
+        .iter()
+        .copied()
+        .skip(10)
+        .take(together.samples.len().saturating_sub(10))
+        .collect();
+    let batch_floor = steady.iter().sum::<f64>() / steady.len().max(1) as f64 / device;
+    let after = class_samples(&batch_runs, s_end);
+    let up = reaction_ms(&together.samples, 0.90 * solo.mean);
+    let regain = reaction_ms(&after, 0.85 * device);
+    let show = |v: Option<usize>| v.map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"));
     note(format!(
-        "priority {mode} (device throttled to {iops} IOPS, {s} s runs): streaming solo {solo:.0} IOPS, \
-         batch alone {batch_alone:.0} ({share:.2} of the device), all five: streaming {together:.0} \
-         ({keep:.2} of solo; >= 0.90 of solo for 3 samples of 100 ms after {reaction}), batch {:.0} ({})",
-        batch_together.iter().sum::<f64>(),
-        batch_together
+        "priority {mode} (device throttled to {iops} IOPS, {s} s runs):\n  \
+         streaming solo {:.0} IOPS, p99 {:.1} ms (the better of {:.0} before and {:.0} after)\n  \
+         batch alone (4 volumes) {batch_alone:.0} IOPS = {share_alone:.2} of the device\n  \
+         all five: streaming {:.0} IOPS = {keep_run:.2} of solo over its run, {keep:.2} from +1 s, p99 {:.1} ms = {p99x:.2}x solo; \
+         batch {:.0} IOPS over its whole run ({})\n  \
+         batch while streaming ran (from +1 s): {batch_floor:.3} of the device (floor {FLOOR})\n  \
+         streaming >= 0.90 of solo after {}; batch >= 0.85 of the device {} after streaming stopped\n  \
+         streaming per 100 ms, first 2 s: {}",
+        solo.mean,
+        solo.p99_us / 1000.0,
+        solo_means.0,
+        solo_means.1,
+        together.mean,
+        together.p99_us / 1000.0,
+        batch_runs.iter().map(|r| r.mean).sum::<f64>(),
+        batch_runs
             .iter()
-            .map(|b| format!("{b:.0}"))
+            .map(|r| format!("{:.0}", r.mean))
             .collect::<Vec<_>>()
-            .join(" + ")
+            .join(" + "),
+        show(up),
+        show(regain),
+        together
+            .samples
+            .iter()
+            .take(20)
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     ));
     note(format!("/metrics priority series:\n{}", prio.join("\n")));
+
+    let mut failed = Vec::new();
+    let mut check = |ok: bool, line: String| {
+        if !ok {
+            failed.push(line);
+        }
+    };
     if enabled {
-        assert!(
+        check(
             prio.iter()
                 .any(|l| l.starts_with("iolane_priority_batch_budget_ratio{device=\"nvme0n1\"}")),
-            "/metrics lacks the batch budget of nvme0n1"
+            "/metrics lacks the batch budget of nvme0n1".to_owned(),
         );
     }
-    assert!(
+    check(
         keep >= 0.90,
-        "streaming kept {keep:.2} of its solo rate ({together:.0} of {solo:.0} IOPS) with four batch volumes loading; want >= 0.90"
+        format!(
+            "streaming kept {keep:.2} of its solo rate from +1 s with four batch volumes loading; want >= 0.90"
+        ),
+    );
+    check(
+        p99x <= 1.5,
+        format!(
+            "streaming's p99 was {p99x:.2}x solo with four batch volumes loading; want <= 1.5x"
+        ),
+    );
+    check(
+        share_alone >= 0.85,
+        format!("batch alone got {share_alone:.2} of the device; want >= 0.85"),
+    );
+    // The floor: never starved (at least the floor, within 20 %). Above it, blk-throttle
+    // lets a volume held to a few IOPS run at 2-3x its line (the floor of a 400-IOPS disk
+    // is 5 IOPS per volume here; a real NVMe's is thousands), so the upper side is printed,
+    // and bounded by streaming's own line above.
+    check(
+        batch_floor >= 0.8 * FLOOR,
+        format!(
+            "batch got {batch_floor:.3} of the device while streaming saturated it; want at least the floor {FLOOR} (within 20 %)"
+        ),
+    );
+    note(format!(
+        "floor: batch {batch_floor:.3} of the device = {:.2}x the floor {FLOOR} (within 20 %: {})",
+        batch_floor / FLOOR,
+        if (batch_floor / FLOOR - 1.0).abs() <= 0.20 {
+            "yes"
+        } else {
+            "NO"
+        }
+    ));
+    check(
+        up.is_some_and(|ms| ms <= 1000),
+        format!(
+            "streaming reached 0.90 of solo after {}; want <= 1 s",
+            show(up)
+        ),
+    );
+    check(
+        regain.is_some_and(|ms| ms <= 2000),
+        format!(
+            "batch regained 0.85 of the device {} after streaming stopped; want <= 2 s",
+            show(regain)
+        ),
     );
     assert!(
-        share >= 0.85,
-        "batch alone got {share:.2} of the device ({batch_alone:.0} of {solo:.0} IOPS); want >= 0.85"
+        failed.is_empty(),
+        "priority {mode}: lines not met:\n  {}",
+        failed.join("\n  ")
     );
     for p in std::iter::once(&streaming).chain(&batch) {
         unpublish_and_delete(&mut d, p).await;

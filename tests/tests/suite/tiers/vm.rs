@@ -96,9 +96,24 @@ pub(super) async fn publish_block(
     tier: &str,
     pods: &mut Pods,
 ) -> Published {
+    publish_block_in(d, name, tier, None, pods).await
+}
+
+/// [`publish_block`] in a named device class (`iolane.dev/device-class`), or the default.
+pub(super) async fn publish_block_in(
+    d: &mut Driver,
+    name: &str,
+    tier: &str,
+    class: Option<&str>,
+    pods: &mut Pods,
+) -> Published {
     let (uid, cgroup) = pods.pod();
     let mut req = create_request(name, vec![block_cap()], GIB, 0);
-    req.parameters = params(&[(TIER_KEY, tier)]);
+    let mut p = vec![(TIER_KEY, tier)];
+    if let Some(c) = class {
+        p.push(("iolane.dev/device-class", c));
+    }
+    req.parameters = params(&p);
     let vol = ok(d.controller.create_volume(req).await, "CreateVolume")
         .volume
         .expect("volume");
@@ -358,6 +373,10 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
         s_tog > 3.0 * BATCH_IOPS as f64,
         "streaming did {s_tog:.0} IOPS next to batch, not well above the batch limit {BATCH_IOPS}: capped?"
     );
+    // Streaming's share of its alone rate is printed above, not checked: this boot's disk
+    // is not IO-bound (the emulated guest runs out of CPU first), so the ratio measures CPU
+    // sharing (0.91 on a quiet host, 0.47 at load 16). The >= 0.90 line is checked on a
+    // QEMU-throttled disk by the priority test (`tests/vm/priority.sh`).
 
     unpublish_and_delete(&mut d, &streaming).await;
     unpublish_and_delete(&mut d, &batch).await;
@@ -379,19 +398,26 @@ async fn vm_reconciler_repairs_drift_and_reapplies_after_a_restart() {
     let io_max = batch.cgroup.join("io.max");
     let capped = || line_of(&cat_io_max(&batch.cgroup), &batch.dev);
     let want = capped().expect("capped at publish");
+    // Lifts the line behind the driver's back. A reconcile pass (every 2 s) can repair it
+    // between the write and the read-back that proves the write took: up to three tries.
     let lift = || {
-        run(
-            "sh",
-            &[
-                "-c",
-                &format!(
-                    "echo '{} rbps=max wbps=max riops=max wiops=max' > {}",
-                    batch.dev,
-                    io_max.display()
-                ),
-            ],
-        );
-        assert_eq!(capped(), None, "the line is still there after writing max");
+        for _ in 0..3 {
+            run(
+                "sh",
+                &[
+                    "-c",
+                    &format!(
+                        "echo '{} rbps=max wbps=max riops=max wiops=max' > {}",
+                        batch.dev,
+                        io_max.display()
+                    ),
+                ],
+            );
+            if capped().is_none() {
+                return;
+            }
+        }
+        panic!("the line is still there after writing max three times");
     };
 
     // Behind the driver's back.
