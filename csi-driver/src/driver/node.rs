@@ -248,7 +248,7 @@ impl Driver {
                     }
                 )));
             }
-            self.enforce(&volume, &target, n, pod);
+            self.enforce(&volume, &target, n, pod).await;
             return Ok(());
         }
         let created = match cap.access {
@@ -283,7 +283,7 @@ impl Driver {
             return Err(e.into());
         }
         tracing::info!(volume.id = %id, path = %target.display(), read_only, "published volume");
-        self.enforce(&volume, &target, n, pod);
+        self.enforce(&volume, &target, n, pod).await;
         Ok(())
     }
 
@@ -382,7 +382,7 @@ impl Driver {
         }
         // Per-GiB caps scale with the size: every publication gets the caps it has now.
         if let Some(grown) = self.backend.get(id).await? {
-            let publications = self.refresh_caps(&grown);
+            let publications = self.refresh_caps(&grown).await;
             if publications > 0 {
                 tracing::info!(volume.id = %id, publications, "caps re-computed for the new size");
             }
