@@ -64,11 +64,12 @@ echo "== build"
 cargo build --workspace --all-targets --locked
 export IOLANE_BIN="$PWD/target/debug/iolane"
 echo "== tests (unit + conformance)"
-# The fault campaigns run on their own below, so that their summary lines are printed.
+# The fault campaigns and the runtime benchmark run on their own below, so that their
+# summary lines are printed.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast -E 'not test(/^campaign::/)'
+    cargo nextest run --workspace --locked --no-fail-fast -E 'not test(/^campaign::/) and not test(/^runtime::/)'
 else
-    cargo test --workspace --locked --no-fail-fast -- --skip campaign::
+    cargo test --workspace --locked --no-fail-fast -- --skip campaign:: --skip runtime::
 fi
 
 # The kill -9 campaign (100 SIGKILLs of `iolane node` while 8 clients cycle volumes, every
@@ -79,6 +80,13 @@ fi
 # (tests/vm/lvm-suite.sh; not by default: too slow under emulation for CI's budget).
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1
+
+# The runtime benchmark (issue 12, item 3): 500 publications on the loop backend and 8
+# clients running CreateVolume while Probe, NodeGetVolumeStats and NodePublish are timed;
+# prints `bench runtime: probe p99 ... (goal 50), stats p99 ... (goal 50), publish p99 ...
+# (goal 100); ...` and fails when a goal is missed (tests/tests/suite/runtime.rs).
+echo "== runtime benchmark, loop backend (tests/tests/suite/runtime.rs)"
+cargo test -p iolane-tests --test suite --locked -- runtime:: --nocapture --test-threads 1
 
 # The real CSI sanity suite (kubernetes-csi/csi-test, built from its Go module at the
 # version pinned in tests/k8s/versions.sh, cached by version) against `iolane node` on the

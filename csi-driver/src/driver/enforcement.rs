@@ -3,7 +3,7 @@
 //! table says before each pass (forgetting unmounted and adopting unknown publications),
 //! pool usage and the backend's part of the `iolane status` snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Driver;
@@ -90,24 +90,33 @@ impl Driver {
         // Taken before the table is read: a publication recorded while it is read is not
         // in it, and is not forgotten for that.
         let epoch = self.enforcement.epoch().await;
-        let mounts = self.os.mounts()?;
-        let mounted: std::collections::HashSet<&Path> =
-            mounts.iter().map(|m| m.mount_point.as_path()).collect();
+        // The table (thousands of lines on a busy node) is read and sorted out on the
+        // blocking pool: the mount points, and the kubelet-shaped ones with their pods.
+        let os = self.os.clone();
+        let (mounted, kubelet) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mounts = os.mounts()?;
+            let kubelet: Vec<(PathBuf, PodUid)> = mounts
+                .iter()
+                .filter_map(|m| {
+                    pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u))
+                })
+                .collect();
+            let mounted: HashSet<PathBuf> = mounts.into_iter().map(|m| m.mount_point).collect();
+            Ok((mounted, kubelet))
+        })
+        .await
+        .map_err(|e| {
+            crate::os::Error::io(
+                "read",
+                Path::new("the mount table"),
+                std::io::Error::other(e),
+            )
+        })??;
         let enforcer = &self.enforcement;
         for p in enforcer.retain(epoch, |t| mounted.contains(t)).await {
             tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten, its caps lifted by the next pass");
         }
-        let kubelet_shaped: Vec<PathBuf> = mounts
-            .iter()
-            .filter(|m| pod_uid_from_target(&m.mount_point).is_some())
-            .map(|m| m.mount_point.clone())
-            .collect();
-        let unknown: Vec<(PathBuf, PodUid)> = enforcer
-            .unknown(kubelet_shaped)
-            .await
-            .into_iter()
-            .filter_map(|t| pod_uid_from_target(&t).map(|u| (t, u)))
-            .collect();
+        let unknown = enforcer.unknown(kubelet).await;
         if unknown.is_empty() {
             return Ok(0);
         }

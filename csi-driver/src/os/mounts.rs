@@ -15,11 +15,9 @@ impl Os {
 
     /// The topmost mount at exactly `path`, if any.
     pub fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>> {
-        Ok(self
-            .mounts()?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == path))
+        let table = self.roots.proc.join("self/mountinfo");
+        let text = std::fs::read_to_string(&table).map_err(|e| Error::io("read", &table, e))?;
+        mountinfo::topmost_at(&text, path)
     }
 
     /// Mounts a filesystem of `fs` from `device` on `target` with `options`.

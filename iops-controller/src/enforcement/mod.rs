@@ -182,13 +182,14 @@ impl Enforcement {
             .collect()
     }
 
-    /// The mount points of `mounts` that are neither known publications nor known not to
-    /// be iolane's, in their order: one look at the set for the whole mount table.
-    pub async fn unknown(&self, mounts: Vec<PathBuf>) -> Vec<PathBuf> {
+    /// The mounts (mount point, anything) whose mount points are neither known
+    /// publications nor known not to be iolane's, in their order: one look at the set for
+    /// the whole mount table.
+    pub async fn unknown<T>(&self, mounts: Vec<(PathBuf, T)>) -> Vec<(PathBuf, T)> {
         let state = self.state.lock().await;
         mounts
             .into_iter()
-            .filter(|t| !state.reconciler.contains(t) && !state.foreign.contains(t))
+            .filter(|(t, _)| !state.reconciler.contains(t) && !state.foreign.contains(t))
             .collect()
     }
 
