@@ -224,10 +224,13 @@ impl Driver {
             AccessType::Mount { .. } => (staging.clone(), staging.clone()),
             AccessType::Block => (dev.clone(), staging.join(id)),
         };
-        if self.mounter.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
+        // One read of the mount table for both paths.
+        let mut found = self.mounter.mounts_at(&[&staged_at, &target])?.into_iter();
+        let (staged, published) = (found.next().flatten(), found.next().flatten());
+        if staged.is_none() || self.mounted_device(&staged_at)? != n {
             return Err(not_staged());
         }
-        if let Some(m) = self.mounter.mount_at(&target)? {
+        if let Some(m) = published {
             let here = self.mounted_device(&target)?;
             let devices = self.backend.devices(id).await?;
             if !self.device_numbers(&devices)?.contains(&here) {
@@ -251,10 +254,13 @@ impl Driver {
             self.enforce(&volume, &target, n, pod).await;
             return Ok(());
         }
-        let created = match cap.access {
-            AccessType::Mount { .. } => ensure_dir(&target)?,
-            AccessType::Block => ensure_file(&target)?,
-        };
+        // mkdir and creat wait on the filesystem's journal: off the async workers.
+        let (at, access) = (target.clone(), cap.access.clone());
+        let created = os::blocking(move || match access {
+            AccessType::Mount { .. } => ensure_dir(&at),
+            AccessType::Block => ensure_file(&at),
+        })
+        .await?;
         let result = match cap.access {
             // A read-only bind does not stop writes through a device node, so a read-only
             // raw publication gets a device of its own that the kernel itself keeps read-only.
@@ -299,7 +305,8 @@ impl Driver {
         // Only now that the pod no longer reaches the volume through `target`: lifted
         // before and a failed unmount would leave it published without caps.
         self.lift_caps(id, &target).await?;
-        remove_path(&target)?;
+        let at = target.clone();
+        os::blocking(move || remove_path(&at)).await?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {
                 if self.mounter.device_number(&dev)? == num {

@@ -210,7 +210,7 @@ async fn bench_runtime_stays_responsive_with_500_publications_and_8_creators() {
             .collect();
         let cap = cap.clone();
         workers.push(tokio::spawn(async move {
-            let mut staged = vec![false; VOLUMES];
+            let mut staged = [false; VOLUMES];
             for p in mine {
                 let vol = &vols[p.volume];
                 if !staged[p.volume] {
