@@ -216,9 +216,13 @@ impl Enforcement {
             state.published += 1;
             state.recorded.insert(target.clone(), state.published);
             state.reconciler.upsert(p);
-            state
+            let done = state
                 .reconciler
-                .enforce_one(&target, &io.root, io.fs.as_ref())
+                .enforce_one(&target, &io.root, io.fs.as_ref());
+            if let Some(m) = &io.metrics {
+                m.observe_publish(done.0, &state.reconciler);
+            }
+            done
         })
         .await
     }
