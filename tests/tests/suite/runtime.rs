@@ -33,7 +33,7 @@ use iolane_tests::csi::controller_client::ControllerClient;
 use iolane_tests::csi::identity_client::IdentityClient;
 use iolane_tests::csi::node_client::NodeClient;
 use iolane_tests::{
-    Driver, MIB, Options, connect, create_request, is_lvm, mount_cap, note, ok, poll,
+    Driver, MIB, Options, cleanup, connect, create_request, is_lvm, mount_cap, note, ok, poll,
     publish_request, require_root, skip, stage_request, unpublish_request,
 };
 use tokio::task::JoinHandle;
@@ -157,7 +157,7 @@ async fn bench_runtime_stays_responsive_with_500_publications_and_8_creators() {
     }
     let cg = tempfile::tempdir().expect("tempdir");
     let cg_root = cg.path().canonicalize().expect("canonicalize");
-    let d = Driver::start_with(Options {
+    let mut d = Driver::start_with(Options {
         args: vec![
             "--cgroup-root".into(),
             cg_root.display().to_string(),
@@ -380,6 +380,18 @@ async fn bench_runtime_stays_responsive_with_500_publications_and_8_creators() {
             .collect::<Vec<_>>()
             .join(" "),
     ));
+    // The 500 publications are taken down with the driver stopped, not one call each
+    // (that would double the run): its mounts and loop devices, all under its tempdir.
+    d.kill();
+    let cleaned = cleanup(d.root());
+    let failed: Vec<&String> = cleaned
+        .iter()
+        .filter(|c| c.contains("failed") || c.contains("could not"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "taking the publications down: {failed:?}"
+    );
     let mut missed = Vec::new();
     for (name, p99, goal) in [
         ("Probe", p_probe, PROBE_GOAL_MS),
