@@ -155,7 +155,7 @@ async fn healthz_handler(State(routes): State<Routes>) -> Response {
 /// `GET /status`: the snapshot `iolane status` prints, as JSON; 503 until the refresh
 /// loop's first reading of the backend.
 async fn status_handler(State(source): State<StatusSource>) -> Response {
-    match source.snapshot() {
+    match source.snapshot().await {
         Some(s) => axum::Json(s).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

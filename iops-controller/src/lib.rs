@@ -47,7 +47,7 @@ pub mod tier;
 pub use apply::{ApplyError, CgroupFs, FakeCgroupFs, RealCgroupFs};
 pub use cgroup::{CgroupError, PodUid, find_pod_cgroup};
 pub use device::{DeviceNumber, DeviceNumberError};
-pub use enforcement::{Counters, Enforcement, PublicationSnapshot};
+pub use enforcement::{Counters, Enforcement, Epoch, PublicationSnapshot};
 pub use iomax::{IoMax, IoMaxError};
 pub use iostat::{IoStat, IoStatError, IoStats};
 pub use metrics::{EnforcementMetrics, PriorityMetrics};

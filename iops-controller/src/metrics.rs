@@ -3,7 +3,9 @@
 //!
 //! [`EnforcementMetrics`] registers itself into the node's registry
 //! ([`EnforcementMetrics::register`]) and is fed after every pass with
-//! [`EnforcementMetrics::observe`]. The registry, `iolane_build_info` and the HTTP endpoint
+//! [`EnforcementMetrics::observe`], and after every publish, which writes its own line
+//! without a pass, with [`EnforcementMetrics::observe_publish`] (its outcome counts in the
+//! applies, repairs, pending, gone and errors counters, not in the passes). The registry, `iolane_build_info` and the HTTP endpoint
 //! serving them are the binary's (`csi-driver/src/http.rs`).
 //!
 //! | metric | type | labels | meaning |
@@ -40,7 +42,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::reconcile::{PassReport, Reconciler};
+use crate::reconcile::{Outcome, PassReport, Reconciler};
 use crate::tier::Limit;
 
 /// Enforcement's metrics; see the module docs for the list.
@@ -118,7 +120,24 @@ impl EnforcementMetrics {
         self.gone.inc_by(count(report.gone));
         self.errors.inc_by(count(report.errors.len()));
         self.last_pass_seconds.set(report.duration.as_secs_f64());
+        self.observe_volumes(reconciler);
+    }
 
+    /// Takes in a publish, which writes its own line and is not a pass: its outcome's
+    /// count, and the per-volume state.
+    pub fn observe_publish(&self, outcome: Outcome, reconciler: &Reconciler) {
+        match outcome {
+            Outcome::Applied => self.applies.inc(),
+            Outcome::Repaired => self.repairs.inc(),
+            Outcome::Pending(_) => self.pending.inc(),
+            Outcome::Gone => self.gone.inc(),
+            Outcome::Failed => self.errors.inc(),
+            Outcome::InSync => 0,
+        };
+        self.observe_volumes(reconciler);
+    }
+
+    fn observe_volumes(&self, reconciler: &Reconciler) {
         let samples = reconciler
             .publications()
             .map(|p| {

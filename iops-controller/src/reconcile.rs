@@ -4,8 +4,9 @@
 //! The reconciler keeps the set of publications (volume, kubelet target path, pod UID,
 //! device number, desired [`Limits`]): the enforcement controller
 //! ([`crate::enforcement`]) adds and removes them one at a time ([`Reconciler::upsert`],
-//! [`Reconciler::release`], [`Reconciler::forget_unless`]) and runs
-//! [`Reconciler::pass_kept`]; [`Reconciler::pass`] takes the whole set at once instead.
+//! [`Reconciler::release`], [`Reconciler::forget_unless`]), writes a new one's line alone
+//! ([`Reconciler::enforce_one`]) and runs [`Reconciler::pass_kept`]; [`Reconciler::pass`]
+//! takes the whole set at once instead.
 //! For each publication a pass
 //!
 //! 1. finds the pod's cgroup under the injected cgroup root with [`find_pod_cgroup`]
@@ -34,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -378,6 +380,53 @@ impl Reconciler {
                 .outcomes
                 .insert(t.publication.target_path.clone(), outcome);
         }
+    }
+
+    /// Brings the line of the publication at `target_path`, alone, to its limits: a
+    /// publish writes its own line and leaves the others to the next pass. Returns its
+    /// outcome and, when it failed, the reason. As in a pass, a publication of the same
+    /// device in the same cgroup that comes first in target order keeps its limits.
+    pub fn enforce_one(
+        &mut self,
+        target_path: &Path,
+        cgroup_root: &Path,
+        fs: &dyn CgroupFs,
+    ) -> (Outcome, Option<String>) {
+        let Some(dev) = self.tracked.get(target_path).map(|t| t.publication.device) else {
+            let reason = format!("{} is not a known publication", target_path.display());
+            return (Outcome::Failed, Some(reason));
+        };
+        let mut claims: BTreeMap<(PathBuf, DeviceNumber), (PathBuf, Limits)> = BTreeMap::new();
+        for (key, other) in self
+            .tracked
+            .range::<Path, _>((Bound::Unbounded, Bound::Excluded(target_path)))
+        {
+            if let CgroupState::Found(cgroup) = &other.cgroup
+                && other.publication.device == dev
+            {
+                claims
+                    .entry((cgroup.clone(), dev))
+                    .or_insert_with(|| (key.clone(), other.publication.limits.canonical()));
+            }
+        }
+        let Some(t) = self.tracked.get_mut(target_path) else {
+            return (Outcome::Failed, None);
+        };
+        let (outcome, reason) = match enforce(t, cgroup_root, fs, &mut claims) {
+            Ok(outcome) => (outcome, None),
+            Err(reason) => {
+                tracing::warn!(
+                    volume.id = %t.publication.volume_id,
+                    pod.uid = %t.publication.pod_uid,
+                    target = %t.publication.target_path.display(),
+                    error = %reason,
+                    "io.max not enforced"
+                );
+                (Outcome::Failed, Some(reason))
+            }
+        };
+        t.outcome = outcome;
+        (outcome, reason)
     }
 
     /// Forgets the publication at `target_path` and lifts its caps (writes the device's

@@ -3,13 +3,19 @@
 //! Layout under `<state-dir>/loop/`: `<id>.img` (the sparse file) and `<id>.json` (its
 //! metadata, written atomically). The metadata file is the volume: an image without one
 //! is a creation that crashed before it returned and is removed at start-up.
+//!
+//! File work that can wait on the disk (reading the metadata files, `set_len` and the
+//! fsyncs of a create or an expansion, removing files) runs on the blocking pool
+//! ([`LoopBackend::blocking`]), never on an async worker. A create or an expansion holds
+//! the admission lock until its blocking part is done, also when its caller gives up.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Backend, Created};
 use crate::error::{Error, Result};
@@ -30,11 +36,18 @@ struct Meta {
 /// Loop-device backed volumes in a directory.
 #[derive(Debug)]
 pub struct LoopBackend {
+    store: Store,
+    /// Serialises admission so two creates cannot both take the last free bytes.
+    admission: Arc<Mutex<()>>,
+}
+
+/// The directory and what reads and writes it: the synchronous part of the backend,
+/// cloned into the blocking tasks.
+#[derive(Debug, Clone)]
+struct Store {
     os: Os,
     dir: PathBuf,
     overprovision_ratio: f64,
-    /// Serialises admission so two creates cannot both take the last free bytes.
-    admission: Mutex<()>,
 }
 
 impl LoopBackend {
@@ -45,15 +58,35 @@ impl LoopBackend {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| os::Error::io("chmod", &dir, e))?;
         let backend = LoopBackend {
-            os,
-            dir,
-            overprovision_ratio,
-            admission: Mutex::new(()),
+            store: Store {
+                os,
+                dir,
+                overprovision_ratio,
+            },
+            admission: Arc::new(Mutex::new(())),
         };
-        backend.sweep()?;
+        backend.store.sweep()?;
         Ok(backend)
     }
 
+    /// Runs `f` on the store on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| os::Error::io("run", &self.store.dir, std::io::Error::other(e)))?
+    }
+
+    /// The admission lock, owned, to be moved into the blocking task it guards.
+    async fn admit(&self) -> OwnedMutexGuard<()> {
+        Arc::clone(&self.admission).lock_owned().await
+    }
+}
+
+impl Store {
     fn image(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.img"))
     }
@@ -191,47 +224,10 @@ impl LoopBackend {
             self.overprovision_ratio
         ))
     }
-}
 
-#[async_trait::async_trait]
-impl Backend for LoopBackend {
-    fn kind(&self) -> &'static str {
-        "loop"
-    }
-
-    fn granularity(&self) -> u64 {
-        GRANULARITY
-    }
-
-    async fn ready(&self) -> Result<(), String> {
-        let control = self.os.roots().dev.join("loop-control");
-        if !control.exists() {
-            return Err(format!(
-                "{} is missing: the loop driver is not loaded",
-                control.display()
-            ));
-        }
-        let md = fs::metadata(&self.dir)
-            .map_err(|e| format!("state directory {}: {e}", self.dir.display()))?;
-        if !md.is_dir() {
-            return Err(format!(
-                "state directory {} is not a directory",
-                self.dir.display()
-            ));
-        }
-        Ok(())
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<Volume>> {
-        self.read_meta(id)
-    }
-
-    async fn list(&self) -> Result<Vec<Volume>> {
-        self.all()
-    }
-
-    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
-        let _admit = self.admission.lock().await;
+    /// CreateVolume's file work, under the admission lock: an existing volume, or a new
+    /// sparse image and its metadata when the ratio admits it.
+    fn create(&self, spec: &CreateSpec) -> Result<Created> {
         // An existing volume is returned before anything else is checked: the driver
         // compares it with the request (a device class in the request makes it differ).
         if let Some(existing) = self.read_meta(&spec.id)? {
@@ -273,18 +269,20 @@ impl Backend for LoopBackend {
             source: None,
         };
         if let Err(e) = self.write_meta(&volume) {
-            let _ = fs::remove_file(&image);
+            if let Err(undo) = fs::remove_file(&image) {
+                // Start-up removes an image without metadata: say so, do not fail twice.
+                tracing::warn!(path = %image.display(), error = %undo, "could not remove the image of a failed create; start-up removes it");
+            }
             return Err(e);
         }
         tracing::debug!(volume.id = %spec.id, path = %image.display(), size = spec.size, "created sparse image");
         Ok(Created::New(volume))
     }
 
-    async fn delete(&self, id: &str) -> Result<bool> {
+    /// DeleteVolume's file work, once no loop device holds the image. Returns whether
+    /// there was anything to remove.
+    fn remove(&self, id: &str) -> Result<bool> {
         let image = self.image(id);
-        for dev in self.os.loops_for_file(&image)? {
-            self.os.loop_detach(&dev.path, &image).await?;
-        }
         // Metadata first: once it is gone the volume is gone, and start-up removes an
         // image left without metadata.
         let had_meta = remove_file_if_exists(&self.meta_path(id))?;
@@ -294,13 +292,8 @@ impl Backend for LoopBackend {
         Ok(had_meta || had_image)
     }
 
-    async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
-        Self::refuse_device_class(parameters)?;
-        let volumes = self.all()?;
-        self.compute_capacity(&volumes)
-    }
-
-    async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+    /// The one pool: the state directory's filesystem.
+    fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
         let stats = self.os.fs_stats(&self.dir)?;
         let provisioned = self.all()?.iter().map(|v| v.capacity_bytes).sum();
         #[allow(clippy::cast_precision_loss)]
@@ -320,18 +313,19 @@ impl Backend for LoopBackend {
         }])
     }
 
-    async fn expand(&self, id: &str, size: u64) -> Result<u64> {
-        let _admit = self.admission.lock().await;
+    /// Grows the image and its metadata to `size` when it is smaller, under the
+    /// admission lock; returns the volume as it is now.
+    fn grow(&self, id: &str, size: u64) -> Result<Volume> {
         let mut volume = self
             .read_meta(id)?
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        let image = self.image(id);
         if size > volume.capacity_bytes {
             let grow = size - volume.capacity_bytes;
             let cap = self.compute_capacity(&self.all()?)?;
             if grow > cap.available {
                 return Err(self.exhausted(grow, cap));
             }
+            let image = self.image(id);
             let f = OpenOptions::new()
                 .write(true)
                 .open(&image)
@@ -343,29 +337,111 @@ impl Backend for LoopBackend {
             volume.capacity_bytes = size;
             self.write_meta(&volume)?;
         }
+        Ok(volume)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LoopBackend {
+    fn kind(&self) -> &'static str {
+        "loop"
+    }
+
+    fn granularity(&self) -> u64 {
+        GRANULARITY
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let control = self.store.os.roots().dev.join("loop-control");
+        if !control.exists() {
+            return Err(format!(
+                "{} is missing: the loop driver is not loaded",
+                control.display()
+            ));
+        }
+        let md = fs::metadata(&self.store.dir)
+            .map_err(|e| format!("state directory {}: {e}", self.store.dir.display()))?;
+        if !md.is_dir() {
+            return Err(format!(
+                "state directory {} is not a directory",
+                self.store.dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Volume>> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.read_meta(&id)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Volume>> {
+        self.blocking(Store::all).await
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        let admit = self.admit().await;
+        let spec = spec.clone();
+        self.blocking(move |s| {
+            let created = s.create(&spec);
+            drop(admit);
+            created
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        let image = self.store.image(id);
+        for dev in self.store.os.loops_for_file(&image)? {
+            self.store.os.loop_detach(&dev.path, &image).await?;
+        }
+        let id = id.to_owned();
+        self.blocking(move |s| s.remove(&id)).await
+    }
+
+    async fn capacity(&self, parameters: &Parameters) -> Result<Capacity> {
+        Store::refuse_device_class(parameters)?;
+        self.blocking(|s| s.compute_capacity(&s.all()?)).await
+    }
+
+    async fn pools(&self) -> Result<Vec<crate::status::PoolStatus>> {
+        self.blocking(Store::pools).await
+    }
+
+    async fn expand(&self, id: &str, size: u64) -> Result<u64> {
+        let admit = self.admit().await;
+        let owned = id.to_owned();
+        // The lock comes back from the blocking part: held until the devices know the size.
+        let (volume, _admit) = self
+            .blocking(move |s| Ok((s.grow(&owned, size)?, admit)))
+            .await?;
+        let image = self.store.image(id);
         // Attached devices learn the size now, whichever call grew the file.
-        for dev in self.os.loops_for_file(&image)? {
+        for dev in self.store.os.loops_for_file(&image)? {
             if dev.detaching {
                 continue;
             }
-            if self.os.device_size(&dev.path)? < volume.capacity_bytes {
-                self.os.loop_refresh_size(&dev.path).await?;
+            if self.store.os.device_size(&dev.path)? < volume.capacity_bytes {
+                self.store.os.loop_refresh_size(&dev.path).await?;
             }
         }
         Ok(volume.capacity_bytes)
     }
 
     async fn set_tier(&self, id: &str, tier: &iops_controller::ResolvedTier) -> Result<Volume> {
-        let mut volume = self
-            .read_meta(id)?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        if volume.tier.as_ref() != Some(tier) {
-            volume.tier = Some(tier.clone());
-            self.write_meta(&volume)?;
-        }
-        Ok(volume)
+        let (id, tier) = (id.to_owned(), tier.clone());
+        self.blocking(move |s| {
+            let mut volume = s
+                .read_meta(&id)?
+                .ok_or_else(|| Error::VolumeNotFound(id.clone()))?;
+            if volume.tier.as_ref() != Some(&tier) {
+                volume.tier = Some(tier);
+                s.write_meta(&volume)?;
+            }
+            Ok(volume)
+        })
+        .await
     }
-
     async fn condition(&self, _id: &str) -> Result<Option<String>> {
         // A full backing filesystem shows up as write errors in the volume's own
         // filesystem, which the node service already reports.
@@ -373,46 +449,47 @@ impl Backend for LoopBackend {
     }
 
     async fn attach(&self, id: &str) -> Result<PathBuf> {
-        let image = self.image(id);
-        if let Some(dev) = self.os.loop_for_file(&image)? {
+        let image = self.store.image(id);
+        if let Some(dev) = self.store.os.loop_for_file(&image)? {
             return Ok(dev);
         }
         if !image.exists() {
             return Err(Error::VolumeNotFound(id.to_owned()));
         }
-        let dev = self.os.loop_attach(&image, false).await?;
+        let dev = self.store.os.loop_attach(&image, false).await?;
         tracing::debug!(volume.id = %id, device = %dev.display(), "attached loop device");
         Ok(dev)
     }
 
     async fn attached(&self, id: &str) -> Result<Option<PathBuf>> {
-        Ok(self.os.loop_for_file(&self.image(id))?)
+        Ok(self.store.os.loop_for_file(&self.store.image(id))?)
     }
 
     async fn devices(&self, id: &str) -> Result<Vec<PathBuf>> {
         Ok(self
+            .store
             .os
-            .loops_for_file(&self.image(id))?
+            .loops_for_file(&self.store.image(id))?
             .into_iter()
             .map(|l| l.path)
             .collect())
     }
 
     async fn attach_read_only(&self, id: &str) -> Result<PathBuf> {
-        let image = self.image(id);
+        let image = self.store.image(id);
         if !image.exists() {
             return Err(Error::VolumeNotFound(id.to_owned()));
         }
-        let dev = self.os.loop_attach(&image, true).await?;
+        let dev = self.store.os.loop_attach(&image, true).await?;
         tracing::debug!(volume.id = %id, device = %dev.display(), "attached read-only loop device");
         Ok(dev)
     }
 
     async fn release_read_only(&self, id: &str, device: &Path) -> Result<()> {
-        let image = self.image(id);
-        let loops = self.os.loops_for_file(&image)?;
+        let image = self.store.image(id);
+        let loops = self.store.os.loops_for_file(&image)?;
         if loops.iter().any(|l| l.read_only && l.path == device)
-            && self.os.loop_detach(device, &image).await?
+            && self.store.os.loop_detach(device, &image).await?
         {
             tracing::debug!(volume.id = %id, device = %device.display(), "detached read-only loop device");
         }
@@ -420,9 +497,9 @@ impl Backend for LoopBackend {
     }
 
     async fn detach(&self, id: &str) -> Result<()> {
-        let image = self.image(id);
-        for dev in self.os.loops_for_file(&image)? {
-            if self.os.loop_detach(&dev.path, &image).await? {
+        let image = self.store.image(id);
+        for dev in self.store.os.loops_for_file(&image)? {
+            if self.store.os.loop_detach(&dev.path, &image).await? {
                 tracing::debug!(volume.id = %id, device = %dev.path.display(), "detached loop device");
             }
         }
@@ -451,153 +528,4 @@ fn remove_file_if_exists(path: &Path) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::os::{Roots, command::RecordingRunner};
-    use crate::volume::{CapacityRange, Parameters};
-
-    fn backend(dir: &Path, ratio: f64) -> LoopBackend {
-        let roots = Roots {
-            proc: dir.join("proc"),
-            sys: dir.join("sys"),
-            dev: dir.join("dev"),
-        };
-        let os = Os::new(Arc::new(RecordingRunner::default()), roots);
-        LoopBackend::open(os, dir.join("loop"), ratio).unwrap()
-    }
-
-    fn new(c: Created) -> Volume {
-        match c {
-            Created::New(v) => v,
-            Created::Existing(v) => panic!("{} existed already", v.id),
-        }
-    }
-
-    fn spec(name: &str, size: u64) -> CreateSpec {
-        CreateSpec {
-            id: crate::volume::volume_id_for(name),
-            name: name.to_owned(),
-            range: CapacityRange::default(),
-            size,
-            fs_type: None,
-            parameters: Parameters::default(),
-            tier: None,
-            source: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn create_list_delete_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = backend(dir.path(), 10.0);
-        let Created::New(v) = b.create(&spec("a", 8 << 20)).await.unwrap() else {
-            panic!("a new volume was reported as existing");
-        };
-        assert_eq!(b.list().await.unwrap(), vec![v.clone()]);
-        // A repeat returns the volume as it is, even with another size, and writes nothing.
-        assert_eq!(
-            b.create(&spec("a", 4 << 20)).await.unwrap(),
-            Created::Existing(v.clone())
-        );
-        assert_eq!(fs::metadata(b.image(&v.id)).unwrap().len(), 8 << 20);
-        let img = b.image(&v.id);
-        assert_eq!(fs::metadata(&img).unwrap().len(), 8 << 20);
-        // Sparse: nothing allocated yet.
-        assert!(fs::metadata(&img).unwrap().blocks() * 512 < 1 << 20);
-        assert!(b.delete(&v.id).await.unwrap());
-        assert!(!b.delete(&v.id).await.unwrap());
-        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn over_ratio_is_resource_exhausted() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = backend(dir.path(), 1.0);
-        let cap = b.capacity(&Parameters::default()).await.unwrap();
-        let err = b
-            .create(&spec("huge", cap.available + GRANULARITY))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
-        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn device_class_parameter_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = backend(dir.path(), 10.0);
-        let mut s = spec("classy", 4 << 20);
-        s.parameters.device_class = Some("fast".to_owned());
-        let err = b.create(&s).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-        assert!(
-            err.to_string()
-                .starts_with(r#"parameters["iolane.dev/device-class"]"#),
-            "{err}"
-        );
-        let err = b.capacity(&s.parameters).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn restart_sweeps_orphans_and_keeps_volumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = backend(dir.path(), 10.0);
-        let v = new(b.create(&spec("keep", 4 << 20)).await.unwrap());
-        fs::write(b.dir.join("iol-orphan.img"), b"").unwrap();
-        fs::write(b.dir.join("iol-x.json.tmp"), b"{").unwrap();
-        drop(b);
-        let b = backend(dir.path(), 10.0);
-        assert_eq!(b.list().await.unwrap(), vec![v]);
-        assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 2);
-    }
-
-    /// A device of the image that is already detaching (its detach deferred by a reader)
-    /// is never detached again: by the time `losetup` ran it could be another volume's.
-    #[tokio::test]
-    async fn detach_and_delete_leave_a_detaching_device_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let runner = Arc::new(RecordingRunner::default());
-        let roots = Roots {
-            proc: dir.path().join("proc"),
-            sys: dir.path().join("sys"),
-            dev: dir.path().join("dev"),
-        };
-        let b = LoopBackend::open(
-            Os::new(runner.clone(), roots),
-            dir.path().join("loop"),
-            10.0,
-        )
-        .unwrap();
-        let v = new(b.create(&spec("leaving", 4 << 20)).await.unwrap());
-        let sys = dir.path().join("sys/block/loop3");
-        fs::create_dir_all(sys.join("loop")).unwrap();
-        fs::write(
-            sys.join("loop/backing_file"),
-            format!("{}\n", b.image(&v.id).display()),
-        )
-        .unwrap();
-        fs::write(sys.join("loop/autoclear"), "1\n").unwrap();
-        fs::create_dir_all(dir.path().join("dev")).unwrap();
-        fs::write(dir.path().join("dev/loop3"), b"").unwrap();
-        assert_eq!(b.devices(&v.id).await.unwrap().len(), 1);
-        assert_eq!(b.attached(&v.id).await.unwrap(), None);
-        b.detach(&v.id).await.unwrap();
-        assert!(b.delete(&v.id).await.unwrap());
-        assert!(runner.calls().is_empty(), "{:?}", runner.calls());
-    }
-
-    #[tokio::test]
-    async fn expand_grows_file_and_metadata() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = backend(dir.path(), 10.0);
-        let v = new(b.create(&spec("grow", 4 << 20)).await.unwrap());
-        assert_eq!(b.expand(&v.id, 8 << 20).await.unwrap(), 8 << 20);
-        assert_eq!(b.expand(&v.id, 2 << 20).await.unwrap(), 8 << 20);
-        assert_eq!(b.get(&v.id).await.unwrap().unwrap().capacity_bytes, 8 << 20);
-        assert_eq!(fs::metadata(b.image(&v.id)).unwrap().len(), 8 << 20);
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 //! table says before each pass (forgetting unmounted and adopting unknown publications),
 //! pool usage and the backend's part of the `iolane status` snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Driver;
@@ -16,7 +16,7 @@ use iops_controller::{DeviceNumber, PodUid};
 impl Driver {
     /// Records the publication and writes its caps if its pod's cgroup is there; never
     /// fails the publish (see [`crate::enforce`]).
-    pub(super) fn enforce(
+    pub(super) async fn enforce(
         &self,
         volume: &Volume,
         target: &Path,
@@ -36,7 +36,7 @@ impl Driver {
             tier,
             limits,
         };
-        let (outcome, reason) = self.enforcement.publish(publication.clone());
+        let (outcome, reason) = self.enforcement.publish(publication.clone()).await;
         log_outcome(&publication, outcome, reason.as_deref());
     }
 
@@ -47,7 +47,7 @@ impl Driver {
     /// the kubelet target path, on the volume's own device; that failing fails the call,
     /// so the CO's retry comes back to it.
     pub(super) async fn lift_caps(&self, id: &str, target: &Path) -> Result<()> {
-        match self.enforcement.unpublish(target) {
+        match self.enforcement.unpublish(target).await {
             Ok(Some(true)) => {
                 tracing::info!(volume.id = %id, target = %target.display(), "lifted the io.max caps");
             }
@@ -69,7 +69,7 @@ impl Driver {
             return Ok(());
         };
         let device = self.mounter.device_number(&dev)?;
-        match self.enforcement.lift_unknown(&pod, device) {
+        match self.enforcement.lift_unknown(&pod, device).await {
             Ok(true) => {
                 tracing::info!(volume.id = %id, pod = %pod, device = %device, target = %target.display(), "lifted io.max caps an earlier process left");
                 Ok(())
@@ -87,18 +87,36 @@ impl Driver {
     /// kubelet publications it does not know yet (after a restart). Returns how many it
     /// adopted.
     pub async fn adopt_mounts(&self) -> Result<usize> {
-        let mounts = self.os.mounts()?;
-        let mounted: std::collections::HashSet<&Path> =
-            mounts.iter().map(|m| m.mount_point.as_path()).collect();
+        // Taken before the table is read: a publication recorded while it is read is not
+        // in it, and is not forgotten for that.
+        let epoch = self.enforcement.epoch().await;
+        // The table (thousands of lines on a busy node) is read and sorted out on the
+        // blocking pool: the mount points, and the kubelet-shaped ones with their pods.
+        let os = self.os.clone();
+        let (mounted, kubelet) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mounts = os.mounts()?;
+            let kubelet: Vec<(PathBuf, PodUid)> = mounts
+                .iter()
+                .filter_map(|m| {
+                    pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u))
+                })
+                .collect();
+            let mounted: HashSet<PathBuf> = mounts.into_iter().map(|m| m.mount_point).collect();
+            Ok((mounted, kubelet))
+        })
+        .await
+        .map_err(|e| {
+            crate::os::Error::io(
+                "read",
+                Path::new("the mount table"),
+                std::io::Error::other(e),
+            )
+        })??;
         let enforcer = &self.enforcement;
-        for p in enforcer.retain(|t| mounted.contains(t)) {
+        for p in enforcer.retain(epoch, |t| mounted.contains(t)).await {
             tracing::info!(volume.id = %p.volume_id, pod = %p.pod_uid, target = %p.target_path.display(), "publication unmounted behind iolane's back: forgotten, its caps lifted by the next pass");
         }
-        let unknown: Vec<(PathBuf, PodUid)> = mounts
-            .iter()
-            .filter(|m| !enforcer.knows(&m.mount_point))
-            .filter_map(|m| pod_uid_from_target(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
-            .collect();
+        let unknown = enforcer.unknown(kubelet).await;
         if unknown.is_empty() {
             return Ok(0);
         }
@@ -170,12 +188,20 @@ impl Driver {
                 continue;
             };
             let Some(volume) = by_device.get(&n) else {
-                self.enforcement.mark_foreign(&target);
+                self.enforcement.mark_foreign(&target).await;
                 continue;
             };
+            // The list is as old as the mount table: a publish may have recorded it since
+            // (and a claim now could refuse that volume's next call), or be at it now.
+            if self.enforcement.knows(&target).await {
+                continue;
+            }
             let Ok(_guard) = self.inflight.claim(&volume.id) else {
                 continue;
             };
+            if self.enforcement.knows(&target).await {
+                continue;
+            }
             // The volume's own device carries the caps, also for a read-only raw publication
             // that exposes a loop device of its own.
             let device = match self.backend.attached(&volume.id).await? {
@@ -183,7 +209,7 @@ impl Driver {
                 None => n,
             };
             tracing::info!(volume.id = %volume.id, pod = %pod, target = %target.display(), "adopted a publication from the mount table");
-            self.enforce(volume, &target, device, Some(pod));
+            self.enforce(volume, &target, device, Some(pod)).await;
             adopted += 1;
         }
         Ok(adopted)

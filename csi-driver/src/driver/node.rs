@@ -224,10 +224,13 @@ impl Driver {
             AccessType::Mount { .. } => (staging.clone(), staging.clone()),
             AccessType::Block => (dev.clone(), staging.join(id)),
         };
-        if self.mounter.mount_at(&staged_at)?.is_none() || self.mounted_device(&staged_at)? != n {
+        // One read of the mount table for both paths.
+        let mut found = self.mounter.mounts_at(&[&staged_at, &target])?.into_iter();
+        let (staged, published) = (found.next().flatten(), found.next().flatten());
+        if staged.is_none() || self.mounted_device(&staged_at)? != n {
             return Err(not_staged());
         }
-        if let Some(m) = self.mounter.mount_at(&target)? {
+        if let Some(m) = published {
             let here = self.mounted_device(&target)?;
             let devices = self.backend.devices(id).await?;
             if !self.device_numbers(&devices)?.contains(&here) {
@@ -248,13 +251,16 @@ impl Driver {
                     }
                 )));
             }
-            self.enforce(&volume, &target, n, pod);
+            self.enforce(&volume, &target, n, pod).await;
             return Ok(());
         }
-        let created = match cap.access {
-            AccessType::Mount { .. } => ensure_dir(&target)?,
-            AccessType::Block => ensure_file(&target)?,
-        };
+        // mkdir and creat wait on the filesystem's journal: off the async workers.
+        let (at, access) = (target.clone(), cap.access.clone());
+        let created = os::blocking(move || match access {
+            AccessType::Mount { .. } => ensure_dir(&at),
+            AccessType::Block => ensure_file(&at),
+        })
+        .await?;
         let result = match cap.access {
             // A read-only bind does not stop writes through a device node, so a read-only
             // raw publication gets a device of its own that the kernel itself keeps read-only.
@@ -283,7 +289,7 @@ impl Driver {
             return Err(e.into());
         }
         tracing::info!(volume.id = %id, path = %target.display(), read_only, "published volume");
-        self.enforce(&volume, &target, n, pod);
+        self.enforce(&volume, &target, n, pod).await;
         Ok(())
     }
 
@@ -299,7 +305,8 @@ impl Driver {
         // Only now that the pod no longer reaches the volume through `target`: lifted
         // before and a failed unmount would leave it published without caps.
         self.lift_caps(id, &target).await?;
-        remove_path(&target)?;
+        let at = target.clone();
+        os::blocking(move || remove_path(&at)).await?;
         if let Some(num) = device {
             for dev in self.backend.devices(id).await? {
                 if self.mounter.device_number(&dev)? == num {
@@ -382,7 +389,7 @@ impl Driver {
         }
         // Per-GiB caps scale with the size: every publication gets the caps it has now.
         if let Some(grown) = self.backend.get(id).await? {
-            let publications = self.refresh_caps(&grown);
+            let publications = self.refresh_caps(&grown).await;
             if publications > 0 {
                 tracing::info!(volume.id = %id, publications, "caps re-computed for the new size");
             }

@@ -50,9 +50,9 @@ impl Driver {
         let from = self.tiering.limits_of(&volume).0;
         let mut retiered = volume.clone();
         retiered.tier = Some(tier.clone());
-        let publications = self.refresh_caps(&retiered);
+        let publications = self.refresh_caps(&retiered).await;
         if let Err(e) = self.backend.set_tier(id, tier).await {
-            let restored = self.refresh_caps(&volume);
+            let restored = self.refresh_caps(&volume).await;
             tracing::warn!(volume.id = %id, error = %e, restored, "storing the new tier failed; the stored tier's caps are back");
             return Err(e);
         }
@@ -66,16 +66,16 @@ impl Driver {
 
     /// Re-records every publication of `volume` whose caps differ from what its stored
     /// tier and size give now; each is written at once. Returns how many changed.
-    pub(super) fn refresh_caps(&self, volume: &Volume) -> usize {
+    pub(super) async fn refresh_caps(&self, volume: &Volume) -> usize {
         let (tier, limits) = self.tiering.limits_of(volume);
         let mut changed = 0;
-        for mut p in self.enforcement.publications() {
+        for mut p in self.enforcement.publications().await {
             if p.volume_id != volume.id || (p.tier == tier && p.limits == limits) {
                 continue;
             }
             p.tier.clone_from(&tier);
             p.limits = limits;
-            let (outcome, reason) = self.enforcement.publish(p.clone());
+            let (outcome, reason) = self.enforcement.publish(p.clone()).await;
             log_outcome(&p, outcome, reason.as_deref());
             changed += 1;
         }

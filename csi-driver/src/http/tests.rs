@@ -169,14 +169,16 @@ async fn status_is_served_from_the_cache_and_the_enforcement_controller() {
         volumes: vec![volume("iol-a"), volume("iol-b")],
         devices: Vec::new(),
     });
-    enforcement.publish(Publication {
-        volume_id: "iol-b".to_owned(),
-        target_path: "/t/b".into(),
-        pod_uid: PodUid::parse("0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b").unwrap(),
-        device: DeviceNumber { major: 7, minor: 1 },
-        tier: "batch".to_owned(),
-        limits: Limits::UNLIMITED,
-    });
+    enforcement
+        .publish(Publication {
+            volume_id: "iol-b".to_owned(),
+            target_path: "/t/b".into(),
+            pod_uid: PodUid::parse("0b6e7f9a-3c1d-4e2f-8a9b-1c2d3e4f5a6b").unwrap(),
+            device: DeviceNumber { major: 7, minor: 1 },
+            tier: "batch".to_owned(),
+            limits: Limits::UNLIMITED,
+        })
+        .await;
     let (code, content_type, body) = request(addr, "GET", "/status").await;
     assert_eq!((code, content_type.as_str()), (200, "application/json"));
     let got: NodeStatus = serde_json::from_str(&body).unwrap();

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use iops_controller::DeviceNumber;
 
-use super::{Cmd, Error, FsStats, FsType, MKFS_TIMEOUT, Os, Result, SHORT_TIMEOUT, Signature};
+use super::{
+    Cmd, Error, FsStats, FsType, MKFS_TIMEOUT, Os, Result, SHORT_TIMEOUT, Signature, blocking,
+};
 
 impl Os {
     /// The device number of a block device node.
@@ -41,7 +43,9 @@ impl Os {
     /// MiB read as zeros (see [`zero_at_both_ends`]), otherwise whatever `blkid -p`
     /// (low-level probe, no cache) identifies.
     pub async fn probe(&self, device: &Path) -> Result<Signature> {
-        match zero_at_both_ends(device) {
+        // Up to 2 MiB read from the device: on the blocking pool.
+        let dev = device.to_owned();
+        match blocking(move || zero_at_both_ends(&dev)).await {
             Ok(true) => {
                 tracing::debug!(device = %device.display(), "first and last MiB read as zeros: blank");
                 return Ok(Signature::Blank);

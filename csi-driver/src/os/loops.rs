@@ -18,10 +18,9 @@ impl Os {
         let mut found: Vec<LoopDevice> = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some((backing, device)) = self.loop_state(&name)
-                && backing == file
-            {
-                found.push(device);
+            // The flags only of the devices of `file`: a scan reads one file per device.
+            if self.backing_file(&name).is_some_and(|b| b == file) {
+                found.push(self.loop_device(&name));
             }
         }
         found.sort_by(|a, b| a.path.cmp(&b.path));
@@ -31,22 +30,37 @@ impl Os {
     /// The backing file and flags of loop device `name` (`loopN`) as sysfs shows them
     /// now; `None` if it is not a loop device or is bound to no file.
     fn loop_state(&self, name: &str) -> Option<(PathBuf, LoopDevice)> {
+        let backing = self.backing_file(name)?;
+        Some((backing, self.loop_device(name)))
+    }
+
+    /// The backing file of loop device `name` (`loopN`); `None` if it is not a loop device
+    /// or is bound to no file.
+    fn backing_file(&self, name: &str) -> Option<PathBuf> {
         if !name.starts_with("loop") || name.contains('/') {
             return None;
         }
+        let path = self
+            .roots
+            .sys
+            .join("block")
+            .join(name)
+            .join("loop/backing_file");
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(PathBuf::from(text.trim_end_matches('\n')))
+    }
+
+    /// Loop device `name` with its flags as sysfs shows them now.
+    fn loop_device(&self, name: &str) -> LoopDevice {
         let dir = self.roots.sys.join("block").join(name);
-        let text = std::fs::read_to_string(dir.join("loop/backing_file")).ok()?;
         let read_only = std::fs::read_to_string(dir.join("ro")).is_ok_and(|t| t.trim() == "1");
         let detaching =
             std::fs::read_to_string(dir.join("loop/autoclear")).is_ok_and(|t| t.trim() == "1");
-        Some((
-            PathBuf::from(text.trim_end_matches('\n')),
-            LoopDevice {
-                path: self.roots.dev.join(name),
-                read_only,
-                detaching,
-            },
-        ))
+        LoopDevice {
+            path: self.roots.dev.join(name),
+            read_only,
+            detaching,
+        }
     }
 
     /// The first writable loop device backed by `file` that is not detaching (one that

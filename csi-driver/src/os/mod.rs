@@ -196,7 +196,9 @@ impl Os {
 }
 
 /// Runs a blocking system call off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::io("run", Path::new("blocking task"), std::io::Error::other(e)))?

@@ -38,6 +38,16 @@ pub trait Mounter: Send + Sync + std::fmt::Debug {
             .rev()
             .find(|m| m.mount_point == path))
     }
+
+    /// [`Mounter::mount_at`] for each of `paths`, in their order, from one reading of the
+    /// mount table.
+    fn mounts_at(&self, paths: &[&Path]) -> Result<Vec<Option<MountEntry>>> {
+        let table = self.mounts()?;
+        Ok(paths
+            .iter()
+            .map(|p| table.iter().rev().find(|m| m.mount_point == *p).cloned())
+            .collect())
+    }
 }
 
 #[async_trait::async_trait]
@@ -68,6 +78,9 @@ impl Mounter for Os {
     }
     fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>> {
         Os::mount_at(self, path)
+    }
+    fn mounts_at(&self, paths: &[&Path]) -> Result<Vec<Option<MountEntry>>> {
+        Os::mounts_at(self, paths)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Parser for `/proc/<pid>/mountinfo` (see proc(5)).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{Error, Result};
 
@@ -34,6 +34,25 @@ pub fn parse(text: &str) -> Result<Vec<MountEntry>> {
         .filter(|l| !l.trim().is_empty())
         .map(parse_line)
         .collect()
+}
+
+/// The topmost (last) entry mounted at exactly `path`: only that line is parsed, so a
+/// look-up in a table of thousands of mounts costs a scan, not a parse of each line.
+pub fn topmost_at(text: &str, path: &Path) -> Result<Option<MountEntry>> {
+    for line in text.lines().rev() {
+        let Some(field) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let here = if field.contains('\\') {
+            Path::new(&unescape(field)) == path
+        } else {
+            Path::new(field) == path
+        };
+        if here {
+            return parse_line(line).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 fn parse_line(line: &str) -> Result<MountEntry> {
@@ -104,6 +123,23 @@ mod tests {
 320 22 7:3 / /tmp/sanity/with\\040space rw,relatime shared:170 - ext4 /dev/loop3 rw
 330 22 0:5 /loop4 /tmp/sanity/block ro,relatime shared:2 - devtmpfs udev rw,size=12262396k,mode=755
 ";
+
+    #[test]
+    fn topmost_at_finds_the_last_mount_at_a_path() {
+        let staging = Path::new("/tmp/sanity/staging");
+        let stacked =
+            format!("{SAMPLE}340 310 7:4 / /tmp/sanity/staging rw - ext4 /dev/loop4 rw\n");
+        let m = topmost_at(&stacked, staging).unwrap().unwrap();
+        assert_eq!((m.mount_id, m.source.as_str()), (340, "/dev/loop4"));
+        let spaced = topmost_at(SAMPLE, Path::new("/tmp/sanity/with space")).unwrap();
+        assert_eq!(spaced.unwrap().mount_id, 320);
+        assert_eq!(topmost_at(SAMPLE, Path::new("/tmp/sanity")).unwrap(), None);
+        let all = parse(SAMPLE).unwrap();
+        for m in &all {
+            let top = all.iter().rev().find(|e| e.mount_point == m.mount_point);
+            assert_eq!(topmost_at(SAMPLE, &m.mount_point).unwrap().as_ref(), top);
+        }
+    }
 
     #[test]
     fn parses_captured_sample() {

@@ -8,18 +8,28 @@ use super::{Cmd, Error, FsType, MOUNT_TIMEOUT, MountEntry, Os, Result, blocking,
 impl Os {
     /// The mount table of this process's mount namespace.
     pub fn mounts(&self) -> Result<Vec<MountEntry>> {
-        let path = self.roots.proc.join("self/mountinfo");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
-        mountinfo::parse(&text)
+        mountinfo::parse(&self.mount_table()?)
     }
 
     /// The topmost mount at exactly `path`, if any.
     pub fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>> {
-        Ok(self
-            .mounts()?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == path))
+        let text = self.mount_table()?;
+        mountinfo::topmost_at(&text, path)
+    }
+
+    /// [`Os::mount_at`] for each of `paths`, in their order, from one reading of the table.
+    pub fn mounts_at(&self, paths: &[&Path]) -> Result<Vec<Option<MountEntry>>> {
+        let text = self.mount_table()?;
+        paths
+            .iter()
+            .map(|p| mountinfo::topmost_at(&text, p))
+            .collect()
+    }
+
+    /// The text of this process's mountinfo.
+    fn mount_table(&self) -> Result<String> {
+        let table = self.roots.proc.join("self/mountinfo");
+        std::fs::read_to_string(&table).map_err(|e| Error::io("read", &table, e))
     }
 
     /// Mounts a filesystem of `fs` from `device` on `target` with `options`.

@@ -42,16 +42,17 @@ impl StatusSource {
     /// The snapshot: the last backend reading with every publication known now (the
     /// `io.max` caps in place and the `io.stat` counters read now). `None` before the
     /// refresh loop's first reading.
-    pub fn snapshot(&self) -> Option<NodeStatus> {
+    pub async fn snapshot(&self) -> Option<NodeStatus> {
         let last = self.cache.get()?;
         let mut status = NodeStatus::clone(&last);
-        let mut publications = self.enforcement.snapshot();
+        let mut publications = self.enforcement.snapshot().await;
         for v in &mut status.volumes {
             v.publications = publications.remove(&v.id).unwrap_or_default();
         }
         status.devices = self
             .enforcement
             .priority_devices()
+            .await
             .iter()
             .map(DeviceStatus::from)
             .collect();

@@ -27,7 +27,7 @@ impl Enforcement {
             tick.tick().await;
             match observe().await {
                 Ok(adopted) => {
-                    let report = self.pass();
+                    let report = self.pass().await;
                     tracing::debug!(
                         in_sync = report.in_sync,
                         applied = report.applied,
@@ -51,7 +51,7 @@ impl Enforcement {
     /// Runs the priority controllers every `period` (the law's, 100 ms by default) until
     /// the process ends; returns at once when they are not enabled.
     pub async fn run_priority(self: Arc<Self>) {
-        let Some(period) = self.priority_period() else {
+        let Some(period) = self.priority_period().await else {
             return;
         };
         let mut tick = tokio::time::interval(period);

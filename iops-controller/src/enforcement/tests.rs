@@ -48,91 +48,94 @@ fn current(fs: &FakeCgroupFs, cgroup: &Path) -> Limits {
     crate::apply::current(fs, cgroup, DEV).unwrap()
 }
 
-#[test]
-fn publish_applies_a_pass_repairs_unpublish_resets() {
+#[tokio::test]
+async fn publish_applies_a_pass_repairs_unpublish_resets() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
-    assert_eq!(e.publish(publication("/t/a", capped())).0, Outcome::Applied);
+    assert_eq!(
+        e.publish(publication("/t/a", capped())).await.0,
+        Outcome::Applied
+    );
     assert_eq!(current(&fs, &cgroup), capped().canonical());
-    assert_eq!(e.pass().in_sync, 1);
+    assert_eq!(e.pass().await.in_sync, 1);
     crate::apply::reset(fs.as_ref(), &cgroup, DEV).unwrap();
-    assert_eq!(e.pass().repaired, 1);
+    assert_eq!(e.pass().await.repaired, 1);
     assert_eq!(current(&fs, &cgroup), capped().canonical());
-    assert_eq!(e.unpublish(Path::new("/t/a")).unwrap(), Some(true));
+    assert_eq!(e.unpublish(Path::new("/t/a")).await.unwrap(), Some(true));
     assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
-    assert_eq!(e.unpublish(Path::new("/t/a")).unwrap(), None);
-    assert!(e.publications().is_empty());
+    assert_eq!(e.unpublish(Path::new("/t/a")).await.unwrap(), None);
+    assert!(e.publications().await.is_empty());
 }
 
-#[test]
-fn a_cgroup_that_appears_later_is_applied_by_a_pass() {
+#[tokio::test]
+async fn a_cgroup_that_appears_later_is_applied_by_a_pass() {
     let (fs, e, cgroup, _root) = setup();
     std::fs::remove_dir(&cgroup).unwrap();
     assert_eq!(
-        e.publish(publication("/t/a", capped())).0,
+        e.publish(publication("/t/a", capped())).await.0,
         Outcome::Pending(Pending::NoCgroup)
     );
     std::fs::create_dir_all(&cgroup).unwrap();
     fs.add_cgroup(&cgroup);
-    assert_eq!(e.pass().applied, 1);
+    assert_eq!(e.pass().await.applied, 1);
     assert_eq!(current(&fs, &cgroup), capped().canonical());
 }
 
-#[test]
-fn retain_forgets_and_the_next_pass_lifts_the_caps() {
+#[tokio::test]
+async fn retain_forgets_and_the_next_pass_lifts_the_caps() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
-    e.publish(publication("/t/a", capped()));
-    e.mark_foreign(Path::new("/t/c"));
-    assert!(e.knows(Path::new("/t/c")));
-    let gone = e.retain(|t| t == Path::new("/t/b"));
+    e.publish(publication("/t/a", capped())).await;
+    e.mark_foreign(Path::new("/t/c")).await;
+    assert!(e.knows(Path::new("/t/c")).await);
+    let gone = e.retain(e.epoch().await, |t| t == Path::new("/t/b")).await;
     assert_eq!(gone.len(), 1);
-    assert!(!e.knows(Path::new("/t/c")));
-    assert!(!e.knows(Path::new("/t/a")));
-    let report = e.pass();
+    assert!(!e.knows(Path::new("/t/c")).await);
+    assert!(!e.knows(Path::new("/t/a")).await);
+    let report = e.pass().await;
     assert_eq!((report.forgotten, report.lifted), (1, 1));
     assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
-    assert_eq!(e.pass().lifted, 0, "lifted once");
+    assert_eq!(e.pass().await.lifted, 0, "lifted once");
 }
 
-#[test]
-fn a_failed_release_is_retried_by_every_pass_until_it_succeeds() {
+#[tokio::test]
+async fn a_failed_release_is_retried_by_every_pass_until_it_succeeds() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
-    e.publish(publication("/t/a", capped()));
+    e.publish(publication("/t/a", capped())).await;
     fs.refuse_writes(true);
-    assert!(e.unpublish(Path::new("/t/a")).is_err());
-    assert!(e.publications().is_empty());
-    let report = e.pass();
+    assert!(e.unpublish(Path::new("/t/a")).await.is_err());
+    assert!(e.publications().await.is_empty());
+    let report = e.pass().await;
     assert_eq!((report.lifted, report.errors.len()), (0, 1), "{report:?}");
     assert_eq!(current(&fs, &cgroup), capped().canonical());
     fs.refuse_writes(false);
-    assert_eq!(e.pass().lifted, 1);
+    assert_eq!(e.pass().await.lifted, 1);
     assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED);
-    let report = e.pass();
+    let report = e.pass().await;
     assert_eq!((report.lifted, report.errors.len()), (0, 0));
 }
 
-#[test]
-fn a_queued_lift_leaves_a_line_a_new_publication_enforces() {
+#[tokio::test]
+async fn a_queued_lift_leaves_a_line_a_new_publication_enforces() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
-    e.publish(publication("/t/a", capped()));
+    e.publish(publication("/t/a", capped())).await;
     fs.refuse_writes(true);
-    assert!(e.unpublish(Path::new("/t/a")).is_err());
+    assert!(e.unpublish(Path::new("/t/a")).await.is_err());
     fs.refuse_writes(false);
     // The same pod publishes the volume again before the retry.
-    e.publish(publication("/t/b", capped()));
-    assert_eq!(e.pass().lifted, 0);
+    e.publish(publication("/t/b", capped())).await;
+    assert_eq!(e.pass().await.lifted, 0);
     assert_eq!(current(&fs, &cgroup), capped().canonical());
 }
 
-#[test]
-fn a_snapshot_reads_the_line_and_keeps_the_status_json_shape() {
+#[tokio::test]
+async fn a_snapshot_reads_the_line_and_keeps_the_status_json_shape() {
     let (fs, e, cgroup, _root) = setup();
     fs.add_cgroup(&cgroup);
-    e.publish(publication("/t/a", capped()));
-    let snapshot = e.snapshot();
+    e.publish(publication("/t/a", capped())).await;
+    let snapshot = e.snapshot().await;
     let p = &snapshot["iol-1"][0];
     assert_eq!(p.outcome, Outcome::Applied);
     assert_eq!(p.io_max, Some(capped().canonical()));
@@ -145,4 +148,58 @@ fn a_snapshot_reads_the_line_and_keeps_the_status_json_shape() {
     assert_eq!(&back, p);
     let pending: Outcome = "Pending(NoIoController)".parse().unwrap();
     assert_eq!(pending.to_string(), "Pending(NoIoController)");
+}
+
+#[tokio::test]
+async fn a_publish_writes_its_own_line_and_leaves_the_others_to_the_pass() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    let other = DeviceNumber {
+        major: 254,
+        minor: 4,
+    };
+    assert_eq!(
+        e.publish(publication("/t/a", capped())).await.0,
+        Outcome::Applied
+    );
+    crate::apply::reset(fs.as_ref(), &cgroup, DEV).unwrap();
+    let mut b = publication("/t/b", capped());
+    b.device = other;
+    assert_eq!(e.publish(b).await.0, Outcome::Applied);
+    assert_eq!(
+        crate::apply::current(fs.as_ref(), &cgroup, other).unwrap(),
+        capped().canonical()
+    );
+    assert_eq!(current(&fs, &cgroup), Limits::UNLIMITED, "no pass ran");
+    let report = e.pass().await;
+    assert_eq!((report.repaired, report.in_sync), (1, 1), "{report:?}");
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+}
+
+#[tokio::test]
+async fn a_publish_keeps_the_limits_of_an_earlier_publication_of_the_device() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    e.publish(publication("/t/a", capped())).await;
+    let other = Limits {
+        write_iops: Limit::per_sec(10),
+        ..Limits::UNLIMITED
+    };
+    let (outcome, reason) = e.publish(publication("/t/b", other)).await;
+    assert_eq!(outcome, Outcome::Failed);
+    let reason = reason.unwrap();
+    assert!(reason.contains("/t/a"), "{reason}");
+    assert_eq!(current(&fs, &cgroup), capped().canonical());
+}
+
+#[tokio::test]
+async fn retain_keeps_a_publication_recorded_after_the_mount_table_was_read() {
+    let (fs, e, cgroup, _root) = setup();
+    fs.add_cgroup(&cgroup);
+    let before = e.epoch().await;
+    e.publish(publication("/t/a", capped())).await;
+    assert!(e.retain(before, |_| false).await.is_empty());
+    assert_eq!(e.publications().await.len(), 1);
+    assert_eq!(e.retain(e.epoch().await, |_| false).await.len(), 1);
+    assert!(e.publications().await.is_empty());
 }

@@ -8,7 +8,8 @@
 //! - [`tiers`]: IO tiers end to end, `io.max` in pod cgroups (host and VM: `tests/vm/tiers.sh`);
 //! - [`observability`]: the PVC annotation path, `/metrics`, `/status` and `/healthz`;
 //! - [`central`]: the central `iolane controller` (expansion only);
-//! - [`campaign`]: kill -9 and cancellation campaigns with 8 clients (host: loop; VM: lvm, opt-in).
+//! - [`campaign`]: kill -9 and cancellation campaigns with 8 clients (host: loop; VM: lvm, opt-in);
+//! - [`runtime`]: the runtime benchmark, 500 publications and 8 creators (host, loop).
 //!
 //! The harness they share is the `iolane_tests` library (`tests/src/`).
 
@@ -17,4 +18,5 @@ mod central;
 mod conformance;
 mod lvm;
 mod observability;
+mod runtime;
 mod tiers;
