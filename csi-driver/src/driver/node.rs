@@ -359,8 +359,9 @@ impl Driver {
         range: Option<CapacityRange>,
     ) -> Result<u64> {
         let _guard = self.inflight.claim(id)?;
-        let volume = self.volume(id).await?;
+        // A malformed path is INVALID_ARGUMENT whether or not the volume exists.
         let path = self.published_path(id, path)?;
+        let volume = self.volume(id).await?;
         let want = range.map_or(volume.capacity_bytes, |r| {
             r.required.max(volume.capacity_bytes)
         });
