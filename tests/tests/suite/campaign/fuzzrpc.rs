@@ -105,16 +105,16 @@ impl Client {
                         ch(c).validate_volume_capabilities(req).await
                     })
                     .await;
-                if let (Some(r), Expect::Invalid(field)) = (r, unconfirmed.expect) {
-                    if r.confirmed.is_some() || !r.message.contains(field) {
-                        self.shared.violation(format!(
-                            "client {} {}: confirmed {:?}, message {:?}, expected not confirmed naming {field:?}",
-                            self.k,
-                            unconfirmed.describe(),
-                            r.confirmed.is_some(),
-                            r.message
-                        ));
-                    }
+                if let (Some(r), Expect::Invalid(field)) = (r, unconfirmed.expect)
+                    && (r.confirmed.is_some() || !r.message.contains(field))
+                {
+                    self.shared.violation(format!(
+                        "client {} {}: confirmed {:?}, message {:?}, expected not confirmed naming {field:?}",
+                        self.k,
+                        unconfirmed.describe(),
+                        r.confirmed.is_some(),
+                        r.message
+                    ));
                 }
             }
             "ControllerExpandVolume" => {
