@@ -253,8 +253,21 @@ async fn node_stage_and_publish_reject_bad_arguments() {
         Code::InvalidArgument,
         "NodeExpandVolume without volume_path",
     );
-    // A '..' path is malformed even for a volume that does not exist (the gRPC fuzz
-    // campaign found it answered NOT_FOUND for the volume).
+    // A '..' or '.' path is malformed even for a volume that does not exist (the gRPC
+    // fuzz campaign found both calls answering NOT_FOUND for the volume).
+    let r = d
+        .node
+        .node_get_volume_stats(stats(
+            UNKNOWN_ID,
+            &format!("{}/./dot", mount_root.display()),
+        ))
+        .await;
+    let s = expect_code(
+        r,
+        Code::InvalidArgument,
+        "NodeGetVolumeStats of an unknown volume at a '.' path",
+    );
+    assert!(s.message().contains("volume_path"), "{}", s.message());
     let r = d
         .node
         .node_expand_volume(csi::NodeExpandVolumeRequest {
