@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole iolane test suite: formatting, lints, unit tests, the conformance suite
-# against the real `iolane` binary (loop devices, mkfs, mounts: run as root), the kill -9
-# and cancellation campaigns, the real
+# against the real `iolane` binary (loop devices, mkfs, mounts: run as root), the kill -9,
+# cancellation and gRPC fuzz campaigns, the parsers' fuzz targets (cargo-fuzz), the real
 # csi-sanity (built with Go from its pinned module: tests/k8s/), then the VM
 # suite (lvm backend, IO tiers, reboots on a real kernel with emulated NVMe).
 set -euo pipefail
@@ -41,6 +41,7 @@ if [ "${IOLANE_NO_WARMUP:-0}" != 1 ]; then
         if [ "${IOLANE_SKIP_VM:-0}" != 1 ]; then
             bash tests/vm/setup.sh || echo "tests/vm/setup.sh failed" &
         fi
+        nice -n 10 bash fuzz/run.sh --build-only >/dev/null || echo "fuzz/run.sh --build-only failed" &
         nice -n 10 bash tests/k8s/build.sh >/dev/null || echo "tests/k8s/build.sh failed"
         nice -n 10 bash deploy/tools/helm.sh >/dev/null || echo "deploy/tools/helm.sh failed"
         wait
@@ -73,14 +74,24 @@ else
 fi
 
 # The kill -9 campaign (100 SIGKILLs of `iolane node` while 8 clients cycle volumes, every
-# call retried until it succeeds) and the cancellation campaign (random client deadlines),
-# on the loop backend, the invariants checked after every round; each prints a summary line
-# `campaign kill9: ...` / `campaign cancel: ...` with its seed, counts and violations
+# call retried until it succeeds), the cancellation campaign (random client deadlines) and
+# the gRPC fuzz campaign (10,000 random well-formed or one-field-bad requests across every
+# RPC, each answered in time with a proper code), on the loop backend, the invariants
+# checked after every round; each prints a summary line `campaign kill9: ...` /
+# `campaign cancel: ...` / `campaign grpc-fuzz: ...` with its seed, counts and violations
 # (IOLANE_CAMPAIGN_SEED replays a seed). On lvm they run in the VM (tests/vm/lvm-suite.sh):
-# the kill -9 campaign bounded by default (4 clients, a 120 s budget, children spared), both in full with
-# IOLANE_VM_CAMPAIGN=1 (too slow under emulation for CI's budget).
+# the kill -9 campaign bounded by default (4 clients, a 120 s budget, children spared), both
+# in full with IOLANE_VM_CAMPAIGN=1 (too slow under emulation for CI's budget).
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1
+
+# The parsers of outside text under cargo-fuzz (fuzz/: gRPC request checks, LVM reports,
+# mountinfo, io.max/io.stat, dm status, the node config, tier parameters): each target
+# runs 10 s from its committed corpus, two side by side, and prints `fuzz <target>: N
+# runs, 0 crashes`; a crash fails the step and its input is saved (fuzz/README.md says
+# how to replay it). The build started in the background warm-up; this waits for it.
+echo "== fuzzing the parsers (fuzz/run.sh)"
+bash fuzz/run.sh
 
 # The priority controllers' CPU per pass at 200 publications (issue 9), printed: the test
 # ran above with its output hidden; this prints its figures against the reconciler's pass

@@ -50,6 +50,14 @@ impl Tiering {
         Ok(checked.with_pvc(&self.tiers, pvc_tier.as_deref())?)
     }
 
+    /// Checks a StorageClass's tier keys alone (tier names, allowed tiers and caps,
+    /// against this config's tiers): INVALID_ARGUMENT naming the key, as CreateVolume
+    /// answers for the same class.
+    pub fn check_class(&self, class: &iops_controller::ClassTier) -> Result<()> {
+        iops_controller::resolve::check(&self.tiers, class, None)?;
+        Ok(())
+    }
+
     /// Checks `mutable_parameters` alone (keys and tier names, against this config's
     /// tiers): INVALID_ARGUMENT naming the key.
     pub fn check_mutable(&self, mutable: &BTreeMap<String, String>) -> Result<()> {

@@ -216,6 +216,9 @@ impl Driver {
         topology: Option<&BTreeMap<String, String>>,
     ) -> Result<crate::volume::Capacity> {
         let parameters = Parameters::parse_storage_class(parameters)?;
+        // A class whose CreateVolume is refused (an unknown tier, a malformed cap) has no
+        // capacity to report: refused the same way, naming the key.
+        self.tiering.check_class(&parameters.tier)?;
         if let Some(seg) = topology {
             let here = self.topology();
             if !seg.iter().all(|(k, v)| here.get(k) == Some(v)) {

@@ -320,8 +320,9 @@ impl Driver {
 
     /// Usage of the volume at `path`, which must be where it is staged or published.
     pub async fn node_stats(&self, id: &str, path: &str) -> Result<VolumeStats> {
-        self.volume(id).await?;
+        // A malformed path is INVALID_ARGUMENT whether or not the volume exists.
         let path = self.published_path(id, path)?;
+        self.volume(id).await?;
         let devices = self.backend.devices(id).await?;
         let here = self.mounted_device(&path)?;
         let Some(dev) = devices
@@ -366,8 +367,9 @@ impl Driver {
         range: Option<CapacityRange>,
     ) -> Result<u64> {
         let _guard = self.inflight.claim(id)?;
-        let volume = self.volume(id).await?;
+        // A malformed path is INVALID_ARGUMENT whether or not the volume exists.
         let path = self.published_path(id, path)?;
+        let volume = self.volume(id).await?;
         let want = range.map_or(volume.capacity_bytes, |r| {
             r.required.max(volume.capacity_bytes)
         });

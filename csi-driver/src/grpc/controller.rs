@@ -143,8 +143,10 @@ impl csi::controller_server::Controller for ControllerService {
             self.driver.validate_capabilities(id).await?;
             // Unsupported capabilities or parameters are not an error here: the answer is
             // simply "not confirmed", with the reason.
+            // The parameters as CreateVolume checks them, tier keys included.
             let verdict = convert::capabilities("volume_capabilities", &r.volume_capabilities)
-                .and_then(|_| crate::volume::Parameters::parse(&convert::map(&r.parameters)));
+                .and_then(|_| crate::volume::Parameters::parse(&convert::map(&r.parameters)))
+                .and_then(|p| self.driver.tiering().check_class(&p.tier));
             Ok(match verdict {
                 Ok(_) => csi::ValidateVolumeCapabilitiesResponse {
                     confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {

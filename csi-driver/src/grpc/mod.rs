@@ -8,7 +8,7 @@ pub mod authority;
 mod central;
 pub mod client;
 mod controller;
-mod convert;
+pub(crate) mod convert;
 pub mod error_codes;
 mod identity;
 mod node;

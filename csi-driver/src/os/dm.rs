@@ -171,8 +171,10 @@ fn status_request(name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Reads the targets out of a `DM_TABLE_STATUS` answer; `None` if it is malformed.
-fn parse_status_reply(buf: &[u8]) -> std::result::Result<Vec<TargetStatus>, &'static str> {
+/// Reads the targets out of a `DM_TABLE_STATUS` answer; an error if it is malformed.
+pub(crate) fn parse_status_reply(
+    buf: &[u8],
+) -> std::result::Result<Vec<TargetStatus>, &'static str> {
     let flags = u32_at(buf, OFF_FLAGS).ok_or("short reply")?;
     if flags & BUFFER_FULL_FLAG != 0 {
         return Err("the status does not fit the buffer");

@@ -90,7 +90,9 @@ fn parse_line(line: &str) -> Result<MountEntry> {
     })
 }
 
-/// Undoes the kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
+/// Undoes the kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`): a
+/// backslash and three octal digits of one byte (at most `\377`); anything else is kept
+/// as it is.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -98,7 +100,8 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
@@ -123,6 +126,14 @@ mod tests {
 320 22 7:3 / /tmp/sanity/with\\040space rw,relatime shared:170 - ext4 /dev/loop3 rw
 330 22 0:5 /loop4 /tmp/sanity/block ro,relatime shared:2 - devtmpfs udev rw,size=12262396k,mode=755
 ";
+
+    /// Found by the `mountinfo` fuzz target: `\\400` and above are no byte; unescaping
+    /// them overflowed (a panic in debug builds, a wrong path in release).
+    #[test]
+    fn escapes_past_one_byte_are_kept_as_written() {
+        let m = parse("1 2 7:3 / /a\\400b\\777\\040c rw - ext4 /dev/loop3 rw\n").unwrap();
+        assert_eq!(m[0].mount_point, PathBuf::from("/a\\400b\\777 c"));
+    }
 
     #[test]
     fn topmost_at_finds_the_last_mount_at_a_path() {

@@ -86,7 +86,7 @@ pub(super) async fn run(shared: Arc<Shared>, k: usize, seed: u64) {
             size_unit(),
         );
         for step in CYCLE {
-            c.park().await;
+            c.shared.park_here().await;
             if !c.step(step, &name, tier, size).await {
                 return;
             }
@@ -96,17 +96,6 @@ pub(super) async fn run(shared: Arc<Shared>, k: usize, seed: u64) {
 }
 
 impl Client {
-    async fn park(&self) {
-        if !self.shared.pause.load(Ordering::SeqCst) {
-            return;
-        }
-        self.shared.parked.fetch_add(1, Ordering::SeqCst);
-        while self.shared.pause.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.shared.parked.fetch_sub(1, Ordering::SeqCst);
-    }
-
     fn vol(&self) -> Vol {
         self.shared.model().clients[self.k]
             .clone()

@@ -477,3 +477,69 @@ async fn create_volume_beyond_capacity_is_resource_exhausted() {
     assert_eq!(elsewhere, 0, "GetCapacity for another node's topology");
     delete(&mut d, &v.volume_id).await;
 }
+
+/// GetCapacity and ValidateVolumeCapabilities refuse the parameters CreateVolume refuses,
+/// naming the key: found by the gRPC fuzz campaign (`campaign::fuzz`), which saw an
+/// unknown tier and a malformed cap answered with the node's capacity (so a StorageClass
+/// no volume can be made from was reported as having room) and confirmed as valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_and_validation_refuse_bad_tier_parameters() {
+    require_root!();
+    let mut d = Driver::start().await;
+    for (key, value) in [
+        ("iolane.dev/tier", "no-such-tier"),
+        ("iolane.dev/read-iops", "lots"),
+        ("iolane.dev/allowed-tiers", "batch,no-such-tier"),
+    ] {
+        let r = d
+            .controller
+            .get_capacity(csi::GetCapacityRequest {
+                parameters: HashMap::from([(key.to_owned(), value.to_owned())]),
+                ..Default::default()
+            })
+            .await;
+        let s = expect_code(
+            r,
+            Code::InvalidArgument,
+            &format!("GetCapacity with {key}={value}"),
+        );
+        assert!(
+            s.message().contains(key),
+            "GetCapacity with {key}={value}: the message does not name the key: {}",
+            s.message()
+        );
+    }
+    // A good class, as csi-provisioner passes it (with the CO's reserved keys), has room.
+    let room = capacity(
+        &mut d,
+        csi::GetCapacityRequest {
+            parameters: HashMap::from([
+                ("iolane.dev/tier".to_owned(), "streaming".to_owned()),
+                ("csi.storage.k8s.io/fstype".to_owned(), "ext4".to_owned()),
+            ]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(room > 0, "GetCapacity of a good class is {room}");
+
+    // ValidateVolumeCapabilities does not confirm such a class either.
+    let v = create(&mut d, "validate-class", &block_cap(), MIB).await;
+    let r = d
+        .controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: v.volume_id.clone(),
+            volume_capabilities: vec![block_cap()],
+            parameters: HashMap::from([("iolane.dev/tier".to_owned(), "no-such-tier".to_owned())]),
+            ..Default::default()
+        })
+        .await;
+    let r = ok(r, "ValidateVolumeCapabilities with an unknown tier");
+    assert!(
+        r.confirmed.is_none() && r.message.contains("iolane.dev/tier"),
+        "ValidateVolumeCapabilities with an unknown tier: confirmed {:?}, message {:?}",
+        r.confirmed,
+        r.message
+    );
+    delete(&mut d, &v.volume_id).await;
+}

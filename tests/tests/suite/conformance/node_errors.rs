@@ -253,6 +253,36 @@ async fn node_stage_and_publish_reject_bad_arguments() {
         Code::InvalidArgument,
         "NodeExpandVolume without volume_path",
     );
+    // A '..' or '.' path is malformed even for a volume that does not exist (the gRPC
+    // fuzz campaign found both calls answering NOT_FOUND for the volume).
+    let r = d
+        .node
+        .node_get_volume_stats(stats(
+            UNKNOWN_ID,
+            &format!("{}/./dot", mount_root.display()),
+        ))
+        .await;
+    let s = expect_code(
+        r,
+        Code::InvalidArgument,
+        "NodeGetVolumeStats of an unknown volume at a '.' path",
+    );
+    assert!(s.message().contains("volume_path"), "{}", s.message());
+    let r = d
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: UNKNOWN_ID.to_owned(),
+            volume_path: format!("{}/../escape", mount_root.display()),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await;
+    let s = expect_code(
+        r,
+        Code::InvalidArgument,
+        "NodeExpandVolume of an unknown volume at a '..' path",
+    );
+    assert!(s.message().contains("volume_path"), "{}", s.message());
 
     assert!(!d.root().join("escape").exists(), "a '..' path escaped");
     assert!(
