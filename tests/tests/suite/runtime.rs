@@ -55,7 +55,10 @@ const PUBLISH_GOAL_MS: f64 = 100.0;
 /// Clients publishing the 500 in the set-up, side by side (each its own volumes: the
 /// driver refuses two calls on one volume at once).
 const SETUP_CLIENTS: usize = 5;
-const TIERS: &str = "[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
+/// The capped `batch` tier, with the priority controllers off: every line is then exactly
+/// the tier's cap (`riops=200`), which the set-up waits for (with them on, a batch line is
+/// the device's dynamic share under the cap).
+const TIERS: &str = "[priority]\nenabled = false\n\n[tiers.batch]\npriority = \"batch\"\nread_iops = 200\nwrite_iops = 200\nread_bps = \"max\"\nwrite_bps = \"max\"\n";
 const TIER_KEY: &str = "iolane.dev/tier";
 
 /// How long a call answered ABORTED (another call on its volume in flight) is retried,
