@@ -524,7 +524,7 @@ async fn capacity_and_validation_refuse_bad_tier_parameters() {
     assert!(room > 0, "GetCapacity of a good class is {room}");
 
     // ValidateVolumeCapabilities does not confirm such a class either.
-    let v = create(&mut d, "validate-class", &block_cap(), MIB).await;
+    let v = create(&mut d, "validate-class", &block_cap(), 64 * MIB).await;
     let r = d
         .controller
         .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
