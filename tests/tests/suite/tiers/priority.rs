@@ -53,6 +53,22 @@ pub(super) struct Run {
     pub(super) samples: Vec<f64>,
 }
 
+/// Writes the first `SPAN` bytes of `p`'s volume, so that the benches' reads reach the
+/// disk (a thin LV's unwritten blocks never do).
+pub(super) fn prefill(p: &Published) {
+    run(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", p.target.display()),
+            "bs=1M",
+            &format!("count={}", SPAN >> 20),
+            "oflag=direct",
+            "status=none",
+        ],
+    );
+}
+
 /// `iolane bench` on `p` from its pod's cgroup, after `delay`.
 pub(super) fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Run {
     std::thread::sleep(delay);
@@ -181,17 +197,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
         batch.push(publish_block(&mut d, &format!("pv-b{i}"), "batch", &mut pods).await);
     }
     for p in std::iter::once(&streaming).chain(&batch) {
-        run(
-            "dd",
-            &[
-                "if=/dev/zero",
-                &format!("of={}", p.target.display()),
-                "bs=1M",
-                &format!("count={}", SPAN >> 20),
-                "oflag=direct",
-                "status=none",
-            ],
-        );
+        prefill(p);
     }
     let out = d.root().join("bench");
     fs::create_dir_all(&out).expect("bench dir");

@@ -13,7 +13,7 @@
 //! Outside the VM (no lvm, no two disks, no cgroup v2 io, or no throttled disk) it returns
 //! with a printed reason, like the other `vm_*` tests.
 
-use super::priority::{Run, SPAN, class_samples, load, secs};
+use super::priority::{Run, class_samples, load, prefill, secs};
 use super::vm::{Pods, Published, http_get, publish_block_in, unpublish_and_delete};
 use super::*;
 use iolane_tests::LvmClass;
@@ -114,17 +114,7 @@ async fn vm_load_on_one_device_leaves_the_other_alone() {
     }
     let all: Vec<&Published> = [&a_stream, &a_batch].into_iter().chain(&b_batch).collect();
     for p in &all {
-        run(
-            "dd",
-            &[
-                "if=/dev/zero",
-                &format!("of={}", p.target.display()),
-                "bs=1M",
-                &format!("count={}", SPAN >> 20),
-                "oflag=direct",
-                "status=none",
-            ],
-        );
+        prefill(p);
     }
     let out = d.root().join("bench");
     fs::create_dir_all(&out).expect("bench dir");
