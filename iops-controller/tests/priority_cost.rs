@@ -144,6 +144,15 @@ fn node(n: usize) -> Node {
     }
 }
 
+/// The read IOPS cap of the pod's `io.max` line (`u64::MAX` for none).
+fn line_riops(cgroup: &Path) -> u64 {
+    let text = fs::read_to_string(cgroup.join("io.max")).expect("read io.max");
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("riops="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 /// Mean CPU per pass of the priority controllers and of the reconciler, over `passes`.
 fn measure(n: usize, passes: u64) -> (Duration, Duration, usize) {
     let mut node = node(n);
@@ -155,11 +164,13 @@ fn measure(n: usize, passes: u64) -> (Duration, Duration, usize) {
     for pass in 0..passes {
         // Streaming runs for 2 s out of every 4; batch always.
         let streaming_on = (pass / 20) % 2 == 0;
-        for (i, (_, dev)) in node.pubs.iter().enumerate() {
+        for (i, (cgroup, dev)) in node.pubs.iter().enumerate() {
             let step = if i < STREAMING {
                 if streaming_on { 30 } else { 0 }
             } else {
-                10 + (i as u64 % 7)
+                // As much as its line lets it (blk-throttle holds the line), up to its
+                // demand.
+                (10 + (i as u64 % 7)).min(line_riops(cgroup) / 10)
             };
             counts[i] += step;
             let c = counts[i];

@@ -12,11 +12,11 @@
 #      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
 #   5. one boot (2 NVMe disks that QEMU throttles each to $IOLANE_VM_PRIORITY_IOPS, default
 #      400 IOPS) for tests/vm/priority-test.sh: the priority controllers with the default
-#      tiers (`priority::on`) and the two-device test (`priority::two-devices`); the static
-#      caps as the control, which must fail (`priority::off-fails`), only with
-#      IOLANE_PRIORITY_MODES="off on" (tests/vm/priority.sh runs it by default); only with
-#      IOLANE_VM_PRIORITY=1 (not in CI yet: one `on` run in three still failed on this
-#      host, a batch volume running through its io.max line; docs/priority.md);
+#      tiers (`priority::on`), the two-device test (`priority::two-devices`) and the static
+#      tier cap on that IO-bound disk (`priority::tier-cap`); the static caps as the
+#      control, which must fail (`priority::off-fails`), only with
+#      IOLANE_PRIORITY_MODES="off on" (tests/vm/priority.sh runs it by default);
+#      IOLANE_VM_SKIP_PRIORITY=1 skips the boot;
 #   6. tests/vm/reboot.sh: two boots on the same disk image;
 #   7. one boot (2 NVMe disks, user network) for tests/k8s/kubelet.sh --reduced: a real
 #      kubelet with containerd runs a pod with an iolane PVC (IOLANE_VM_SKIP_KUBELET=1 skips
@@ -31,8 +31,8 @@
 # Environment: IOLANE_VM_SUITE_FILTER (regex, lvm-suite.sh and tiers.sh tests to run, e.g.
 # `csi-sanity` for csi-sanity alone; the
 # reboot test runs unless IOLANE_VM_SKIP_REBOOT=1), IOLANE_VM_SKIP_TIERS=1 (skip the tiers
-# boot), IOLANE_VM_PRIORITY=1 (run the priority boot), IOLANE_PRIORITY_MODES (its modes,
-# default `on`), IOLANE_VM_PRIORITY_IOPS,
+# boot), IOLANE_VM_SKIP_PRIORITY=1 (skip the priority boot), IOLANE_PRIORITY_MODES (its
+# modes, default `on`), IOLANE_VM_PRIORITY_IOPS,
 # IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -116,8 +116,8 @@ if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
 fi
 
 # The priority controllers on an IO-bound disk (issue 9). One result line per mode.
-if [ "${IOLANE_VM_PRIORITY:-0}" = 1 ] \
-    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails priority::two-devices"; }; then
+if [ "${IOLANE_VM_SKIP_PRIORITY:-0}" != 1 ] \
+    && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails priority::two-devices priority::tier-cap"; }; then
     piops="${IOLANE_VM_PRIORITY_IOPS:-400}"
     stamp "boot 3 of 7: tests/vm/priority-test.sh (nvme0n1 and nvme1n1 throttled to $piops IOPS each)"
     bash "$here/run.sh" --disks 2 --timeout 900 --disk-opts "throttling.iops-total=$piops" --rwdir "$work" -- \

@@ -12,6 +12,7 @@
 //! | `iolane_priority_device_saturated` | gauge | `device` | 1 when the device showed a standing queue in the last period |
 //! | `iolane_priority_streaming_active` | gauge | `device` | 1 when a streaming publication did IO in the last period |
 //! | `iolane_priority_writes_total` | counter | | `io.max` lines the priority controllers wrote |
+//! | `iolane_priority_deferred_total` | counter | | changed `io.max` lines held back for a pass because their group ran over its line in force (a write then would lift blk-throttle's hold on Linux 6.1; docs/priority.md) |
 //!
 //! A device's series appear with its first publication and go with its last.
 
@@ -31,6 +32,7 @@ use crate::priority::{DeviceState, PriorityPass};
 #[derive(Debug, Default)]
 pub struct PriorityMetrics {
     writes: Counter,
+    deferred: Counter,
     devices: Arc<DeviceCollector>,
 }
 
@@ -46,6 +48,11 @@ impl PriorityMetrics {
             "io.max lines the priority controllers wrote",
             self.writes.clone(),
         );
+        registry.register(
+            "iolane_priority_deferred",
+            "changed io.max lines held back because their group ran over its line in force",
+            self.deferred.clone(),
+        );
         registry.register_collector(Box::new(Arc::clone(&self.devices)));
     }
 
@@ -53,6 +60,8 @@ impl PriorityMetrics {
     pub fn observe(&self, pass: &PriorityPass) {
         self.writes
             .inc_by(u64::try_from(pass.written).unwrap_or(u64::MAX));
+        self.deferred
+            .inc_by(u64::try_from(pass.deferred).unwrap_or(u64::MAX));
         *self.devices.states() = pass.devices.clone();
     }
 }
@@ -192,6 +201,7 @@ mod tests {
         m.register(&mut r);
         m.observe(&PriorityPass {
             written: 3,
+            deferred: 2,
             errors: vec![],
             devices: vec![DeviceState {
                 name: "nvme0n1".into(),
@@ -213,6 +223,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         for line in [
             "iolane_priority_writes_total 3",
+            "iolane_priority_deferred_total 2",
             r#"iolane_priority_device_capacity_iops{device="nvme0n1",direction="read"} 1500.0"#,
             r#"iolane_priority_class_demand_ratio{device="nvme0n1",class="batch"} 0.25"#,
             r#"iolane_priority_class_publications{device="nvme0n1",class="batch"} 4.0"#,

@@ -74,7 +74,9 @@ pub struct Params {
     /// 0 turns it off.
     pub throttle_unit: f64,
     /// When fewer units than volumes share the budget, which volumes get the leftover
-    /// units rotates every this many passes.
+    /// units rotates every this many passes (600: a minute at 100 ms). Rarely: each
+    /// rotation lowers the line of a throttled volume, which on Linux 6.1 (Debian 12's kernel) lets one
+    /// burst of its IO through (docs/priority.md, *blk-throttle's carryover*).
     pub rotate_periods: u32,
     /// The device counts as saturated at or above this average queue depth.
     pub saturation_depth: f64,
@@ -103,7 +105,7 @@ impl Default for Params {
             dead_band: 0.02,
             min_direction: 0.10,
             throttle_unit: 10.0,
-            rotate_periods: 20,
+            rotate_periods: 600,
             saturation_depth: 8.0,
             backlog_depth: 1.0,
             smoothing: 0.15,
@@ -261,6 +263,11 @@ struct PublicationState {
     smooth_use: Option<f64>,
     share: Option<f64>,
     read_fraction: f64,
+    /// Mean bytes per IO (reads, writes), smoothed like the use; `None` until seen.
+    io_size: (Option<f64>, Option<f64>),
+    /// Whether bandwidth binds (reads, writes), with hysteresis
+    /// ([`DeviceModel::binds_bandwidth`]).
+    bps_bound: (bool, bool),
     limits: Limits,
 }
 
@@ -323,7 +330,9 @@ impl<K: Ord + Clone> DeviceController<K> {
             Priority::Streaming => s.ceiling,
             Priority::Batch => {
                 let w = self.params.wake_share;
-                self.capacity.model().limits_for(w, w, &s.ceiling)
+                self.capacity
+                    .model()
+                    .limits_for_sized(w, w, &s.ceiling, (None, None))
             }
         }
         .canonical()
@@ -386,6 +395,8 @@ impl<K: Ord + Clone> DeviceController<K> {
                     smooth_use: None,
                     share: None,
                     read_fraction: 0.5,
+                    io_size: (None, None),
+                    bps_bound: (false, false),
                     limits: self.initial(s),
                 },
             };
@@ -427,6 +438,18 @@ impl<K: Ord + Clone> DeviceController<K> {
                     Some(before) => before + alpha * (raw - before),
                     None => raw,
                 });
+                let u = &usage[i];
+                let mean = |ios: u64, bytes: u64, before: Option<f64>| {
+                    if ios == 0 {
+                        return before;
+                    }
+                    let now = bytes as f64 / ios as f64;
+                    Some(before.map_or(now, |b| b + alpha * (now - b)))
+                };
+                state.io_size = (
+                    mean(u.rios, u.rbytes, state.io_size.0),
+                    mean(u.wios, u.wbytes, state.io_size.1),
+                );
             }
             let smooth = state.smooth_use.unwrap_or(0.0);
             uses.push(smooth);
@@ -561,7 +584,23 @@ impl<K: Ord + Clone> DeviceController<K> {
                 Priority::Streaming => s.ceiling,
                 Priority::Batch => {
                     let (read, write) = dir_shares[i];
-                    model.limits_for(read, write, &s.ceiling)
+                    let bound = |size: Option<f64>, before: bool, iops: f64, bps: f64| {
+                        size.filter(|z| DeviceModel::binds_bandwidth(iops, bps, *z, before))
+                    };
+                    let r = bound(
+                        state.io_size.0,
+                        state.bps_bound.0,
+                        model.read_iops,
+                        model.read_bps,
+                    );
+                    let w = bound(
+                        state.io_size.1,
+                        state.bps_bound.1,
+                        model.write_iops,
+                        model.write_bps,
+                    );
+                    state.bps_bound = (r.is_some(), w.is_some());
+                    model.limits_for_sized(read, write, &s.ceiling, (r, w))
                 }
             }
             .canonical();

@@ -74,6 +74,78 @@ impl DeviceModel {
         }
     }
 
+    /// Like [`limits_for`](Self::limits_for), but each direction caps only the rate that
+    /// binds: `bps_bound` says, per direction (reads, writes), `None` when IOPS binds (small
+    /// IO, or none seen), or `Some(size)` when bandwidth binds for IOs of `size` bytes
+    /// ([`binds_bandwidth`] decides, with hysteresis). The IOPS-bound direction leaves
+    /// bandwidth at the ceiling's cap (or none); the bandwidth-bound one caps IOPS at
+    /// [`loose_iops`], twice what `size`-byte IOs at the bandwidth cap do. The tier
+    /// ceiling stays a hard bound on both.
+    ///
+    /// Why (docs/priority.md, *blk-throttle's carryover*): Linux 6.1 (Debian 12's kernel) keeps the
+    /// "carryover" of a group whose `io.max` changes while it has IO queued in unsigned
+    /// fields. A lowered cap the group had run ahead of wraps them around, and the group
+    /// is not throttled at all until a slice trim clears them, which happens only when
+    /// one of the two rates allows something over the elapsed time. Capped in both rates
+    /// at once, a volume was measured at the device's full rate for 0.8 s after one write
+    /// of a line of 10 IOPS (for whole runs under repeated writes); capped in IOPS only,
+    /// for 0.2 s. An unneeded cap far above the rate in use is no better: the write
+    /// turns its unused allowance into credit.
+    pub fn limits_for_sized(
+        &self,
+        read_share: f64,
+        write_share: f64,
+        ceiling: &Limits,
+        bps_bound: (Option<f64>, Option<f64>),
+    ) -> Limits {
+        let shared = self.limits_for(read_share, write_share, ceiling);
+        let bind =
+            |iops: Limit, bps: Limit, ceil_iops: Limit, ceil_bps: Limit, bound: Option<f64>| {
+                match bound {
+                    None => (iops, ceil_bps),
+                    Some(size) => {
+                        let loose = bps
+                            .get()
+                            .map_or(Limit::Max, |b| Limit::per_sec(loose_iops(b, size)));
+                        (min_limit(loose, ceil_iops), bps)
+                    }
+                }
+            };
+        let (read_iops, read_bps) = bind(
+            shared.read_iops,
+            shared.read_bps,
+            ceiling.read_iops,
+            ceiling.read_bps,
+            bps_bound.0,
+        );
+        let (write_iops, write_bps) = bind(
+            shared.write_iops,
+            shared.write_bps,
+            ceiling.write_iops,
+            ceiling.write_bps,
+            bps_bound.1,
+        );
+        Limits {
+            read_bps,
+            write_bps,
+            read_iops,
+            write_iops,
+        }
+    }
+
+    /// Whether bandwidth, not IOPS, binds a direction whose mean IO is `size` bytes, at
+    /// `rate_iops` and `rate_bps` (that direction's rates), given what bound it before:
+    /// bandwidth from 1.25x the bytes per IO where the rates meet, IOPS again below 0.8x
+    /// (every switch rewrites the line).
+    pub fn binds_bandwidth(rate_iops: f64, rate_bps: f64, size: f64, before: bool) -> bool {
+        let meet = rate_bps / rate_iops;
+        if before {
+            size >= 0.8 * meet
+        } else {
+            size > 1.25 * meet
+        }
+    }
+
     /// The largest fraction of the device a volume capped by `ceiling` can use in one
     /// direction: the tightest of its caps over the device's rates (`f64::INFINITY` when
     /// uncapped). Reads and writes are capped independently, so the volume as a whole can
@@ -85,6 +157,27 @@ impl DeviceModel {
         let write = share(ceiling.write_iops, self.write_iops)
             .min(share(ceiling.write_bps, self.write_bps));
         read + write
+    }
+}
+
+/// The IOPS cap that goes with a bandwidth cap of `bps` bytes/s when bandwidth binds for
+/// IOs of `size` bytes: twice the IOs that makes, and at least one per 100 ms slice. Close
+/// enough above the rate in use that a line change cannot turn much unused allowance into
+/// credit, far enough that it does not bind (see [`DeviceModel::limits_for_sized`]).
+pub fn loose_iops(bps: u64, size: f64) -> u64 {
+    let ios = 2.0 * bps as f64 / size.max(512.0);
+    (ios.ceil() as u64).max(LOOSE_IOPS_MIN)
+}
+
+/// The least IOPS cap [`loose_iops`] gives: one IO per 100 ms slice.
+pub const LOOSE_IOPS_MIN: u64 = 10;
+
+/// The lower of two caps (`max` is no cap).
+fn min_limit(a: Limit, b: Limit) -> Limit {
+    match (a.get(), b.get()) {
+        (Some(x), Some(y)) => Limit::per_sec(x.min(y)),
+        (Some(_), None) => a,
+        (None, _) => b,
     }
 }
 
@@ -260,6 +353,53 @@ mod tests {
                 c.write
             );
         }
+    }
+
+    #[test]
+    fn sized_limits_cap_one_rate_per_direction() {
+        // 1000 IOPS and 4 MiB/s: 4 KiB per IO is where the two rates meet.
+        let m = DeviceModel::uniform_iops(1000.0);
+        let none = Limits::UNLIMITED;
+        // IOPS binds: bandwidth is left open.
+        let l = m.limits_for_sized(0.25, 0.1, &none, (None, None));
+        assert_eq!(l.read_iops, Limit::per_sec(250));
+        assert_eq!(l.read_bps, Limit::Max);
+        assert_eq!(l.write_iops, Limit::per_sec(100));
+        assert_eq!(l.write_bps, Limit::Max);
+        // Reads of 128 KiB: bandwidth binds; IOPS at twice what they make at that cap.
+        let l = m.limits_for_sized(0.25, 0.1, &none, (Some(131_072.0), None));
+        assert_eq!(l.read_bps, Limit::per_sec(250 * 4096));
+        assert_eq!(l.read_iops, Limit::per_sec(16));
+        assert_eq!(l.write_iops, Limit::per_sec(100));
+        assert_eq!(l.write_bps, Limit::Max);
+        // One IO per slice at least.
+        assert_eq!(loose_iops(8192, 1_048_576.0), LOOSE_IOPS_MIN);
+        // The ceiling stays a hard bound on the rate left open, and on the one capped.
+        let ceiling = Limits {
+            read_iops: Limit::per_sec(12),
+            write_bps: Limit::per_sec(50_000),
+            ..Limits::UNLIMITED
+        };
+        let l = m.limits_for_sized(0.5, 0.5, &ceiling, (Some(131_072.0), None));
+        assert_eq!(l.read_iops, Limit::per_sec(12));
+        assert_eq!(l.read_bps, Limit::per_sec(500 * 4096));
+        assert_eq!(l.write_iops, Limit::per_sec(500));
+        assert_eq!(l.write_bps, Limit::per_sec(50_000));
+    }
+
+    #[test]
+    fn bandwidth_binds_with_hysteresis() {
+        let (iops, bps) = (1000.0, 4_096_000.0);
+        assert!(!DeviceModel::binds_bandwidth(iops, bps, 4096.0, false));
+        assert!(!DeviceModel::binds_bandwidth(
+            iops,
+            bps,
+            4096.0 * 1.2,
+            false
+        ));
+        assert!(DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 1.3, false));
+        assert!(DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 0.9, true));
+        assert!(!DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 0.7, true));
     }
 
     #[test]

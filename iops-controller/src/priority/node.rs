@@ -49,6 +49,65 @@ pub const DEFAULT_START_IOPS: f64 = 2000.0;
 /// A publication whose counters moved within this long counts as active.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
+/// The longest a changed line waits for its group to come back within the line in force
+/// (see [`Written::over`]): a burst of 100 IOs let through a line of 10 IOPS takes 10 s
+/// to pay back.
+const MAX_DEFER: Duration = Duration::from_secs(30);
+
+/// One blk-throttle slice (Linux's default `throtl_slice`): a group may run this far
+/// ahead of its line.
+const SLICE: f64 = 0.1;
+
+/// IO that may have been in flight when a line was written, and completes after it: a
+/// queue depth of 8, of IOs up to 128 KiB.
+const IN_FLIGHT_IOS: f64 = 8.0;
+const IN_FLIGHT_BYTES: f64 = 8.0 * 131_072.0;
+
+/// The last line the law wrote for an input: when, and the input's counters then.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    at: Duration,
+    counters: Counters,
+    limits: Limits,
+    /// When a change was first held back (`None`: none waiting).
+    deferred_since: Option<Duration>,
+}
+
+impl Written {
+    /// The input did more IO since the line was written than the line allows over that
+    /// time (plus one slice, and a queue depth of IO that was in flight at the write, of
+    /// slack): blk-throttle holds the excess as a
+    /// debt, and on Linux 6.1 (Debian 12's kernel) an `io.max` write while it is in debt wraps its
+    /// unsigned carryover and lifts the throttling altogether for a while
+    /// (docs/priority.md, *blk-throttle's carryover*). Its line is not changed then.
+    fn over(&self, now: Duration, counters: &Counters) -> bool {
+        let secs = now.saturating_sub(self.at).as_secs_f64() + SLICE;
+        let exceeds = |done: u64, cap: crate::tier::Limit, unit: f64| {
+            cap.get()
+                .is_some_and(|c| done as f64 > c as f64 * secs + unit)
+        };
+        let l = &self.limits;
+        let c = &self.counters;
+        exceeds(
+            counters.rios.saturating_sub(c.rios),
+            l.read_iops,
+            IN_FLIGHT_IOS,
+        ) || exceeds(
+            counters.wios.saturating_sub(c.wios),
+            l.write_iops,
+            IN_FLIGHT_IOS,
+        ) || exceeds(
+            counters.rbytes.saturating_sub(c.rbytes),
+            l.read_bps,
+            IN_FLIGHT_BYTES,
+        ) || exceeds(
+            counters.wbytes.saturating_sub(c.wbytes),
+            l.write_bps,
+            IN_FLIGHT_BYTES,
+        )
+    }
+}
+
 /// What the node config says about priority.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriorityConfig {
@@ -165,6 +224,8 @@ pub struct DeviceState {
 pub struct PriorityPass {
     /// `io.max` lines written.
     pub written: usize,
+    /// Changed lines held back this pass: their group ran over its line in force.
+    pub deferred: usize,
     /// Failures (lowercase reasons), logged already.
     pub errors: Vec<String>,
     pub devices: Vec<DeviceState>,
@@ -196,6 +257,8 @@ pub struct NodePriority {
     moved: HashMap<Key, (Counters, Duration)>,
     /// The volume and physical devices' `stat` files, kept open between passes.
     stats: StatFiles,
+    /// The last line written for each input.
+    written: HashMap<Key, Written>,
 }
 
 impl std::fmt::Debug for NodePriority {
@@ -221,6 +284,7 @@ impl NodePriority {
             epoch: Instant::now(),
             moved: HashMap::new(),
             stats: StatFiles::default(),
+            written: HashMap::new(),
         }
     }
 
@@ -448,6 +512,9 @@ impl NodePriority {
         if self.moved.len() > live.len() {
             self.moved.retain(|k, _| live.contains(k));
         }
+        if self.written.len() > live.len() {
+            self.written.retain(|k, _| live.contains(k));
+        }
         self.keys.retain(&live);
         if self.controllers.len() > groups.len() {
             self.controllers
@@ -457,6 +524,10 @@ impl NodePriority {
 
         // 2. One pass per device.
         let mut writes: Vec<(Key, Limits)> = Vec::new();
+        // Inputs on devices where streaming is active: their lines are held while their
+        // group runs over them (on a device where streaming idles, a burst harms nobody,
+        // and batch must get the device back at once).
+        let mut guarded: HashSet<Key> = HashSet::new();
         for (set, samples) in &groups {
             let set: &DeviceSet = set;
             if !self.controllers.contains_key(set) {
@@ -522,6 +593,9 @@ impl NodePriority {
                 source: entry.source,
                 publications: (streaming, samples.len() - streaming),
             });
+            if decision.report.streaming_active {
+                guarded.extend(samples.iter().map(|s| s.key));
+            }
             writes.extend(decision.limits);
         }
 
@@ -541,9 +615,32 @@ impl NodePriority {
                 continue;
             };
             let dev = *dev;
+            let counters = self.moved.get(&key).map(|(c, _)| *c);
+            if let (Some(w), Some(c)) = (self.written.get_mut(&key), counters)
+                && guarded.contains(&key)
+                && w.over(now, &c)
+            {
+                let since = *w.deferred_since.get_or_insert(now);
+                if now.saturating_sub(since) < MAX_DEFER {
+                    out.deferred += 1;
+                    tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max change held (the group is over its line)");
+                    continue;
+                }
+            }
             match apply::apply(fs, cgroup, dev, &limits) {
                 Ok(()) => {
                     out.written += 1;
+                    if let Some(counters) = counters {
+                        self.written.insert(
+                            key,
+                            Written {
+                                at: now,
+                                counters,
+                                limits,
+                                deferred_since: None,
+                            },
+                        );
+                    }
                     for t in &ts {
                         reconciler.set_limits(t, limits);
                     }

@@ -62,9 +62,11 @@ fn streaming_is_protected_within_a_second_and_batch_keeps_its_floor() {
     let mut sim = five(0.0);
     sim.run(30);
     sim.jobs[0].demand = INF;
-    // 20 periods to react and settle, then 80: at the floor the leftover throttle unit
-    // rotates between the batch volumes every 20 passes, so 80 is fair to each.
-    let after = sim.run(100);
+    // 20 periods to react and settle, then four rotations: at the floor the leftover
+    // throttle unit rotates between the batch volumes every `rotate_periods` passes, so
+    // four of them are fair to each.
+    let rotate = usize::try_from(Params::default().rotate_periods).unwrap();
+    let after = sim.run(20 + 4 * rotate);
     // Solo, streaming would get the whole device.
     // One period served under the old limits, the pass that sees streaming drops batch
     // to its floor, the next period is served under the floor.
