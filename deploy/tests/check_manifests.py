@@ -837,8 +837,9 @@ METRICS: dict[str, tuple[str, frozenset[str], str, str]] = {
     "iolane_pool_provisioned_bytes": ("gauge", frozenset({"device_class", "location"}), POOL_METRICS, "iolane_pool_provisioned_bytes"),
     "iolane_csi_requests_total": ("counter", frozenset({"method", "code"}), RPC_METRICS, "iolane_csi_requests"),
     "iolane_csi_request_duration_seconds": ("histogram", frozenset({"method"}), RPC_METRICS, "iolane_csi_request_duration"),
-    # The priority controllers (opt-in, [priority]).
+    # The priority controllers ([priority], on by default).
     "iolane_priority_writes_total": ("counter", frozenset(), PRIO_METRICS, "iolane_priority_writes"),
+    "iolane_priority_deferred_total": ("counter", frozenset(), PRIO_METRICS, "iolane_priority_deferred"),
     "iolane_priority_device_capacity_iops": ("gauge", frozenset({"device", "direction"}), PRIO_METRICS, "iolane_priority_device_capacity_iops"),
     "iolane_priority_device_capacity_scale": ("gauge", frozenset({"device"}), PRIO_METRICS, "iolane_priority_device_capacity_scale"),
     "iolane_priority_class_demand_ratio": ("gauge", frozenset({"device", "class"}), PRIO_METRICS, "iolane_priority_class_demand_ratio"),
