@@ -45,7 +45,7 @@ use iops_controller::{DeviceNumber, Enforcement, RealCgroupFs, keys};
 use serde::Serialize;
 
 use crate::backend::loopback::LoopBackend;
-use crate::bench::BenchReport;
+use crate::bench::{BenchReport, IntervalStats};
 use crate::config::{DemoArgs, NodeConfig};
 use crate::driver::{Driver, Settings};
 use crate::grpc::client::{ClientError, CsiClient};

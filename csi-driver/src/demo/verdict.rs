@@ -14,11 +14,13 @@ pub const FLOOR_SLACK: f64 = 0.20;
 
 /// One bench's figures. The rate leaves out the first second (the children's start-up,
 /// and the second issue 9 gives the controllers to react).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunFigures {
     pub iops: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// The IOPS of each second of the run, the first one included.
+    pub per_second: Vec<u64>,
 }
 
 impl From<&BenchReport> for RunFigures {
@@ -33,6 +35,7 @@ impl From<&BenchReport> for RunFigures {
             iops,
             p50_us: r.latency.p50_us,
             p99_us: r.latency.p99_us,
+            per_second: r.per_second.iter().map(IntervalStats::iops).collect(),
         }
     }
 }
@@ -110,9 +113,9 @@ pub struct Judgement {
 /// Judges the three runs (streaming alone, all together, batch alone). The device's rate
 /// is what streaming got alone: one job at queue depth 32 saturates an IO-bound device.
 pub fn judge(alone: &RunRow, together: &RunRow, batch_alone: &RunRow, floor: f64) -> Judgement {
-    let solo = alone.streaming.map_or(0.0, |f| f.iops);
+    let solo = alone.streaming.as_ref().map_or(0.0, |f| f.iops);
     let ratio = |v: f64| if solo > 0.0 { v / solo } else { 0.0 };
-    let next = together.streaming.map_or(0.0, |f| f.iops);
+    let next = together.streaming.as_ref().map_or(0.0, |f| f.iops);
     let streaming_kept = ratio(next);
     let batch_next = together.batch_iops().unwrap_or(0.0);
     let batch_next_to_streaming = ratio(batch_next);
@@ -196,7 +199,7 @@ fn us(v: f64) -> String {
 pub fn table(runs: &[RunRow]) -> String {
     let solo = runs
         .first()
-        .and_then(|r| r.streaming)
+        .and_then(|r| r.streaming.as_ref())
         .map_or(0.0, |f| f.iops);
     let share = |v: f64| {
         if solo > 0.0 {
@@ -238,10 +241,15 @@ pub fn table(runs: &[RunRow]) -> String {
             t,
             "{:<26} {:>9} {:>7} {:>17} {:>24} {:>12} {:>10} {:>16}",
             r.name,
-            r.streaming.map_or_else(dash, |f| format!("{:.0}", f.iops)),
-            r.streaming.map_or_else(dash, |f| share(f.iops)),
             r.streaming
-                .map_or_else(dash, |f| format!("{}/{}", us(f.p50_us), us(f.p99_us))),
+                .as_ref()
+                .map_or_else(dash, |f| format!("{:.0}", f.iops)),
+            r.streaming.as_ref().map_or_else(dash, |f| share(f.iops)),
+            r.streaming.as_ref().map_or_else(dash, |f| format!(
+                "{}/{}",
+                us(f.p50_us),
+                us(f.p99_us)
+            )),
             batch,
             r.batch_iops().map_or_else(dash, share),
             budget,
@@ -269,6 +277,7 @@ mod tests {
             iops,
             p50_us: 100.0,
             p99_us: 25_000.0,
+            per_second: Vec::new(),
         }
     }
 
