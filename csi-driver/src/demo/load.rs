@@ -6,9 +6,9 @@ use super::run::line_for;
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-use iops_controller::priority::DeviceState;
+use iops_controller::priority::{Calibration, CalibrationStore, DeviceModel, DeviceState};
 
-/// Seconds of each of the calibration's four runs (the demo's; an operator's default is 10).
+/// Seconds of the disk's measurement before the node starts.
 const CALIBRATE_SECS: u64 = 3;
 /// The part of a run that is not counted: its children's start-up, and the second issue 9
 /// gives the controllers to react.
@@ -18,17 +18,27 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// What a child command (`losetup`, `dd`) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs `iolane bench --calibrate` on a scratch file in `tmp` (on the disk under the work
-/// directory), storing the result in `state`'s `calibration/`; prints what it printed and
-/// returns its summary line, or `None` when it failed (said why: the controllers then start
-/// from `default_iops` and correct it online).
+/// Measures the disk under the work directory for the priority controllers and stores the
+/// result as its calibration in `state`'s `calibration/` (where the node reads a device's
+/// capacity when it starts controlling it, as after `iolane bench --calibrate`): the
+/// demo's own load, 4 KiB random reads at queue depth 32, on a written scratch file in
+/// `tmp`, counted from +1 s, for reads and writes alike. Prints and returns the summary, or
+/// `None` when it failed (said why: the controllers then start from `default_iops` and
+/// correct it online).
+///
+/// Not `iolane bench --calibrate` itself: its four runs include 1 MiB sequential ones,
+/// which on the test VM's throttled disk completed no IO in their 3 s; the demo's load is
+/// random 4 KiB reads, whose rate is all its controller's model needs.
 #[allow(clippy::print_stdout)]
-pub(super) async fn calibrate(exe: &str, tmp: &Path, state: &Path) -> Option<String> {
-    match try_calibrate(exe, tmp, state).await {
-        Ok(line) => Some(line),
+pub(super) async fn calibrate(exe: &str, tmp: &Path, state: &Path, sys: &Path) -> Option<String> {
+    match try_calibrate(exe, tmp, state, sys).await {
+        Ok(line) => {
+            println!("{line}");
+            Some(line)
+        }
         Err(e) => {
             println!(
-                "  the calibration failed ({e}); the controllers start from the node config's \
+                "measuring the disk failed ({e}); the controllers start from the node config's \
                  default_iops and correct it online"
             );
             None
@@ -36,49 +46,52 @@ pub(super) async fn calibrate(exe: &str, tmp: &Path, state: &Path) -> Option<Str
     }
 }
 
-#[allow(clippy::print_stdout)]
-async fn try_calibrate(exe: &str, tmp: &Path, state: &Path) -> Result<String, DemoError> {
+async fn try_calibrate(
+    exe: &str,
+    tmp: &Path,
+    state: &Path,
+    sys: &Path,
+) -> Result<String, DemoError> {
     let scratch = tmp.join("calibrate.img");
-    // Written first, so that the calibration's writes overwrite blocks the file has (a
-    // write that allocates waits for the filesystem's journal, not only the disk: in the
-    // test VM the first run then completed nothing in its 3 s).
-    fill(&scratch, "conv=fsync").await?;
-    let cmd = Cmd::program_path(
-        exe.to_owned(),
-        Duration::from_secs(4 * CALIBRATE_SECS) + BENCH_SLACK,
-    )
-    .arg("--log")
-    .arg("warn")
-    .arg("bench")
-    .arg("--calibrate")
-    .arg("--target")
-    .arg(&scratch)
-    .arg("--state-dir")
-    .arg(state)
-    .arg("--duration")
-    .arg(CALIBRATE_SECS.to_string())
-    .arg("--size-limit")
-    .arg(SPAN_BYTES.to_string());
-    println!(
-        "the device's capacity, for the priority controllers:\n  iolane bench --calibrate --target {} \
-         --state-dir {} --duration {CALIBRATE_SECS} --size-limit {SPAN_BYTES}",
-        scratch.display(),
-        state.display()
-    );
-    let out = SystemRunner.run(&cmd).await;
+    let json = tmp.join("calibrate.json");
+    let measured = async {
+        fill(&scratch, "conv=fsync").await?;
+        let (_, name, identity) = crate::bench::calibrate::device_of(&scratch, sys)
+            .map_err(|e| step("the disk under the work directory", e))?;
+        let r = bench(exe, &scratch, None, &json, CALIBRATE_SECS).await?;
+        Ok::<_, DemoError>((name, identity, RunFigures::from(&r).iops))
+    }
+    .await;
     let _ = std::fs::remove_file(&scratch);
-    let out = out?;
-    for l in out.stdout.lines() {
-        println!("  {l}");
+    let (name, identity, iops) = measured?;
+    if !(iops.is_finite() && iops > 0.0) {
+        return Err(step("measuring the disk", "no IO completed"));
     }
-    if out.status != Some(0) {
-        return Err(step("iolane bench --calibrate", out.stderr.trim()));
-    }
-    out.stdout
-        .lines()
-        .rfind(|l| l.starts_with("calibrated "))
-        .map(str::to_owned)
-        .ok_or_else(|| step("iolane bench --calibrate", "printed no result"))
+    let c = Calibration {
+        identity,
+        name,
+        model: DeviceModel {
+            read_iops: iops,
+            write_iops: iops,
+            read_bps: iops * 4096.0,
+            write_bps: iops * 4096.0,
+        },
+        measured_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let path = CalibrationStore::in_state_dir(state)
+        .save(&c)
+        .map_err(|e| step(format!("storing the calibration in {}", state.display()), e))?;
+    Ok(format!(
+        "the disk's capacity, for the priority controllers: {} ({}), 4 KiB random reads at \
+         queue depth 32 for {CALIBRATE_SECS} s on a scratch file there: {iops:.0} IOPS; stored \
+         as its calibration in {} (the controllers read it when they start controlling the \
+         device)",
+        c.name,
+        c.identity,
+        path.display()
+    ))
 }
 
 /// Makes `v`'s reads reach the disk: its loop device switched to direct IO (the backend
@@ -151,7 +164,7 @@ impl Load<'_> {
         let tag = name.replace([' ', '+', ','], "-");
         let benches = futures_util::future::try_join_all(on.iter().map(|v| {
             let json = self.dir.join(format!("{tag}-{}.json", v.name));
-            async move { bench(self.exe, v, &json, self.secs).await }
+            async move { bench(self.exe, &v.target, Some(&v.cgroup), &json, self.secs).await }
         }));
         tokio::pin!(benches);
         let start = Instant::now();
@@ -228,30 +241,33 @@ fn view(states: &[DeviceState]) -> Option<ControllerView> {
     })
 }
 
-/// Runs `iolane bench` on `v`'s published device inside its pod's cgroup, as a child
-/// process (the bench moves its whole process into the cgroup), and reads its JSON report.
+/// Runs `iolane bench` (random 4 KiB reads, queue depth 32) on the first [`SPAN_BYTES`] of
+/// `target`, inside `cgroup` when given, as a child process (the bench moves its whole
+/// process into the cgroup), and reads its JSON report.
 async fn bench(
     exe: &str,
-    v: &DemoVolume,
+    target: &Path,
+    cgroup: Option<&Path>,
     json: &Path,
     secs: u64,
 ) -> Result<BenchReport, DemoError> {
-    let cmd = Cmd::program_path(exe.to_owned(), Duration::from_secs(secs) + BENCH_SLACK)
+    let mut cmd = Cmd::program_path(exe.to_owned(), Duration::from_secs(secs) + BENCH_SLACK)
         .arg("--log")
         .arg("warn")
         .arg("bench")
         .arg("--target")
-        .arg(&v.target)
+        .arg(target)
         .arg("--pattern")
         .arg("randread")
         .arg("--duration")
         .arg(secs.to_string())
         .arg("--size-limit")
         .arg(SPAN_BYTES.to_string())
-        .arg("--cgroup")
-        .arg(&v.cgroup)
         .arg("--json")
         .arg(json);
+    if let Some(cgroup) = cgroup {
+        cmd = cmd.arg("--cgroup").arg(cgroup);
+    }
     let out = SystemRunner.run(&cmd).await?;
     if out.status != Some(0) {
         return Err(out.into_error(&cmd).into());

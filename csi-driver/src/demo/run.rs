@@ -23,7 +23,7 @@ pub(super) async fn run(
 
     // The device's capacity, as an operator gives it to a node: calibrated into the state
     // directory, where the controllers read it when they start controlling the device.
-    let calibration = load::calibrate(&exe, &tmp, &state).await;
+    let calibration = load::calibrate(&exe, &tmp, &state, &os.roots().sys).await;
 
     // The node, in-process, on the loop backend, serving on a socket in the temp dir, with
     // the default node config: the built-in tiers and the priority controllers on.
