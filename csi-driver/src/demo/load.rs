@@ -157,7 +157,8 @@ pub(super) struct Load<'a> {
 
 impl Load<'_> {
     /// Runs a bench on each of `on` at once, sampling the device controller's state and
-    /// every volume's `io.max` line meanwhile; prints and returns the run's row.
+    /// every volume's `io.max` line from +1 s until the benches' duration is over; prints
+    /// and returns the run's row.
     #[allow(clippy::print_stdout)]
     pub async fn run(&self, name: &str, on: &[DemoVolume]) -> Result<RunRow, DemoError> {
         println!("  {name}");
@@ -168,6 +169,7 @@ impl Load<'_> {
         }));
         tokio::pin!(benches);
         let start = Instant::now();
+        let load_for = Duration::from_secs(self.secs);
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         let mut states: Vec<DeviceState> = Vec::new();
         let mut lines = Vec::new();
@@ -175,10 +177,13 @@ impl Load<'_> {
             tokio::select! {
                 r = &mut benches => break r?,
                 _ = tick.tick() => {
-                    if start.elapsed() >= UNCOUNTED {
+                    let at = start.elapsed();
+                    // While the benches load the device: not when they are done and the
+                    // controllers see idle volumes.
+                    if at >= UNCOUNTED && at < load_for {
                         states.extend(self.enforcement.priority_devices());
+                        lines = self.io_max_lines();
                     }
-                    lines = self.io_max_lines();
                 }
             }
         };
@@ -200,7 +205,7 @@ impl Load<'_> {
         }
         for (volume, line) in &row.io_max_at_end {
             println!(
-                "    io.max of {volume:<10} at the end: {}",
+                "    io.max of {volume:<10} near the run's end: {}",
                 line.as_deref().unwrap_or("no line (max)")
             );
         }

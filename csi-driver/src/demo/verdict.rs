@@ -69,7 +69,8 @@ pub struct RunRow {
     pub batch: Vec<RunFigures>,
     /// `None` when the controllers reported no device during the run.
     pub controller: Option<ControllerView>,
-    /// Each volume's `io.max` line at the run's end (the controllers' last write).
+    /// Each volume's `io.max` line at the last sample before the run's end (the
+    /// controllers' writes in force while the load ran).
     pub io_max_at_end: Vec<(String, Option<String>)>,
 }
 
@@ -265,8 +266,8 @@ pub const LEGEND: &str = "\
   alone; batch/device: the batch class over the device's rate (streaming's alone); budget:
   the batch class budget the device's controller had in force (a fraction of the device;
   1.25 = all of it plus a probe, while streaming idles), over its passes from +1 s;
-  capacity: the controller's read IOPS model at the run's end (the calibration times its
-  online correction) and where it started from";
+  capacity: the controller's read IOPS model at the run's end (the measured rate times
+  its online correction) and where it started from";
 
 #[cfg(test)]
 mod tests {
