@@ -8,8 +8,8 @@
 # contents are lost), mounts it under /tmp, runs `IOLANE --log warn demo --work-dir MOUNT
 # FLAGS...`, unmounts it. Used by tests/vm/demo.sh (the disk throttled by QEMU, so that it
 # is IO-bound) and tests/vm/tiers.sh (CI). Exit status: the demo's (0 the priority held,
-# 1 it did not or a step failed, 2 a prerequisite is missing), or 1 when the disk could
-# not be prepared.
+# 3 it ran and cleaned up but the priority did not hold, 1 a step failed, 2 a prerequisite
+# is missing), or 1 when the disk could not be prepared.
 set -uo pipefail
 disk="${1:?usage: demo-guest.sh DISK IOLANE [DEMO FLAGS...]}"
 iolane="${2:?usage: demo-guest.sh DISK IOLANE [DEMO FLAGS...]}"

@@ -15,8 +15,8 @@
 # demo's output is printed here as it goes. Throttled, the disk's capacity is IO-bound, as
 # a real disk's is; unthrottled, the emulated disk is as fast as the emulating CPU, which
 # five load generators then share, and what the table shows is the CPU, not priority.
-# The exit status is the demo's: 0 when the priority held, 1 when it did not or a step
-# failed, 2 when a prerequisite is missing.
+# The exit status is the demo's: 0 when the priority held, 3 when it ran and cleaned up but
+# the priority did not hold, 1 when a step failed, 2 when a prerequisite is missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
