@@ -181,7 +181,7 @@ impl Load<'_> {
                     // While the benches load the device: not when they are done and the
                     // controllers see idle volumes.
                     if at >= UNCOUNTED && at < load_for {
-                        states.extend(self.enforcement.priority_devices());
+                        states.extend(self.enforcement.priority_devices().await);
                         lines = self.io_max_lines();
                     }
                 }
