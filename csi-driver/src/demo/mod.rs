@@ -5,9 +5,10 @@
 //! 1. Checks the prerequisites (root, cgroup v2 with the io controller at the cgroup
 //!    root, loop devices, io_uring, a work directory on a disk) and stops with exit code 2,
 //!    creating nothing, when one is missing, saying what is missing and what would be needed.
-//! 2. Calibrates the disk under its work directory (`iolane bench --calibrate` on a scratch
-//!    file there, 4 short runs) into the node's state directory, where the priority
-//!    controllers read a device's capacity, as on a real node.
+//! 2. Measures the disk under its work directory (4 KiB random reads on a scratch file
+//!    there, `load::calibrate`) and stores the rate as its calibration in the node's
+//!    state directory, where the priority controllers read a device's capacity, as after
+//!    `iolane bench --calibrate` on a real node.
 //! 3. Serves the node's own CSI services in-process on the loop backend (state under a
 //!    temp dir in the work directory), on a Unix socket there, with the node's class
 //!    priority controllers built from the default node config as `iolane node` builds
