@@ -19,6 +19,7 @@ pub mod inflight;
 pub mod k8s;
 pub mod node_cleanup;
 pub mod os;
+pub mod priority;
 pub mod retier;
 pub mod server;
 pub mod status;

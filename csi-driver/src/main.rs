@@ -156,33 +156,15 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(metrics) = metrics {
         enforcement = enforcement.with_metrics(metrics);
     }
-    if let Some(mut config) = cfg.priority.to_config()? {
-        config.calibrations = Some(iops_controller::priority::CalibrationStore::in_state_dir(
-            &args.state_dir,
-        ));
-        // On by default (issue 9; `[priority] enabled = false` turns them off): per-device
-        // class controllers over the same publications.
-        let topology = iops_controller::priority::Topology::new(
-            os.roots().sys.clone(),
-            iops_controller::priority::topology::real_device_of(),
-        );
-        let priority_metrics = registry_builder.as_mut().map(|r| {
-            let m = Arc::new(iops_controller::PriorityMetrics::new());
-            m.register(r);
-            m
-        });
-        tracing::info!(
-            floor = config.params.floor,
-            headroom = config.params.headroom,
-            period_ms = config.period.as_millis(),
-            devices = config.devices.len(),
-            "priority controllers enabled"
-        );
-        enforcement = enforcement.with_priority(
-            iops_controller::priority::NodePriority::new(config, &cfg.tier_set()?, topology),
-            priority_metrics,
-        );
-    }
+    // On by default (issue 9; `[priority] enabled = false` turns them off): per-device
+    // class controllers over the same publications.
+    let enforcement = csi_driver::priority::enable(
+        enforcement,
+        &cfg,
+        &args.state_dir,
+        &os.roots().sys,
+        registry_builder.as_mut(),
+    )?;
     let registry = registry_builder.map(Arc::new);
     let enforcement = Arc::new(enforcement);
     tokio::spawn(Arc::clone(&enforcement).run_priority());

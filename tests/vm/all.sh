@@ -7,9 +7,11 @@
 #   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the real csi-sanity
 #      (tests/k8s/build.sh, sanity.sh), the conformance suite on the lvm backend, then the
 #      pool-full, no-stale-data and SIGKILL-during-creates scenarios;
-#   4. one boot (1 NVMe disk) for tests/vm/tiers.sh: the IO tier tests (io.max on the real
-#      cgroup root, measured caps, reconciler) and `iolane demo`, whose output is kept in
-#      $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work directory);
+#   4. one boot (2 NVMe disks, the second throttled by QEMU to $IOLANE_VM_DEMO_IOPS, default
+#      400 IOPS) for tests/vm/tiers.sh: the IO tier tests (io.max on the real cgroup root,
+#      measured caps, reconciler) on the first disk and `iolane demo` on the second, whose
+#      output is kept in $IOLANE_VM_DEMO_OUT (default: printed, then removed with the work
+#      directory);
 #   5. one boot (2 NVMe disks that QEMU throttles each to $IOLANE_VM_PRIORITY_IOPS, default
 #      400 IOPS) for tests/vm/priority-test.sh: the priority controllers with the default
 #      tiers (`priority::on`), the two-device test (`priority::two-devices`) and the static
@@ -33,7 +35,8 @@
 # reboot test runs unless IOLANE_VM_SKIP_REBOOT=1), IOLANE_VM_SKIP_TIERS=1 (skip the tiers
 # boot), IOLANE_VM_SKIP_PRIORITY=1 (skip the priority boot), IOLANE_PRIORITY_MODES (its
 # modes, default `on`), IOLANE_VM_PRIORITY_IOPS,
-# IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), CARGO_TARGET_DIR.
+# IOLANE_VM_DEMO_OUT (host directory to keep the demo's output in), IOLANE_VM_DEMO_IOPS,
+# CARGO_TARGET_DIR.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -100,7 +103,10 @@ stamp "lvm-suite.sh exited $suite_rc"
 if [ "${IOLANE_VM_SKIP_TIERS:-0}" != 1 ]; then
     stamp "boot 2 of 7: tests/vm/tiers.sh"
     mkdir -p "$work/tiers"
-    bash "$here/run.sh" --disks 1 --timeout 1200 --rwdir "$work" -- \
+    # The demo's disk (nvme1n1) is IO-bound, as the priority it shows needs; the tier tests'
+    # (nvme0n1) is not, as their caps need a device far faster than the caps.
+    bash "$here/run.sh" --disks 2 --disk-opts-of 1 "throttling.iops-total=${IOLANE_VM_DEMO_IOPS:-400}" \
+        --timeout 1200 --rwdir "$work" -- \
         env IOLANE_VM_RESULTS="$work/tiers" bash "$here/tiers.sh" "$work/bin" "$results"
     tiers_rc=$?
     if [ "$tiers_rc" != 0 ] && ! grep -q '^FAILED tiers::\|^FAILED demo::' "$results"; then

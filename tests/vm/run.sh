@@ -4,10 +4,12 @@
 # host's kernel and the host's root filesystem read-only, with N empty NVMe disks attached.
 #
 #   tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS]
-#                   [--disk-opts OPTS] [--network user] [--rwdir HOST_DIR]... -- CMD...
+#                   [--disk-opts OPTS] [--disk-opts-of I OPTS]... [--network user]
+#                   [--rwdir HOST_DIR]... -- CMD...
 #
 # --disk-opts OPTS is appended to every disk's QEMU -drive options (comma-separated, e.g.
-# `throttling.iops-total=1500` for a disk whose capacity is IO-bound, not CPU-bound).
+# `throttling.iops-total=1500` for a disk whose capacity is IO-bound, not CPU-bound);
+# --disk-opts-of I OPTS to disk I's only (0-based: nvme<I>n1 in the guest), after those.
 # --network user gives the guest QEMU's user-mode network, configured statically by the guest
 # wrapper (eth0 10.0.2.15/24, default route via 10.0.2.2: what QEMU's DHCP server hands
 # out; virtme-ng's own DHCP is off, since under load it once left the guest without a
@@ -42,7 +44,7 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 
 usage() {
-    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--disk-opts OPTS] [--network user] [--rwdir DIR]... -- CMD..." >&2
+    echo "usage: tests/vm/run.sh [--disks N] [--disk-size 8G] [--memory 2G] [--timeout SECONDS] [--disk-opts OPTS] [--disk-opts-of I OPTS]... [--network user] [--rwdir DIR]... -- CMD..." >&2
     exit 2
 }
 
@@ -52,6 +54,7 @@ memory=2G
 timeout_s="${IOLANE_VM_TIMEOUT:-900}"
 extra_rw=()
 disk_opts=""
+declare -A disk_opts_of=()
 network=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +63,9 @@ while [ $# -gt 0 ]; do
         --memory) memory="${2:?}"; shift 2 ;;
         --timeout) timeout_s="${2:?}"; shift 2 ;;
         --disk-opts) disk_opts=",${2:?}"; shift 2 ;;
+        --disk-opts-of)
+            case "${2:-}" in ''|*[!0-9]*) echo "run.sh: --disk-opts-of wants a disk index" >&2; exit 2 ;; esac
+            disk_opts_of[$2]=",${3:?}"; shift 3 ;;
         --network) network="${2:?}"; shift 2 ;;
         --rwdir) extra_rw+=("$(cd "${2:?}" && pwd)"); shift 2 ;;
         --) shift; break ;;
@@ -70,6 +76,9 @@ done
 [ $# -gt 0 ] || { echo "run.sh: no command given" >&2; usage; }
 case "$disks" in ''|*[!0-9]*) echo "run.sh: --disks wants a number" >&2; exit 2 ;; esac
 case "$timeout_s" in ''|*[!0-9]*) echo "run.sh: --timeout wants seconds" >&2; exit 2 ;; esac
+for i in "${!disk_opts_of[@]}"; do
+    [ "$i" -lt "$disks" ] || { echo "run.sh: --disk-opts-of $i: there are only $disks disks" >&2; exit 2; }
+done
 
 if [ "$(id -u)" != 0 ]; then
     echo "run.sh: run as root (the guest runs as the invoking user)" >&2
@@ -123,7 +132,7 @@ for ((i = 0; i < disks; i++)); do
     # discard=unmap: a deallocate from the guest punches a hole in the image, so the range
     # reads zeros afterwards as on an NVMe device that zeroes deallocated blocks (qemu's
     # default ignores discards, and a discarded range would keep its old data).
-    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe,discard=unmap$disk_opts"
+    qemu_opts+=("-drive file=$img,if=none,id=nv$i,format=raw,cache=unsafe,discard=unmap$disk_opts${disk_opts_of[$i]:-}"
         "-device nvme,serial=nv$i,drive=nv$i")
 done
 

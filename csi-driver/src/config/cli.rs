@@ -43,23 +43,29 @@ pub enum Command {
     /// Run the IO load generator (io_uring, O_DIRECT) on a block device or file and print
     /// per-second IOPS and latency percentiles.
     Bench(BenchArgs),
-    /// Run iolane's main job on its embedded default: a loop-backed node in-process, a
-    /// streaming and a batch volume published to two stand-in pod cgroups, the load
-    /// generator on both, and a table of achieved IOPS against each tier's limit. Needs
-    /// root, cgroup v2 with the io controller, and loop devices; removes all it made.
+    /// Run iolane's main job on its embedded default: a loop-backed node in-process with its
+    /// class priority controllers, a streaming and several batch volumes published to
+    /// stand-in pod cgroups, the load generator on them (streaming alone, all together,
+    /// batch alone), and a table of what each class got. Needs root, cgroup v2 with the io
+    /// controller, loop devices and a work directory on a disk; removes all it made.
     Demo(DemoArgs),
 }
 
 /// Flags of `iolane demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Seconds each load run lasts.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Seconds each load run lasts (its first second is not counted: start-up and the
+    /// controllers' reaction).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub duration: u64,
-    /// The demo batch tier's static read and write IOPS cap (through a demo node config),
-    /// for machines too slow to go far above the default 2000.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_iops: Option<u64>,
+    /// How many batch volumes load the device next to the streaming one.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub batch_volumes: u64,
+    /// Where the demo makes its temp dir (the loop backend's images, the calibration):
+    /// a directory on a disk, since the priority controllers share the capacity of the
+    /// disk under it. Default: $TMPDIR, else /tmp.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -381,15 +387,17 @@ mod tests {
         let Command::Demo(d) = cli.command else {
             panic!("not the demo command");
         };
-        assert_eq!((d.duration, d.batch_iops), (5, None));
+        assert_eq!((d.duration, d.batch_volumes, d.work_dir), (5, 4, None));
         assert_eq!(d.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
         let cli = Cli::try_parse_from([
             "iolane",
             "demo",
             "--duration",
             "3",
-            "--batch-iops",
-            "200",
+            "--batch-volumes",
+            "2",
+            "--work-dir",
+            "/var/tmp",
             "--json",
             "/tmp/d.json",
         ])
@@ -397,7 +405,11 @@ mod tests {
         let Command::Demo(d) = cli.command else {
             panic!("not the demo command");
         };
-        assert_eq!((d.duration, d.batch_iops), (3, Some(200)));
-        assert!(Cli::try_parse_from(["iolane", "demo", "--batch-iops", "0"]).is_err());
+        assert_eq!((d.duration, d.batch_volumes), (3, 2));
+        assert_eq!(d.work_dir, Some(PathBuf::from("/var/tmp")));
+        // A run needs more than its uncounted first second; at least one batch volume.
+        assert!(Cli::try_parse_from(["iolane", "demo", "--duration", "1"]).is_err());
+        assert!(Cli::try_parse_from(["iolane", "demo", "--batch-volumes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["iolane", "demo", "--batch-iops", "200"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The demo's prerequisites: what this host lacks (root, cgroup v2 with the io controller,
-//! loop devices, io_uring), each with what would be needed.
+//! loop devices, io_uring, a work directory on a disk), each with what would be needed.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -65,6 +65,46 @@ pub fn missing(f: &HostFacts) -> Vec<String> {
     out
 }
 
+/// Why the work directory cannot hold the demo's loop images, if it cannot: the priority
+/// controllers share the capacity of the disk under the images, so the directory (its
+/// filesystem's device `dev`) must be on a block device that `topology` finds (not tmpfs
+/// or an overlay).
+pub fn work_dir_gap(dir: &Path, dev: DeviceNumber, topology: &Topology) -> Option<String> {
+    match topology.physical(dev) {
+        Ok(set) if !set.is_empty() => None,
+        Ok(_) => Some(format!(
+            "the work directory {} ({dev}) has no block device under it",
+            dir.display()
+        )),
+        Err(e) => Some(format!(
+            "the work directory {} is on a filesystem with no block device under it ({dev}: \
+             {e}; tmpfs or an overlay?); needed: a directory on a disk, since the priority \
+             controllers share the capacity of the disk under the loop images (--work-dir DIR)",
+            dir.display()
+        )),
+    }
+}
+
+/// [`work_dir_gap`] for the real `dir` under sysfs `sys`.
+pub fn work_dir_missing(dir: &Path, sys: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => work_dir_gap(
+            dir,
+            DeviceNumber::from_rdev(m.dev()),
+            &Topology::new(sys.to_owned(), topology::real_device_of()),
+        ),
+        Ok(_) => Some(format!(
+            "the work directory {} is not a directory (--work-dir)",
+            dir.display()
+        )),
+        Err(e) => Some(format!(
+            "the work directory {}: {e} (--work-dir)",
+            dir.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +162,46 @@ mod tests {
         });
         assert_eq!(m.len(), 3, "{m:?}");
         assert!(m[0].contains("root") && m[1].contains("loop") && m[2].contains("io_uring"));
+    }
+
+    #[test]
+    fn the_work_dir_must_be_on_a_block_device() {
+        let sys = std::env::temp_dir().join(format!("iolane-demo-prereq-{}", std::process::id()));
+        let disk = sys.join("dev/block/259:0");
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::write(disk.join("uevent"), "DEVNAME=nvme0n1\n").unwrap();
+        let topology = Topology::new(sys.clone(), topology::real_device_of());
+        let dir = Path::new("/srv/demo");
+        assert_eq!(
+            work_dir_gap(
+                dir,
+                DeviceNumber {
+                    major: 259,
+                    minor: 0
+                },
+                &topology
+            ),
+            None
+        );
+        // tmpfs and overlays have anonymous device numbers, not in /sys/dev/block.
+        let gap = work_dir_gap(
+            dir,
+            DeviceNumber {
+                major: 0,
+                minor: 42,
+            },
+            &topology,
+        )
+        .unwrap();
+        assert!(
+            gap.contains("/srv/demo") && gap.contains("0:42") && gap.contains("--work-dir"),
+            "{gap}"
+        );
+        let gap = work_dir_missing(&sys.join("absent"), &sys).unwrap();
+        assert!(
+            gap.contains("absent") && gap.contains("--work-dir"),
+            "{gap}"
+        );
+        std::fs::remove_dir_all(&sys).unwrap();
     }
 }

@@ -1,54 +1,57 @@
-//! The demo's run: the in-process node on the loop backend, the stand-in kubelet (pod
-//! cgroups, create, stage, publish), and the bench children in each pod's cgroup.
+//! The demo's run: the in-process node on the loop backend with its priority controllers,
+//! the stand-in kubelet (pod cgroups, create, stage, publish), the three load runs
+//! ([`super::load`]) and the verdict.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// The demo's batch read and write IOPS cap without `--batch-iops`.
-pub(super) const DEMO_BATCH_IOPS: u64 = 2000;
-/// The demo's batch bandwidth cap, each way (200 MiB/s).
-const DEMO_BATCH_BPS: u64 = 200 << 20;
-
-/// The node's tiers: the built-in batch tier replaced, through a node config (the same
-/// `[tiers.batch]` table a ConfigMap would carry), by a static cap of `--batch-iops`
-/// (default [`DEMO_BATCH_IOPS`]) IOPS. The demo shows a tier's hard ceiling: the built-in
-/// batch tier has no fixed cap (the node's priority controllers share each device; the
-/// demo's in-process node does not run them).
-fn tiers(batch_iops: Option<u64>) -> Result<(TierSet, String), DemoError> {
-    let n = batch_iops.unwrap_or(DEMO_BATCH_IOPS);
-    let text = format!(
-        "[tiers.batch]\npriority = \"batch\"\nread_iops = {n}\nwrite_iops = {n}\nread_bps = {DEMO_BATCH_BPS}\nwrite_bps = {DEMO_BATCH_BPS}\n",
-    );
-    let cfg = NodeConfig::parse(&text).map_err(|e| step("--batch-iops", e))?;
-    let set = cfg.tier_set().map_err(|e| step("--batch-iops", e))?;
-    Ok((set, text))
-}
-
 #[allow(clippy::print_stdout)]
 pub(super) async fn run(
     args: &DemoArgs,
+    work_dir: &Path,
     os: &Os,
     made: &mut Made,
     server: &mut Option<tokio::task::JoinHandle<Result<(), crate::server::ServeError>>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<DemoReport, DemoError> {
-    let (tier_set, config_text) = tiers(args.batch_iops)?;
-    let tmp = os.make_temp_dir("iolane-demo.")?;
+    let tmp = os.make_temp_dir(work_dir, "iolane-demo.")?;
     made.tmp = Some(tmp.clone());
     println!("iolane demo: working in {}", tmp.display());
-    println!(
-        "node config (a static batch cap):\n{}",
-        indent(&config_text)
-    );
+    let exe = std::env::current_exe().map_err(|e| step("finding the iolane binary", e))?;
+    let exe = exe.to_string_lossy().into_owned();
+    let state = tmp.join("state");
 
-    // The node, in-process, on the loop backend, serving on a socket in the temp dir.
+    // The device's capacity, as an operator gives it to a node: calibrated into the state
+    // directory, where the controllers read it when they start controlling the device.
+    let calibration = load::calibrate(&exe, &tmp, &state, &os.roots().sys).await;
+
+    // The node, in-process, on the loop backend, serving on a socket in the temp dir, with
+    // the default node config: the built-in tiers and the priority controllers on.
+    let cfg = NodeConfig::default();
+    let tier_set = cfg.tier_set().map_err(|e| step("the default tiers", e))?;
+    let p = &cfg.priority;
+    println!(
+        "node config: the default (built-in tiers; [priority] on, floor {:.2}, headroom {:.2}, \
+         period {} ms)",
+        p.floor, p.headroom, p.period_ms
+    );
     let socket = tmp.join("csi.sock");
     let backend = LoopBackend::open(
         os.clone(),
-        tmp.join("state/loop"),
-        NodeConfig::default().loopback.overprovision_ratio,
+        state.join("loop"),
+        cfg.loopback.overprovision_ratio,
     )
     .map_err(|e| step("opening the loop backend", e))?;
+    let enforcement = crate::priority::enable(
+        Enforcement::new(args.cgroup_root.clone(), Arc::new(RealCgroupFs)),
+        &cfg,
+        &state,
+        &os.roots().sys,
+        None,
+    )
+    .map_err(|e| step("the node config's [priority]", e))?;
+    let enforcement = Arc::new(enforcement);
+    made.priority = Some(tokio::spawn(Arc::clone(&enforcement).run_priority()));
     let driver = Driver::new(
         Arc::new(backend),
         os.clone(),
@@ -58,10 +61,7 @@ pub(super) async fn run(
             max_volumes_per_node: 0,
         },
         Tiering::new(tier_set, None),
-        Arc::new(Enforcement::new(
-            args.cgroup_root.clone(),
-            Arc::new(RealCgroupFs),
-        )),
+        Arc::clone(&enforcement),
     );
     let sock = socket.clone();
     *server = Some(tokio::spawn(async move {
@@ -85,13 +85,17 @@ pub(super) async fn run(
     made.parent = Some(parent.clone());
     os.subtree_control(&parent, "+io")?;
 
-    for (name, tier) in [("streaming", keys::STREAMING), ("batch", keys::BATCH)] {
+    let mut wanted = vec![("streaming".to_owned(), keys::STREAMING)];
+    for i in 1..=args.batch_volumes {
+        wanted.push((format!("batch-{i}"), keys::BATCH));
+    }
+    for (name, tier) in wanted {
         let pod = os.random_uuid()?;
         let cgroup = parent.join(format!("pod{pod}"));
         os.make_cgroup(&cgroup)?;
         made.pod_cgroups.push(cgroup.clone());
         let csi_name = format!("iolane-demo-{}-{name}", std::process::id());
-        let staging = tmp.join("staging").join(name);
+        let staging = tmp.join("staging").join(&name);
         let target = tmp
             .join("kubelet/plugins/kubernetes.io/csi/volumeDevices/publish")
             .join(&csi_name)
@@ -124,15 +128,6 @@ pub(super) async fn run(
             ));
         }
         v.context = created.context;
-        println!(
-            "created {} volume {} ({} MiB, StorageClass parameter {}={}; volume_context tier {})",
-            v.name,
-            v.id,
-            created.capacity_bytes >> 20,
-            keys::TIER,
-            v.tier,
-            v.context.get(keys::TIER).map_or("-", String::as_str)
-        );
         std::fs::create_dir_all(&v.staging)
             .map_err(|e| crate::os::Error::io("create staging dir", &v.staging, e))?;
         client.stage_block(&v.id, &v.staging, &v.context).await?;
@@ -145,108 +140,68 @@ pub(super) async fn run(
         client
             .publish_block(&v.id, &v.staging, &v.target, &context)
             .await?;
-        v.device = Some(os.device_number(&v.target)?);
+        let dev = os.device_number(&v.target)?;
+        v.device = Some(dev);
         println!(
-            "  staged and published at {} for pod {} (cgroup {})",
-            v.target.display(),
-            v.pod,
-            v.cgroup.display()
-        );
-    }
-
-    // What the driver wrote.
-    println!("\nio.max after NodePublishVolume (as the kernel shows it):");
-    let mut lines = Vec::new();
-    for v in &made.volumes {
-        let dev = v
-            .device
-            .ok_or_else(|| step("publish", "no device number"))?;
-        let text = os.read_io_max(&v.cgroup)?;
-        let line = line_for(&text, dev);
-        let limits = IoMax::parse(&text)
-            .map_err(|e| step(format!("parsing {}/io.max", v.cgroup.display()), e))?
-            .limits(dev);
-        println!(
-            "  {:<10} {}/io.max: {}",
+            "{:<10} volume {} ({} MiB, {}={}) staged and published as {dev} for pod {}",
             v.name,
-            v.cgroup.display(),
-            line.as_deref()
-                .map_or_else(|| format!("no line for {dev} (uncapped)"), str::to_owned)
+            v.id,
+            created.capacity_bytes >> 20,
+            keys::TIER,
+            v.tier,
+            v.pod,
         );
-        lines.push((line, limits.read_iops.get()));
     }
+    let topology = Topology::new(os.roots().sys.clone(), topology::real_device_of());
+    for v in &made.volumes {
+        load::prepare(os, &topology, v).await?;
+    }
+    println!(
+        "each loop device switched to direct IO (losetup --direct-io=on: the backend attaches \
+         it buffered, and reads served from the image's page cache would never reach the \
+         disk), and the first {} MiB written (reads of a hole never reach it either)",
+        SPAN_BYTES >> 20
+    );
 
     // The load.
-    let exe = std::env::current_exe().map_err(|e| step("finding the iolane binary", e))?;
-    let exe = exe.to_string_lossy().into_owned();
     let secs = args.duration;
-    println!("\nrandom 4 KiB O_DIRECT reads, queue depth 32, {secs}s per run");
-    println!("  run 1: streaming alone");
-    let streaming = &made.volumes[0];
-    let batch = &made.volumes[1];
     let bench_dir = tmp.join("bench");
     std::fs::create_dir_all(&bench_dir)
         .map_err(|e| crate::os::Error::io("create", &bench_dir, e))?;
-    let alone = bench(
-        &exe,
-        streaming,
-        &bench_dir.join("streaming-alone.json"),
+    let load = load::Load {
+        exe: &exe,
+        enforcement: &enforcement,
+        os,
+        dir: bench_dir,
         secs,
-    )
-    .await?;
-    println!("  run 2: streaming and batch at once");
-    let (s_json, b_json) = (
-        bench_dir.join("streaming-together.json"),
-        bench_dir.join("batch-together.json"),
-    );
-    let (s_tog, b_tog) = tokio::try_join!(
-        bench(&exe, streaming, &s_json, secs),
-        bench(&exe, batch, &b_json, secs),
-    )?;
-
-    let row = |v: &DemoVolume,
-               line: &(Option<String>, Option<u64>),
-               alone: Option<&BenchReport>,
-               tog: &BenchReport| {
-        let together = RunFigures::from(tog);
-        VolumeRow {
-            name: v.name.to_owned(),
-            volume_id: v.id.clone(),
-            tier: v.tier.to_owned(),
-            device: v.device.map(|d| d.to_string()).unwrap_or_default(),
-            pod_uid: v.pod.clone(),
-            cgroup: v.cgroup.clone(),
-            io_max_line: line.0.clone(),
-            limit_iops: line.1,
-            alone: alone.map(RunFigures::from),
-            together,
-            ratio: line.1.map(|l| together.iops / l as f64),
-        }
+        volumes: &made.volumes,
     };
-    let rows = vec![
-        row(streaming, &lines[0], Some(&alone), &s_tog),
-        row(batch, &lines[1], None, &b_tog),
+    let n = made.volumes.len() - 1;
+    println!(
+        "\nrandom 4 KiB O_DIRECT reads, queue depth 32, on the first {} MiB of each volume, \
+         {secs} s per run, counted from +1 s",
+        SPAN_BYTES >> 20
+    );
+    let streaming = &made.volumes[..1];
+    let batch = &made.volumes[1..];
+    let runs = vec![
+        load.run("streaming alone", streaming).await?,
+        load.run(&format!("streaming + {n} batch"), &made.volumes)
+            .await?,
+        load.run(&format!("{n} batch, streaming idle"), batch)
+            .await?,
     ];
-    let (batch_held, streaming_uncapped, verdict) = judge(&rows[0], &rows[1]);
-    println!("\n{}", table(&rows));
-    println!("{verdict}");
+    let judgement = judge(&runs[0], &runs[1], &runs[2], cfg.priority.floor);
+    println!("\n{}{}\n", table(&runs), verdict::LEGEND);
+    println!("{}", judgement.verdict);
     Ok(DemoReport {
         duration_secs: secs,
-        tolerance: TOLERANCE,
-        volumes: rows,
-        batch_held,
-        streaming_uncapped,
-        tiers_held: batch_held && streaming_uncapped,
-        verdict,
+        calibration,
+        floor: cfg.priority.floor,
+        runs,
+        judgement,
         lines_after_unpublish: Vec::new(),
     })
-}
-
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("  {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The `io.max` line of `dev` in `text`, if any.
@@ -278,36 +233,6 @@ async fn connect_ready(socket: &Path) -> Result<CsiClient, DemoError> {
     }
 }
 
-/// Runs `iolane bench` on `v`'s published device inside its pod's cgroup, as a child
-/// process (the bench moves its whole process into the cgroup), and reads its JSON report.
-async fn bench(
-    exe: &str,
-    v: &DemoVolume,
-    json: &Path,
-    secs: u64,
-) -> Result<BenchReport, DemoError> {
-    let cmd = Cmd::program_path(exe.to_owned(), Duration::from_secs(secs) + BENCH_SLACK)
-        .arg("--log")
-        .arg("warn")
-        .arg("bench")
-        .arg("--target")
-        .arg(&v.target)
-        .arg("--pattern")
-        .arg("randread")
-        .arg("--duration")
-        .arg(secs.to_string())
-        .arg("--cgroup")
-        .arg(&v.cgroup)
-        .arg("--json")
-        .arg(json);
-    let out = SystemRunner.run(&cmd).await?;
-    if out.status != Some(0) {
-        return Err(out.into_error(&cmd).into());
-    }
-    let text = std::fs::read_to_string(json).map_err(|e| crate::os::Error::io("read", json, e))?;
-    serde_json::from_str(&text).map_err(|e| step(format!("reading {}", json.display()), e))
-}
-
 /// Retries `call` while it answers ABORTED (a call on the volume still running), up to
 /// [`CLEANUP_DEADLINE`].
 pub(super) async fn retry<F, Fut>(mut call: F) -> Result<(), ClientError>
@@ -329,22 +254,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_iops_makes_a_node_config() {
-        let (set, text) = tiers(Some(300)).unwrap();
-        let l = set.get(keys::BATCH).unwrap().limits_for(1 << 30);
-        assert_eq!(
-            (l.read_iops.get(), l.write_iops.get()),
-            (Some(300), Some(300))
-        );
-        assert_eq!(l.read_bps.get(), Some(200 << 20));
-        assert!(text.starts_with("[tiers.batch]"));
-        let (set, _) = tiers(None).unwrap();
-        let l = set.get(keys::BATCH).unwrap().limits_for(1 << 30);
-        assert_eq!(l.read_iops.get(), Some(DEMO_BATCH_IOPS));
-        assert!(tiers(Some(0)).is_err());
-    }
 
     #[test]
     fn io_max_line_of_a_device() {

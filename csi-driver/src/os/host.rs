@@ -128,9 +128,9 @@ impl Os {
         }
     }
 
-    /// A fresh private directory `<tmp>/<prefix>XXXXXX` (mode 0700).
-    pub fn make_temp_dir(&self, prefix: &str) -> Result<PathBuf> {
-        let template = std::env::temp_dir().join(format!("{prefix}XXXXXX"));
+    /// A fresh private directory `<parent>/<prefix>XXXXXX` (mode 0700).
+    pub fn make_temp_dir(&self, parent: &Path, prefix: &str) -> Result<PathBuf> {
+        let template = parent.join(format!("{prefix}XXXXXX"));
         let dir = nix::unistd::mkdtemp(&template)
             .map_err(|e| Error::io("create temp dir", &template, std::io::Error::from(e)))?;
         // Mount points are reported resolved; use the same spelling.
