@@ -69,8 +69,9 @@ struct Written {
     at: Duration,
     counters: Counters,
     limits: Limits,
-    /// When a change was first held back (`None`: none waiting).
-    deferred_since: Option<Duration>,
+    /// Changes held back: since when, and when last (a hold that ended without a write,
+    /// the law having come back to the line in force, does not count towards the next).
+    deferred: Option<(Duration, Duration)>,
 }
 
 impl Written {
@@ -620,7 +621,11 @@ impl NodePriority {
                 && guarded.contains(&key)
                 && w.over(now, &c)
             {
-                let since = *w.deferred_since.get_or_insert(now);
+                let since = match w.deferred {
+                    Some((since, last)) if now.saturating_sub(last) <= ACTIVE_WINDOW => since,
+                    _ => now,
+                };
+                w.deferred = Some((since, now));
                 if now.saturating_sub(since) < MAX_DEFER {
                     out.deferred += 1;
                     tracing::debug!(cgroup = %cgroup.display(), device = %dev, limits = %limits, "priority: io.max change held (the group is over its line)");
@@ -637,7 +642,7 @@ impl NodePriority {
                                 at: now,
                                 counters,
                                 limits,
-                                deferred_since: None,
+                                deferred: None,
                             },
                         );
                     }
