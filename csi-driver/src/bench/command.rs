@@ -36,6 +36,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     spec.cgroup.clone_from(&args.cgroup);
     spec.direct = !args.buffered;
     spec.interval = std::time::Duration::from_millis(args.interval_ms);
+    spec.latency_from = std::time::Duration::from_millis(args.latency_from_ms);
     spec.validate()?;
     let report = run(&spec)?;
     println!("{report}");

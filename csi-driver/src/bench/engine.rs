@@ -478,6 +478,9 @@ fn record(shared: &Shared<'_>, op: IoOp, issued: Instant, done: Instant, len: us
     if let Some(s) = recorded.samples.get_mut(sample) {
         count(s, op, len);
     }
+    if issued.duration_since(shared.start) < shared.spec.latency_from {
+        return;
+    }
     match op {
         IoOp::Read => recorded.reads.record(nanos),
         IoOp::Write => recorded.writes.record(nanos),

@@ -112,7 +112,11 @@ pub struct BenchReport {
     pub mean_read_iops: f64,
     /// `write_ios / duration_secs`, to 0.1.
     pub mean_write_iops: f64,
-    /// Latency of all IOs.
+    /// IOs issued in the first this many milliseconds are not in the latencies below
+    /// (`--latency-from-ms`; 0: all are).
+    #[serde(default)]
+    pub latency_from_ms: u64,
+    /// Latency of all IOs (from `latency_from_ms`).
     pub latency: Latency,
     /// Latency of reads.
     pub read_latency: Latency,
@@ -161,6 +165,7 @@ impl BenchReport {
             mean_iops: rate(read_ios + write_ios),
             mean_read_iops: rate(read_ios),
             mean_write_iops: rate(write_ios),
+            latency_from_ms: u64::try_from(spec.latency_from.as_millis()).unwrap_or(u64::MAX),
             latency: Latency::from_nanos(&all),
             read_latency: Latency::from_nanos(reads),
             write_latency: Latency::from_nanos(writes),

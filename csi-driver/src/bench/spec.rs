@@ -132,6 +132,10 @@ pub struct BenchSpec {
     /// Default 1 s (`per_second` only); shorter ones also fill the report's `intervals`
     /// (`iolane bench --interval-ms 100`: a reaction time from 100 ms samples).
     pub interval: Duration,
+    /// IOs issued earlier than this after the start count in the rates but not in the
+    /// latency percentiles (`--latency-from-ms`: the steady state's latency, after a
+    /// start-up or reaction window). Default 0; less than `duration`.
+    pub latency_from: Duration,
 }
 
 impl BenchSpec {
@@ -149,6 +153,7 @@ impl BenchSpec {
             direct: true,
             seed: DEFAULT_SEED,
             interval: Duration::from_secs(1),
+            latency_from: Duration::ZERO,
         }
     }
 
@@ -176,6 +181,9 @@ impl BenchSpec {
             || !1000_u128.is_multiple_of(ms)
         {
             return Err(SpecError::Interval(self.interval));
+        }
+        if self.latency_from >= self.duration {
+            return Err(SpecError::LatencyFrom(self.latency_from));
         }
         if let Pattern::RandRw { read_pct } = self.pattern
             && read_pct > 100
@@ -251,6 +259,9 @@ pub enum SpecError {
     /// `interval` is not whole milliseconds from 10 to 1000 dividing a second.
     #[error("interval: {0:?} is not 10-1000 whole milliseconds dividing 1 s")]
     Interval(Duration),
+    /// `latency_from` is not less than `duration`.
+    #[error("latency_from: {0:?} leaves no IO to measure (it must be less than the duration)")]
+    LatencyFrom(Duration),
 }
 
 impl SpecError {
@@ -264,6 +275,7 @@ impl SpecError {
             SpecError::QueueDepth(_) => "queue_depth",
             SpecError::Duration(_) => "duration",
             SpecError::Interval(_) => "interval",
+            SpecError::LatencyFrom(_) => "latency_from",
             SpecError::SizeLimit { .. } => "size_limit",
             SpecError::Cgroup => "cgroup",
         }

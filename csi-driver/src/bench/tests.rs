@@ -175,6 +175,7 @@ fn validate_rejects_bad_fields_naming_them() {
         ("interval", |s| s.interval = Duration::from_millis(300)),
         ("interval", |s| s.interval = Duration::from_millis(2000)),
         ("interval", |s| s.interval = Duration::from_micros(100_500)),
+        ("latency_from", |s| s.latency_from = s.duration),
     ];
     for (field, mutate) in cases {
         let mut bad = good.clone();
@@ -221,6 +222,25 @@ fn randread_on_a_file() {
     print!("{report}");
     check_report(&report, &spec);
     assert_eq!(report.span_bytes, 16 * MIB);
+}
+
+/// `latency_from` leaves the first IOs out of the latencies, not out of the rates.
+#[test]
+fn latency_from_leaves_the_start_out_of_the_percentiles_only() {
+    let dir = direct_io_dir();
+    let target = data_file(dir.path(), "lat.img", 4 * MIB);
+    let mut s = spec(&target, Pattern::RandRead, 2);
+    s.latency_from = Duration::from_secs(1);
+    let report = run(&s).expect("bench");
+    assert_eq!(report.latency_from_ms, 1000);
+    assert!(report.total_ios > 0 && report.per_second.iter().all(|i| i.iops() > 0));
+    assert!(report.latency.ios > 0, "{report:#?}");
+    assert!(
+        report.latency.ios < report.total_ios,
+        "the first second's IOs are in the latencies: {} of {}",
+        report.latency.ios,
+        report.total_ios
+    );
 }
 
 #[test]

@@ -108,11 +108,15 @@ pub struct BenchArgs {
     /// `intervals`) the IOPS of every interval; 10-1000, dividing 1000.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Leave the IOs issued in the first this many milliseconds out of the latency
+    /// percentiles (they still count in the rates): the steady state's latency.
+    #[arg(long, default_value_t = 0)]
+    pub latency_from_ms: u64,
     /// Calibrate the physical device under the target for the priority controllers: 4 KiB
     /// random reads and writes (IOPS), 1 MiB sequential reads and writes (bandwidth), each
     /// for --duration, stored under --state-dir by the device's identity. The writes
     /// destroy the target's contents: use a scratch volume or file.
-    #[arg(long, conflicts_with_all = ["pattern", "block_size", "cgroup", "buffered", "json", "interval_ms"])]
+    #[arg(long, conflicts_with_all = ["pattern", "block_size", "cgroup", "buffered", "json", "interval_ms", "latency_from_ms"])]
     pub calibrate: bool,
     /// With --calibrate: the node's state directory (the result goes to its
     /// `calibration/`).

@@ -265,9 +265,6 @@ struct PublicationState {
     read_fraction: f64,
     /// Mean bytes per IO (reads, writes), smoothed like the use; `None` until seen.
     io_size: (Option<f64>, Option<f64>),
-    /// Whether bandwidth binds (reads, writes), with hysteresis
-    /// ([`DeviceModel::binds_bandwidth`]).
-    bps_bound: (bool, bool),
     limits: Limits,
 }
 
@@ -396,7 +393,6 @@ impl<K: Ord + Clone> DeviceController<K> {
                     share: None,
                     read_fraction: 0.5,
                     io_size: (None, None),
-                    bps_bound: (false, false),
                     limits: self.initial(s),
                 },
             };
@@ -584,23 +580,7 @@ impl<K: Ord + Clone> DeviceController<K> {
                 Priority::Streaming => s.ceiling,
                 Priority::Batch => {
                     let (read, write) = dir_shares[i];
-                    let bound = |size: Option<f64>, before: bool, iops: f64, bps: f64| {
-                        size.filter(|z| DeviceModel::binds_bandwidth(iops, bps, *z, before))
-                    };
-                    let r = bound(
-                        state.io_size.0,
-                        state.bps_bound.0,
-                        model.read_iops,
-                        model.read_bps,
-                    );
-                    let w = bound(
-                        state.io_size.1,
-                        state.bps_bound.1,
-                        model.write_iops,
-                        model.write_bps,
-                    );
-                    state.bps_bound = (r.is_some(), w.is_some());
-                    model.limits_for_sized(read, write, &s.ceiling, (r, w))
+                    model.limits_for_sized(read, write, &s.ceiling, state.io_size)
                 }
             }
             .canonical();

@@ -74,75 +74,51 @@ impl DeviceModel {
         }
     }
 
-    /// Like [`limits_for`](Self::limits_for), but each direction caps only the rate that
-    /// binds: `bps_bound` says, per direction (reads, writes), `None` when IOPS binds (small
-    /// IO, or none seen), or `Some(size)` when bandwidth binds for IOs of `size` bytes
-    /// ([`binds_bandwidth`] decides, with hysteresis). The IOPS-bound direction leaves
-    /// bandwidth at the ceiling's cap (or none); the bandwidth-bound one caps IOPS at
-    /// [`loose_iops`], twice what `size`-byte IOs at the bandwidth cap do. The tier
-    /// ceiling stays a hard bound on both.
+    /// Like [`limits_for`](Self::limits_for), but each direction caps IOPS only:
+    /// bandwidth is left at the ceiling's cap (or none). A direction whose mean IO
+    /// (`io_size`: reads, writes; `None`: none seen) is over [`LARGE_IO`] times the bytes
+    /// per IO where the model's two rates meet gets its share of the bandwidth as IOPS of that size,
+    /// `share x rate_bps / size`, so large IO still gets only its share of the device. The
+    /// tier ceiling stays a hard bound on both rates.
     ///
-    /// Why (docs/priority.md, *blk-throttle's carryover*): Linux 6.1 (Debian 12's kernel) keeps the
+    /// Why (docs/priority.md, *blk-throttle's carryover*): Linux 6.1 keeps the
     /// "carryover" of a group whose `io.max` changes while it has IO queued in unsigned
     /// fields. A lowered cap the group had run ahead of wraps them around, and the group
     /// is not throttled at all until a slice trim clears them, which happens only when
-    /// one of the two rates allows something over the elapsed time. Capped in both rates
-    /// at once, a volume was measured at the device's full rate for 0.8 s after one write
-    /// of a line of 10 IOPS (for whole runs under repeated writes); capped in IOPS only,
-    /// for 0.2 s. An unneeded cap far above the rate in use is no better: the write
-    /// turns its unused allowance into credit.
+    /// one of the two rates allows something over the elapsed time: with bandwidth open,
+    /// the first trim does. Capped in both rates at once, a volume was measured at the
+    /// device's full rate for 0.8 s after one write of a line of 10 IOPS (for whole runs
+    /// under repeated writes); capped in IOPS only, for 0.2 s. A line that switches which
+    /// rate it caps is worse still (the unused allowance of the other becomes credit).
     pub fn limits_for_sized(
         &self,
         read_share: f64,
         write_share: f64,
         ceiling: &Limits,
-        bps_bound: (Option<f64>, Option<f64>),
+        io_size: (Option<f64>, Option<f64>),
     ) -> Limits {
-        let shared = self.limits_for(read_share, write_share, ceiling);
-        let bind =
-            |iops: Limit, bps: Limit, ceil_iops: Limit, ceil_bps: Limit, bound: Option<f64>| {
-                match bound {
-                    None => (iops, ceil_bps),
-                    Some(size) => {
-                        let loose = bps
-                            .get()
-                            .map_or(Limit::Max, |b| Limit::per_sec(loose_iops(b, size)));
-                        (min_limit(loose, ceil_iops), bps)
-                    }
-                }
-            };
-        let (read_iops, read_bps) = bind(
-            shared.read_iops,
-            shared.read_bps,
-            ceiling.read_iops,
-            ceiling.read_bps,
-            bps_bound.0,
-        );
-        let (write_iops, write_bps) = bind(
-            shared.write_iops,
-            shared.write_bps,
-            ceiling.write_iops,
-            ceiling.write_bps,
-            bps_bound.1,
-        );
+        // IOPS per unit of share for IOs of `size` bytes.
+        let per_share = |rate_iops: f64, rate_bps: f64, size: Option<f64>| match size {
+            Some(z) if z * rate_iops > LARGE_IO * rate_bps => rate_bps / z,
+            _ => rate_iops,
+        };
+        let iops = |rate: f64, share: f64, ceiling: Limit| {
+            let dynamic = ((rate * share).round() as u64).max(MIN_CAP);
+            min_limit(Limit::per_sec(dynamic), ceiling)
+        };
         Limits {
-            read_bps,
-            write_bps,
-            read_iops,
-            write_iops,
-        }
-    }
-
-    /// Whether bandwidth, not IOPS, binds a direction whose mean IO is `size` bytes, at
-    /// `rate_iops` and `rate_bps` (that direction's rates), given what bound it before:
-    /// bandwidth from 1.25x the bytes per IO where the rates meet, IOPS again below 0.8x
-    /// (every switch rewrites the line).
-    pub fn binds_bandwidth(rate_iops: f64, rate_bps: f64, size: f64, before: bool) -> bool {
-        let meet = rate_bps / rate_iops;
-        if before {
-            size >= 0.8 * meet
-        } else {
-            size > 1.25 * meet
+            read_bps: ceiling.read_bps,
+            write_bps: ceiling.write_bps,
+            read_iops: iops(
+                per_share(self.read_iops, self.read_bps, io_size.0),
+                read_share,
+                ceiling.read_iops,
+            ),
+            write_iops: iops(
+                per_share(self.write_iops, self.write_bps, io_size.1),
+                write_share,
+                ceiling.write_iops,
+            ),
         }
     }
 
@@ -160,17 +136,11 @@ impl DeviceModel {
     }
 }
 
-/// The IOPS cap that goes with a bandwidth cap of `bps` bytes/s when bandwidth binds for
-/// IOs of `size` bytes: twice the IOs that makes, and at least one per 100 ms slice. Close
-/// enough above the rate in use that a line change cannot turn much unused allowance into
-/// credit, far enough that it does not bind (see [`DeviceModel::limits_for_sized`]).
-pub fn loose_iops(bps: u64, size: f64) -> u64 {
-    let ios = 2.0 * bps as f64 / size.max(512.0);
-    (ios.ceil() as u64).max(LOOSE_IOPS_MIN)
-}
-
-/// The least IOPS cap [`loose_iops`] gives: one IO per 100 ms slice.
-pub const LOOSE_IOPS_MIN: u64 = 10;
+/// How far above the bytes per IO where a model's two rates meet a direction's mean IO
+/// must be before its IOPS cap is scaled to its bandwidth share: below, the mean moves
+/// with small things (the reads udev makes of a device just written, the last pass's mix)
+/// and each move would rewrite the line.
+pub const LARGE_IO: f64 = 2.0;
 
 /// The lower of two caps (`max` is no cap).
 fn min_limit(a: Limit, b: Limit) -> Limit {
@@ -356,50 +326,36 @@ mod tests {
     }
 
     #[test]
-    fn sized_limits_cap_one_rate_per_direction() {
+    fn sized_limits_cap_iops_only_scaled_by_the_io_size() {
         // 1000 IOPS and 4 MiB/s: 4 KiB per IO is where the two rates meet.
         let m = DeviceModel::uniform_iops(1000.0);
         let none = Limits::UNLIMITED;
-        // IOPS binds: bandwidth is left open.
-        let l = m.limits_for_sized(0.25, 0.1, &none, (None, None));
+        // Small IO, or none seen: the share of the IOPS; bandwidth open.
+        let l = m.limits_for_sized(0.25, 0.1, &none, (Some(4096.0), None));
         assert_eq!(l.read_iops, Limit::per_sec(250));
         assert_eq!(l.read_bps, Limit::Max);
         assert_eq!(l.write_iops, Limit::per_sec(100));
         assert_eq!(l.write_bps, Limit::Max);
-        // Reads of 128 KiB: bandwidth binds; IOPS at twice what they make at that cap.
+        let l = m.limits_for_sized(0.25, 0.1, &none, (Some(512.0), None));
+        assert_eq!(l.read_iops, Limit::per_sec(250));
+        // Up to twice the meeting point: the IOPS share still.
+        let l = m.limits_for_sized(0.25, 0.1, &none, (Some(8192.0), None));
+        assert_eq!(l.read_iops, Limit::per_sec(250));
+        // Reads of 128 KiB: the share of the bandwidth, as IOPS of that size.
         let l = m.limits_for_sized(0.25, 0.1, &none, (Some(131_072.0), None));
-        assert_eq!(l.read_bps, Limit::per_sec(250 * 4096));
-        assert_eq!(l.read_iops, Limit::per_sec(16));
-        assert_eq!(l.write_iops, Limit::per_sec(100));
-        assert_eq!(l.write_bps, Limit::Max);
-        // One IO per slice at least.
-        assert_eq!(loose_iops(8192, 1_048_576.0), LOOSE_IOPS_MIN);
-        // The ceiling stays a hard bound on the rate left open, and on the one capped.
+        assert_eq!(l.read_iops, Limit::per_sec(8));
+        assert_eq!(l.read_bps, Limit::Max);
+        // The ceiling stays a hard bound on both.
         let ceiling = Limits {
-            read_iops: Limit::per_sec(12),
+            read_iops: Limit::per_sec(40),
             write_bps: Limit::per_sec(50_000),
             ..Limits::UNLIMITED
         };
-        let l = m.limits_for_sized(0.5, 0.5, &ceiling, (Some(131_072.0), None));
-        assert_eq!(l.read_iops, Limit::per_sec(12));
-        assert_eq!(l.read_bps, Limit::per_sec(500 * 4096));
+        let l = m.limits_for_sized(0.5, 0.5, &ceiling, (None, Some(4096.0)));
+        assert_eq!(l.read_iops, Limit::per_sec(40));
+        assert_eq!(l.read_bps, Limit::Max);
         assert_eq!(l.write_iops, Limit::per_sec(500));
         assert_eq!(l.write_bps, Limit::per_sec(50_000));
-    }
-
-    #[test]
-    fn bandwidth_binds_with_hysteresis() {
-        let (iops, bps) = (1000.0, 4_096_000.0);
-        assert!(!DeviceModel::binds_bandwidth(iops, bps, 4096.0, false));
-        assert!(!DeviceModel::binds_bandwidth(
-            iops,
-            bps,
-            4096.0 * 1.2,
-            false
-        ));
-        assert!(DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 1.3, false));
-        assert!(DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 0.9, true));
-        assert!(!DeviceModel::binds_bandwidth(iops, bps, 4096.0 * 0.7, true));
     }
 
     #[test]

@@ -58,16 +58,16 @@ const MAX_DEFER: Duration = Duration::from_secs(30);
 /// ahead of its line.
 const SLICE: f64 = 0.1;
 
-/// IO that may have been in flight when a line was written, and completes after it: a
-/// queue depth of 8, of IOs up to 128 KiB.
-const IN_FLIGHT_IOS: f64 = 8.0;
-const IN_FLIGHT_BYTES: f64 = 8.0 * 131_072.0;
+/// The bytes one IO in flight at a write may carry (its bytes complete after).
+const MAX_IO_BYTES: f64 = 131_072.0;
 
 /// The last line the law wrote for an input: when, and the input's counters then.
 #[derive(Debug, Clone, Copy)]
 struct Written {
     at: Duration,
     counters: Counters,
+    /// The volume device's IO in flight when it was written (it completes after).
+    in_flight: u64,
     limits: Limits,
     /// Changes held back: since when, and when last (a hold that ended without a write,
     /// the law having come back to the line in force, does not count towards the next).
@@ -76,7 +76,7 @@ struct Written {
 
 impl Written {
     /// The input did more IO since the line was written than the line allows over that
-    /// time (plus one slice, and a queue depth of IO that was in flight at the write, of
+    /// time (plus one slice, and the IO that was in flight at the device at the write, of
     /// slack): blk-throttle holds the excess as a
     /// debt, and on Linux 6.1 (Debian 12's kernel) an `io.max` write while it is in debt wraps its
     /// unsigned carryover and lifts the throttling altogether for a while
@@ -89,23 +89,12 @@ impl Written {
         };
         let l = &self.limits;
         let c = &self.counters;
-        exceeds(
-            counters.rios.saturating_sub(c.rios),
-            l.read_iops,
-            IN_FLIGHT_IOS,
-        ) || exceeds(
-            counters.wios.saturating_sub(c.wios),
-            l.write_iops,
-            IN_FLIGHT_IOS,
-        ) || exceeds(
-            counters.rbytes.saturating_sub(c.rbytes),
-            l.read_bps,
-            IN_FLIGHT_BYTES,
-        ) || exceeds(
-            counters.wbytes.saturating_sub(c.wbytes),
-            l.write_bps,
-            IN_FLIGHT_BYTES,
-        )
+        let ios = self.in_flight as f64 + 1.0;
+        let bytes = ios * MAX_IO_BYTES;
+        exceeds(counters.rios.saturating_sub(c.rios), l.read_iops, ios)
+            || exceeds(counters.wios.saturating_sub(c.wios), l.write_iops, ios)
+            || exceeds(counters.rbytes.saturating_sub(c.rbytes), l.read_bps, bytes)
+            || exceeds(counters.wbytes.saturating_sub(c.wbytes), l.write_bps, bytes)
     }
 }
 
@@ -255,7 +244,9 @@ pub struct NodePriority {
     /// Each input's counters and when they last moved: a batch volume held to a few IOPS
     /// completes nothing in most periods, and would flip between active and idle (and its
     /// line be rewritten) every pass.
-    moved: HashMap<Key, (Counters, Duration)>,
+    /// The volume device's in-flight count as of the last pass rides along (the IO that
+    /// completes after a line is written without being charged to it).
+    moved: HashMap<Key, (Counters, Duration, u64)>,
     /// The volume and physical devices' `stat` files, kept open between passes.
     stats: StatFiles,
     /// The last line written for each input.
@@ -451,10 +442,12 @@ impl NodePriority {
                 .unwrap_or(Priority::Streaming);
             let vstat = Some(vstat);
             let last_moved = match self.moved.get(&key) {
-                Some((before, at)) if *before == counters => *at,
+                Some((before, at, _)) if *before == counters => *at,
                 _ => now,
             };
-            self.moved.insert(key, (counters, last_moved));
+            let device_in_flight = vstat.map_or(0, |s| s.in_flight);
+            self.moved
+                .insert(key, (counters, last_moved, device_in_flight));
             // Recent IO counts as IO in flight (queued in blk-throttle, which the
             // device's in-flight count does not see).
             let recent = u64::from(now.saturating_sub(last_moved) < ACTIVE_WINDOW);
@@ -466,7 +459,7 @@ impl NodePriority {
                     key,
                     class,
                     counters,
-                    in_flight: Some(vstat.map_or(0, |s| s.in_flight) + recent),
+                    in_flight: Some(device_in_flight + recent),
                     queue_ms: vstat.map(|s| s.weighted_ms),
                     ceiling,
                 });
@@ -616,7 +609,8 @@ impl NodePriority {
                 continue;
             };
             let dev = *dev;
-            let counters = self.moved.get(&key).map(|(c, _)| *c);
+            let seen = self.moved.get(&key).map(|(c, _, f)| (*c, *f));
+            let counters = seen.map(|(c, _)| c);
             if let (Some(w), Some(c)) = (self.written.get_mut(&key), counters)
                 && guarded.contains(&key)
                 && w.over(now, &c)
@@ -635,12 +629,13 @@ impl NodePriority {
             match apply::apply(fs, cgroup, dev, &limits) {
                 Ok(()) => {
                     out.written += 1;
-                    if let Some(counters) = counters {
+                    if let Some((counters, in_flight)) = seen {
                         self.written.insert(
                             key,
                             Written {
                                 at: now,
                                 counters,
+                                in_flight,
                                 limits,
                                 deferred: None,
                             },

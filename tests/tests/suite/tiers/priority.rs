@@ -12,8 +12,10 @@
 //! Its lines (all measured in one node run, all reported before the first failing one):
 //! - all five loading: streaming keeps >= 0.90 of its solo IOPS (the better of a solo run
 //!   before and after) from +1 s of its start (the first second is the reaction line's;
-//!   the whole run's mean is printed too), and its p99 latency over the whole run stays
-//!   within 1.5x of solo;
+//!   the whole run's mean is printed too), and its p99 latency from +1 s stays within
+//!   1.5x of solo's from +1 s (`iolane bench --latency-from-ms 1000` in every run: the
+//!   first second, when batch's queued IO drains at the device, is the reaction line's
+//!   too);
 //! - the four batch volumes alone (streaming idle) get >= 0.85 of the device (the
 //!   streaming solo rate);
 //! - while streaming saturates the device, the batch class gets at least its floor (0.05
@@ -95,6 +97,9 @@ pub(super) fn load(p: &Published, json: &Path, secs: u64, delay: Duration) -> Ru
             &json.to_string_lossy(),
             "--interval-ms",
             "100",
+            // The latency of the steady state: the first second is the reaction window.
+            "--latency-from-ms",
+            "1000",
         ],
     );
     let report: serde_json::Value =
@@ -333,9 +338,9 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     let show = |v: Option<usize>| v.map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"));
     note(format!(
         "priority {mode} (device throttled to {iops} IOPS, {s} s runs):\n  \
-         streaming solo {:.0} IOPS, p99 {:.1} ms (the better of {:.0} before and {:.0} after)\n  \
+         streaming solo {:.0} IOPS, p99 from +1 s {:.1} ms (the better of {:.0} before and {:.0} after)\n  \
          batch alone (4 volumes) {batch_alone:.0} IOPS = {share_alone:.2} of the device\n  \
-         all five: streaming {:.0} IOPS = {keep_run:.2} of solo over its run, {keep:.2} from +1 s, p99 {:.1} ms = {p99x:.2}x solo; \
+         all five: streaming {:.0} IOPS = {keep_run:.2} of solo over its run, {keep:.2} from +1 s, p99 from +1 s {:.1} ms = {p99x:.2}x solo; \
          batch {:.0} IOPS over its whole run ({})\n  \
          batch while streaming ran (from +1 s): {batch_floor:.3} of the device (floor {FLOOR})\n  \
          streaming >= 0.90 of solo after {}; batch >= 0.85 of the device {} after streaming stopped\n  \
@@ -386,7 +391,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     check(
         p99x <= 1.5,
         format!(
-            "streaming's p99 was {p99x:.2}x solo with four batch volumes loading; want <= 1.5x"
+            "streaming's p99 from +1 s was {p99x:.2}x solo with four batch volumes loading; want <= 1.5x"
         ),
     );
     check(
