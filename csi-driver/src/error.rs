@@ -29,6 +29,10 @@ pub enum Error {
     /// Another call on the same volume is still in flight.
     #[error("an operation on {0} is already in progress")]
     InFlight(String),
+    /// What the call relied on changed under it (a device released while the call ran);
+    /// a retry starts over and can succeed.
+    #[error("{0}; retry")]
+    Raced(String),
     /// The volume is not in the state the call needs (not staged, in use, ...).
     #[error("{0}")]
     FailedPrecondition(String),

@@ -181,12 +181,11 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Arc::clone(&enforcement),
     );
     let kube = k8s::watch_client(args.kubernetes, args.kubeconfig.as_deref()).await?;
-    // Readiness is checked in the background for /healthz and for the Node's Events.
-    let readiness =
-        (args.metrics_address.is_some() || kube.is_some()).then(|| http::watch_readiness(&driver));
-    let served_gauges = if let (Some(addr), Some(registry), Some(ready)) =
-        (args.metrics_address, registry, readiness.clone())
-    {
+    // Readiness is checked in the background for /healthz and for the Node's Events, and
+    // always: the check is also what sets up again a device class that is not ready.
+    let readiness = http::watch_readiness(&driver);
+    let served_gauges = if let (Some(addr), Some(registry)) = (args.metrics_address, registry) {
+        let ready = readiness.clone();
         let server = HttpServer::bind(addr)
             .await
             .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
@@ -243,14 +242,12 @@ async fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             node_id: driver.settings().node_id.clone(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        if let Some(readiness) = readiness {
-            tokio::spawn(k8s::readiness::run(
-                client.clone(),
-                settings.node_id.clone(),
-                settings.instance.clone(),
-                readiness,
-            ));
-        }
+        tokio::spawn(k8s::readiness::run(
+            client.clone(),
+            settings.node_id.clone(),
+            settings.instance.clone(),
+            readiness,
+        ));
         let retierer = driver.clone();
         tokio::spawn(async move {
             retier::node::run(client, retierer, settings).await;

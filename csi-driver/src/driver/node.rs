@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::os::files::{ensure_dir, ensure_file, remove_path};
 use crate::os::{self, FsStats, FsType, Signature};
 use crate::volume::{AccessType, Capability, CapacityRange, Volume};
-use iops_controller::PodUid;
+use iops_controller::{DeviceNumber, PodUid};
 
 /// Figures returned by NodeGetVolumeStats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,7 @@ impl Driver {
         ensure_dir(&staging)?;
         let dev = self.backend.attach(id).await?;
         let n = self.mounter.device_number(&dev)?;
+        let _held = self.hold_device(id, &dev, n).await?;
         let block_file = staging.join(id);
         let fs_mount = self.mounter.mount_at(&staging)?;
         let block_mount = self.mounter.mount_at(&block_file)?;
@@ -119,6 +120,34 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// Opens the volume's device `dev` (number `n`), then checks that it is still the
+    /// volume's; the file is held to the end of the stage.
+    ///
+    /// A loop device is unbound only at its last close, so once it is held and checked,
+    /// the device probed, formatted and mounted is this volume's. Between `attach` and
+    /// here a loop device of the volume whose deferred detach was finishing could be
+    /// unbound: probed unbound it reads as blank, and mkfs then failed on its size of zero
+    /// (CI's cancellation campaign, seed 1796477841351680865). The call then answers
+    /// ABORTED and its retry attaches again.
+    async fn hold_device(&self, id: &str, dev: &Path, n: DeviceNumber) -> Result<std::fs::File> {
+        let path = dev.to_owned();
+        let held = os::blocking(move || {
+            std::fs::File::open(&path).map_err(|e| os::Error::io("open", &path, e))
+        })
+        .await?;
+        let now = match self.backend.attached(id).await? {
+            Some(d) => Some(self.mounter.device_number(&d)?),
+            None => None,
+        };
+        if now != Some(n) {
+            return Err(Error::Raced(format!(
+                "device {} of volume {id} was released during the call",
+                dev.display()
+            )));
+        }
+        Ok(held)
     }
 
     /// The filesystem on `dev`, creating `want` (or the volume's, or ext4) if it is blank.

@@ -29,6 +29,9 @@ struct FakeBackend {
     dir: PathBuf,
     attached: Mutex<BTreeSet<String>>,
     read_only: Mutex<BTreeSet<PathBuf>>,
+    /// Volumes whose device is released right after `attach` returns it (a loop device
+    /// whose deferred detach finishes then).
+    released: Mutex<BTreeSet<String>>,
 }
 
 impl FakeBackend {
@@ -92,7 +95,9 @@ impl Backend for FakeBackend {
         Ok(None)
     }
     async fn attach(&self, id: &str) -> Result<PathBuf> {
-        self.attached.lock().unwrap().insert(id.to_owned());
+        if !self.released.lock().unwrap().contains(id) {
+            self.attached.lock().unwrap().insert(id.to_owned());
+        }
         Ok(self.dev(id))
     }
     async fn attached(&self, id: &str) -> Result<Option<PathBuf>> {
@@ -129,6 +134,7 @@ impl Backend for FakeBackend {
 /// A driver on the fakes, with the paths a kubelet would use.
 struct Node {
     driver: Driver,
+    backend: Arc<FakeBackend>,
     mounter: Arc<FakeMounter>,
     runner: Arc<RecordingRunner>,
     cgroups: Arc<FakeCgroupFs>,
@@ -161,6 +167,7 @@ impl Node {
             dir: root.clone(),
             attached: Mutex::default(),
             read_only: Mutex::default(),
+            released: Mutex::default(),
         });
         // A batch tier with explicit caps (the built-in has none), so publish writes a line.
         let tiers = crate::config::NodeConfig::parse(
@@ -177,10 +184,11 @@ impl Node {
             path_root: None,
             max_volumes_per_node: 0,
         };
-        let driver =
-            Driver::new(backend, os, settings, tiering, enforcement).with_mounter(mounter.clone());
+        let driver = Driver::new(backend.clone(), os, settings, tiering, enforcement)
+            .with_mounter(mounter.clone());
         Node {
             driver,
+            backend,
             mounter,
             runner,
             cgroups,
@@ -292,6 +300,26 @@ async fn stage_repeated_is_ok_and_mounts_once() {
         "{mkfs:?}"
     );
     assert!(n.root.join("raw/iol-b").is_file());
+}
+
+/// A device released between `attach` and the stage's own open is neither probed,
+/// formatted nor mounted: ABORTED, and the retry attaches again.
+#[tokio::test]
+async fn stage_of_a_device_released_under_it_is_aborted_and_changes_nothing() {
+    let n = Node::new();
+    n.blank();
+    n.backend.released.lock().unwrap().insert(A.to_owned());
+    let r = n.stage(A, "fs", &fs_rw()).await;
+    assert!(matches!(r, Err(Error::Raced(_))), "{r:?}");
+    assert!(n.calls().is_empty(), "{:?}", n.calls());
+    assert!(
+        n.runner.calls().iter().all(|c| !c.starts_with("mkfs")),
+        "{:?}",
+        n.runner.calls()
+    );
+    n.backend.released.lock().unwrap().clear();
+    n.stage(A, "fs", &fs_rw()).await.unwrap();
+    assert_eq!(n.calls(), ["mount fs"]);
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ pub fn code_of(e: &Error) -> Code {
         }
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
-        Error::InFlight(_) | Error::BadToken(_) => Code::Aborted,
+        Error::InFlight(_) | Error::BadToken(_) | Error::Raced(_) => Code::Aborted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::OutOfRange(_) => Code::OutOfRange,
         Error::NotReady(_) => Code::Unavailable,
@@ -89,6 +89,7 @@ mod tests {
             ),
             (Error::InFlight("v".into()), Code::Aborted),
             (Error::BadToken("t".into()), Code::Aborted),
+            (Error::Raced("r".into()), Code::Aborted),
             (Error::OutOfRange("x".into()), Code::OutOfRange),
             (Error::NotReady("x".into()), Code::Unavailable),
         ];

@@ -19,8 +19,13 @@ impl Os {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // The flags only of the devices of `file`: a scan reads one file per device.
+            // The backing file is read again after the flags, so the flags are of a
+            // binding to `file` (not of one that ended, or of the next one).
             if self.backing_file(&name).is_some_and(|b| b == file) {
-                found.push(self.loop_device(&name));
+                let device = self.loop_device(&name);
+                if self.backing_file(&name).is_some_and(|b| b == file) {
+                    found.push(device);
+                }
             }
         }
         found.sort_by(|a, b| a.path.cmp(&b.path));
@@ -50,12 +55,17 @@ impl Os {
         Some(PathBuf::from(text.trim_end_matches('\n')))
     }
 
-    /// Loop device `name` with its flags as sysfs shows them now.
+    /// Loop device `name` with its flags as sysfs shows them now. A device whose
+    /// `autoclear` cannot be read counts as detaching: the kernel removes the `loop/`
+    /// directory part-way through unbinding a device, so a device read just then must not
+    /// pass for a usable one.
     fn loop_device(&self, name: &str) -> LoopDevice {
         let dir = self.roots.sys.join("block").join(name);
         let read_only = std::fs::read_to_string(dir.join("ro")).is_ok_and(|t| t.trim() == "1");
-        let detaching =
-            std::fs::read_to_string(dir.join("loop/autoclear")).is_ok_and(|t| t.trim() == "1");
+        let detaching = match std::fs::read_to_string(dir.join("loop/autoclear")) {
+            Ok(t) => t.trim() == "1",
+            Err(_) => true,
+        };
         LoopDevice {
             path: self.roots.dev.join(name),
             read_only,
@@ -218,11 +228,16 @@ mod tests {
             ("loop2", "/a/two.img", "1", "0"),
             // Detaching (deferred): listed, never chosen for staging.
             ("loop1", "/a/two.img", "0", "1"),
+            // Caught part-way through unbinding (its flags are gone, `-`): detaching too,
+            // though it sorts before the usable one.
+            ("loop10", "/a/two.img", "0", "-"),
         ] {
             let d = sys.join("block").join(n).join("loop");
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("backing_file"), format!("{file}\n")).unwrap();
-            std::fs::write(d.join("autoclear"), format!("{autoclear}\n")).unwrap();
+            if autoclear != "-" {
+                std::fs::write(d.join("autoclear"), format!("{autoclear}\n")).unwrap();
+            }
             std::fs::write(sys.join("block").join(n).join("ro"), format!("{ro}\n")).unwrap();
         }
         std::fs::create_dir_all(sys.join("block/nvme0n1")).unwrap();
@@ -243,6 +258,11 @@ mod tests {
             vec![
                 LoopDevice {
                     path: PathBuf::from("/dev/loop1"),
+                    read_only: false,
+                    detaching: true
+                },
+                LoopDevice {
+                    path: PathBuf::from("/dev/loop10"),
                     read_only: false,
                     detaching: true
                 },

@@ -14,20 +14,20 @@ impl LvmBackend {
         for class in &self.classes {
             let c = &class.cfg;
             let location = format!("{}/{}", c.vg, c.thin_pool);
-            let status = match (&class.state, usage(c, &rows)) {
-                (Err(reason), _) => crate::status::PoolStatus {
+            let status = match (class.not_ready(), usage(c, &rows)) {
+                (Some(reason), _) => crate::status::PoolStatus {
                     name: c.name.clone(),
                     location,
                     problem: Some(format!("not ready: {reason}")),
                     ..Default::default()
                 },
-                (Ok(()), Err(e)) => crate::status::PoolStatus {
+                (None, Err(e)) => crate::status::PoolStatus {
                     name: c.name.clone(),
                     location,
                     problem: Some(e.to_string()),
                     ..Default::default()
                 },
-                (Ok(()), Ok(u)) => crate::status::PoolStatus {
+                (None, Ok(u)) => crate::status::PoolStatus {
                     name: c.name.clone(),
                     location,
                     size_bytes: u.data_bytes,

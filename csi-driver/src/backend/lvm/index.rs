@@ -202,7 +202,7 @@ impl LvmBackend {
             .classes
             .iter()
             .map(|c| {
-                if c.state.is_err() {
+                if !c.is_ready() {
                     return None;
                 }
                 pool_facts(&c.cfg, rows, |name| index.known(name))

@@ -3,7 +3,8 @@
 //! A device class (config `[[device_class]]`, or `--lvm-devices`) is a VG with one thin
 //! pool. At start-up each class's pool is adopted if it exists, or built on the listed
 //! devices if they are blank (see [`LvmBackend::open`]). A class that cannot be set up is
-//! reported by [`Backend::ready`] (so Probe says not ready) while the process keeps serving.
+//! reported by [`Backend::ready`] (so `/healthz` says not ready) while the process keeps
+//! serving, and is set up again every 30 s until it works.
 //!
 //! **LVM metadata is the only state store.** A volume is a thin LV named by its volume ID
 //! (`iol-` + 32 hex digits) carrying the tags of [`tags`], all written by one `lvcreate`, so
@@ -55,25 +56,59 @@ const DEFAULT_EXTENT: u64 = 4 << 20;
 /// Prefix of the LV names iolane gives volumes (see `volume_id_for`).
 const LV_PREFIX: &str = crate::volume::VOLUME_PREFIX;
 
-/// One device class and what start-up made of it.
+/// One device class and what its set-up made of it.
 #[derive(Debug)]
 struct Class {
     cfg: DeviceClass,
-    /// `Err` says why the pool could not be created or adopted at start-up.
-    state: std::result::Result<(), String>,
+    /// `Ok(extent size)` once the pool is created or adopted; `Err` says why it could not
+    /// be (set-up is tried again, see [`LvmBackend::retry_setup`]).
+    state: std::sync::RwLock<std::result::Result<u64, String>>,
     /// Serialises admission decisions, so two calls cannot both take the last
     /// provisionable bytes of this pool: a create holds it until its reservation is in the
     /// index (not across `lvcreate`), an expand across its `lvextend`.
     admission: Mutex<()>,
 }
 
+impl Class {
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, std::result::Result<u64, String>> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_state(&self, state: std::result::Result<u64, String>) {
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    fn is_ready(&self) -> bool {
+        self.state().is_ok()
+    }
+
+    /// Why the class is not ready, if it is not.
+    fn not_ready(&self) -> Option<String> {
+        self.state().as_ref().err().cloned()
+    }
+
+    /// The extent size of a ready class's VG.
+    fn extent(&self) -> Option<u64> {
+        self.state().as_ref().ok().copied()
+    }
+}
+
+/// How often a device class that is not ready is set up again (its device may have been
+/// cleared, or an LVM command left hanging by a killed predecessor may have finished).
+const SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Thin volumes in the thin pools of device classes.
 #[derive(Debug)]
 pub struct LvmBackend {
     os: Os,
     classes: Vec<Class>,
-    /// Least common multiple of the ready classes' extent sizes.
-    granularity: u64,
+    /// When the not-ready classes were last set up; held while a retry runs.
+    last_setup: Mutex<std::time::Instant>,
     /// What the backend knows of its volumes without asking LVM (see `index.rs`).
     index: std::sync::Mutex<Index>,
     /// Where admission reads pool usage in-process.
@@ -94,14 +129,14 @@ impl ThinPoolReader for Os {
 
 impl LvmBackend {
     fn ready_classes(&self) -> impl Iterator<Item = &Class> {
-        self.classes.iter().filter(|c| c.state.is_ok())
+        self.classes.iter().filter(|c| c.is_ready())
     }
 
     /// Position of a ready class in `classes` whose pool holds `lv` as a thin volume.
     fn class_index_of(&self, lv: &Lv) -> Option<usize> {
         self.classes
             .iter()
-            .position(|c| c.state.is_ok() && lv.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool))
+            .position(|c| c.is_ready() && lv.is_thin_in(&c.cfg.vg, &c.cfg.thin_pool))
     }
 
     /// The ready class whose pool holds `lv` as a thin volume.
@@ -129,7 +164,7 @@ impl LvmBackend {
             None => 0,
         };
         let class = &self.classes[i];
-        if let Err(reason) = &class.state {
+        if let Some(reason) = class.not_ready() {
             return Err(Error::NotReady(format!(
                 "device class {} is not ready: {reason}",
                 class.cfg.name
@@ -160,18 +195,28 @@ impl Backend for LvmBackend {
         "lvm"
     }
 
+    /// Least common multiple of the ready classes' extent sizes (the size of a new VG's
+    /// extent while none is ready).
     fn granularity(&self) -> u64 {
-        self.granularity
+        match self
+            .ready_classes()
+            .filter_map(Class::extent)
+            .fold(1, setup::lcm)
+        {
+            1 => DEFAULT_EXTENT,
+            g => g,
+        }
     }
 
+    /// Sets up again the classes that are not ready (at most every [`SETUP_RETRY`]), then
+    /// says which are not.
     async fn ready(&self) -> Result<(), String> {
+        self.retry_setup().await;
         let reasons: Vec<String> = self
             .classes
             .iter()
             .filter_map(|c| {
-                c.state
-                    .as_ref()
-                    .err()
+                c.not_ready()
                     .map(|r| format!("device class {}: {r}", c.cfg.name))
             })
             .collect();

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::Mutex;
 
 use super::index::Index;
 use super::report::{self, LV_FIELDS, Lv, PV_FIELDS, extent_of, parse_lvs, parse_pvs};
-use super::{Class, DEFAULT_EXTENT, DeviceClass, LV_PREFIX, LvmBackend, WipePolicy, tags};
+use super::{Class, DeviceClass, LV_PREFIX, LvmBackend, WipePolicy, tags};
 use crate::error::{Error, Result};
 use crate::os::lvm::{Report, ThinPoolSpec};
 use crate::os::{Os, Signature};
@@ -24,40 +25,27 @@ enum Setup {
 impl LvmBackend {
     /// Sets up every class (adopting existing pools, building new ones on blank devices)
     /// and removes untagged volume LVs. Never fails: a class that cannot be set up is
-    /// logged once and reported by [`Backend::ready`](super::Backend::ready).
+    /// logged and reported by [`Backend::ready`](super::Backend::ready), which tries it
+    /// again later ([`Self::retry_setup`]).
     pub async fn open(os: Os, classes: Vec<DeviceClass>) -> Self {
         let mut out = Vec::with_capacity(classes.len());
-        let mut granularity = 1;
         for cfg in classes {
-            let state = match init_class(&os, &cfg).await {
-                Ok((setup, extent)) => {
-                    tracing::info!(
-                        device_class = %cfg.name,
-                        vg = %cfg.vg,
-                        thin_pool = %cfg.thin_pool,
-                        extent_size = extent,
-                        "{} thin pool",
-                        match setup {
-                            Setup::Adopted => "adopted the existing",
-                            Setup::Created => "created the",
-                        }
-                    );
-                    granularity = lcm(granularity, extent);
-                    Ok(())
-                }
-                Err(reason) => {
-                    tracing::error!(
-                        device_class = %cfg.name,
-                        vg = %cfg.vg,
-                        %reason,
-                        "device class is not ready: Probe reports not ready until this is fixed and iolane restarts"
-                    );
-                    Err(reason)
-                }
-            };
+            let state = init_class(&os, &cfg).await.map(|(setup, extent)| {
+                log_ready(&cfg, setup, extent);
+                extent
+            });
+            if let Err(reason) = &state {
+                tracing::error!(
+                    device_class = %cfg.name,
+                    vg = %cfg.vg,
+                    %reason,
+                    "device class is not ready: /healthz reports it; its set-up is tried again every {} s",
+                    super::SETUP_RETRY.as_secs()
+                );
+            }
             out.push(Class {
                 cfg,
-                state,
+                state: std::sync::RwLock::new(state),
                 admission: Mutex::new(()),
             });
         }
@@ -66,11 +54,7 @@ impl LvmBackend {
             pool_status: Arc::new(os.clone()),
             os,
             classes: out,
-            granularity: if granularity == 1 {
-                DEFAULT_EXTENT
-            } else {
-                granularity
-            },
+            last_setup: Mutex::new(Instant::now()),
             index: std::sync::Mutex::new(Index {
                 volumes: HashMap::new(),
                 snapshots: HashMap::new(),
@@ -78,11 +62,17 @@ impl LvmBackend {
                 pools,
             }),
         };
-        match backend.sweep().await {
+        backend.index_ready_classes().await;
+        backend
+    }
+
+    /// Sweeps the ready classes' untagged volume LVs and indexes their volumes.
+    async fn index_ready_classes(&self) {
+        match self.sweep().await {
             Ok(rows) => {
-                backend.absorb_all(&rows);
+                self.absorb_all(&rows);
                 tracing::info!(
-                    volumes = backend.index().volumes.len(),
+                    volumes = self.index().volumes.len(),
                     "indexed the volumes of every ready device class"
                 );
             }
@@ -91,7 +81,55 @@ impl LvmBackend {
                 "could not look for untagged volume LVs; the volume index starts empty and fills from LVM on demand"
             ),
         }
-        backend
+    }
+
+    /// Sets up again every class that is not ready, if [`SETUP_RETRY`](super::SETUP_RETRY)
+    /// has passed since the last try and no other retry is running: a device cleared by
+    /// the operator, or an LVM report that hung once (a command of a SIGKILLed predecessor
+    /// can hold the VG for minutes), then needs no restart. A class that turns ready is
+    /// swept and indexed as at start-up.
+    pub(super) async fn retry_setup(&self) {
+        if self.classes.iter().all(Class::is_ready) {
+            return;
+        }
+        let Ok(mut last) = self.last_setup.try_lock() else {
+            return;
+        };
+        if last.elapsed() < super::SETUP_RETRY {
+            return;
+        }
+        let mut turned_ready = false;
+        for class in self.classes.iter().filter(|c| !c.is_ready()) {
+            let cfg = &class.cfg;
+            match init_class(&self.os, cfg).await {
+                Ok((setup, extent)) => {
+                    log_ready(cfg, setup, extent);
+                    class.set_state(Ok(extent));
+                    turned_ready = true;
+                }
+                Err(reason) => {
+                    if class.not_ready().as_ref() == Some(&reason) {
+                        tracing::debug!(device_class = %cfg.name, %reason, "device class is still not ready");
+                    } else {
+                        tracing::warn!(device_class = %cfg.name, vg = %cfg.vg, %reason, "device class is still not ready, for another reason");
+                    }
+                    class.set_state(Err(reason));
+                }
+            }
+        }
+        *last = Instant::now();
+        if turned_ready {
+            self.index_ready_classes().await;
+        }
+    }
+
+    /// Lets the next [`Backend::ready`](super::Backend::ready) retry the set-up at once.
+    #[cfg(test)]
+    pub(super) async fn expire_setup_retry(&self) {
+        let mut last = self.last_setup.lock().await;
+        if let Some(earlier) = last.checked_sub(super::SETUP_RETRY) {
+            *last = earlier;
+        }
     }
 
     /// Removes thin LVs that carry a volume name but no iolane tag. The single tagged
@@ -118,6 +156,20 @@ impl LvmBackend {
         rows.retain(|l| !removed.contains(&(l.vg.clone(), l.name.clone())));
         Ok(rows)
     }
+}
+
+fn log_ready(cfg: &DeviceClass, setup: Setup, extent: u64) {
+    tracing::info!(
+        device_class = %cfg.name,
+        vg = %cfg.vg,
+        thin_pool = %cfg.thin_pool,
+        extent_size = extent,
+        "{} thin pool",
+        match setup {
+            Setup::Adopted => "adopted the existing",
+            Setup::Created => "created the",
+        }
+    );
 }
 
 /// Adopts or creates the class's VG and thin pool; returns what it did and the extent

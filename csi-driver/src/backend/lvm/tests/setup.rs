@@ -88,6 +88,59 @@ async fn a_device_with_a_signature_is_refused_and_nothing_is_changed() {
     assert!(backend.list().await.unwrap().is_empty());
 }
 
+/// A class whose set-up failed (here `pvs` timing out, as one did after a SIGKILLed
+/// `lvcreate`) is tried again once the retry period has passed, not before, and turns
+/// ready without a restart.
+#[tokio::test]
+async fn a_class_not_ready_at_start_is_set_up_again_and_turns_ready() {
+    let f = Fixture::new();
+    let class = f.class(&["nvme0n1"]);
+    let d = class.devices[0].clone();
+    f.runner.answer(
+        "pvs ",
+        Output {
+            status: Some(5),
+            stderr: "  Timed out waiting for the VG lock\n".to_owned(),
+            ..Output::default()
+        },
+    );
+    let backend = LvmBackend::open(f.os.clone(), vec![class]).await;
+    let reason = backend.ready().await.unwrap_err();
+    assert!(reason.contains("Timed out waiting"), "{reason}");
+    let err = backend.create(&spec("v", 8 << 20)).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady(_)), "{err}");
+    // Within the retry period nothing runs again.
+    let calls = f.runner.calls().len();
+    assert!(backend.ready().await.is_err());
+    assert_eq!(f.runner.calls().len(), calls);
+    // The VG and its pool are there now: adopted, then swept and indexed.
+    f.answer_pvs(&[(&d, "iolane")]);
+    f.answer_lvs(&[pool(0.0, 0.0)]);
+    f.answer_lvs(&[pool(0.0, 0.0), tagged("keep", 8 << 20)]);
+    backend.expire_setup_retry().await;
+    assert_eq!(backend.ready().await, Ok(()));
+    assert_eq!(backend.granularity(), EXTENT);
+    assert_eq!(
+        f.runner.calls()[calls..],
+        [
+            "pvs --reportformat json --units b --nosuffix -o pv_name,vg_name".to_owned(),
+            format!(
+                "lvs --reportformat json --units b --nosuffix -o {} iolane",
+                report::LV_FIELDS.join(",")
+            ),
+            format!(
+                "lvs --reportformat json --units b --nosuffix -o {} iolane",
+                report::LV_FIELDS.join(",")
+            ),
+        ]
+    );
+    // The sweep's report filled the index: the volume is known without another report.
+    f.activate("iolane", &volume_id_for("keep"));
+    let keep = backend.get(&volume_id_for("keep")).await.unwrap().unwrap();
+    assert_eq!(keep.capacity_bytes, 8 << 20);
+    assert_eq!(f.runner.calls().len(), calls + 3);
+}
+
 #[tokio::test]
 async fn an_lvm_label_that_pvs_does_not_list_is_a_foreign_signature() {
     // What blkid printed for a real PV (fixture), on a device LVM does not report (e.g.
