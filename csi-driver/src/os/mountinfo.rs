@@ -135,6 +135,18 @@ mod tests {
         assert_eq!(m[0].mount_point, PathBuf::from("/a\\400b\\777 c"));
     }
 
+    /// An escape that ends a field is decoded; one cut short by the field's end is kept.
+    #[test]
+    fn escapes_at_the_end_of_a_field() {
+        assert_eq!(unescape("/a\\040"), "/a ");
+        assert_eq!(unescape("\\011"), "\t");
+        assert_eq!(unescape("/a\\04"), "/a\\04");
+        assert_eq!(unescape("/a\\"), "/a\\");
+        let m = parse("1 2 7:3 / /a\\040 rw - ext4 /dev/loop\\0403 rw\n").unwrap();
+        assert_eq!(m[0].mount_point, PathBuf::from("/a "));
+        assert_eq!(m[0].source, "/dev/loop 3");
+    }
+
     #[test]
     fn topmost_at_finds_the_last_mount_at_a_path() {
         let staging = Path::new("/tmp/sanity/staging");
