@@ -4,7 +4,8 @@
 //! pool. At start-up each class's pool is adopted if it exists, or built on the listed
 //! devices if they are blank (see [`LvmBackend::open`]). A class that cannot be set up is
 //! reported by [`Backend::ready`] (so `/healthz` says not ready) while the process keeps
-//! serving, and is set up again every 30 s until it works.
+//! serving, and is set up again (5 s after a failed try, then at most every 30 s) until
+//! it works.
 //!
 //! **LVM metadata is the only state store.** A volume is a thin LV named by its volume ID
 //! (`iol-` + 32 hex digits) carrying the tags of [`tags`], all written by one `lvcreate`, so
@@ -98,9 +99,19 @@ impl Class {
     }
 }
 
-/// How often a device class that is not ready is set up again (its device may have been
-/// cleared, or an LVM command left hanging by a killed predecessor may have finished).
-const SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How soon a device class that is not ready is set up again after a failed try (its
+/// device may have been cleared, or an LVM command left hanging by a killed predecessor may
+/// have finished); each failure doubles the wait, up to [`SETUP_RETRY_MAX`].
+const SETUP_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest wait between two tries of a class that is not ready.
+const SETUP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the not-ready classes were last set up, and how long to wait from then.
+#[derive(Debug, Clone, Copy)]
+struct SetupRetry {
+    at: std::time::Instant,
+    wait: std::time::Duration,
+}
 
 /// Thin volumes in the thin pools of device classes.
 #[derive(Debug)]
@@ -108,7 +119,7 @@ pub struct LvmBackend {
     os: Os,
     classes: Vec<Class>,
     /// When the not-ready classes were last set up; held while a retry runs.
-    last_setup: Mutex<std::time::Instant>,
+    last_setup: Mutex<SetupRetry>,
     /// What the backend knows of its volumes without asking LVM (see `index.rs`).
     index: std::sync::Mutex<Index>,
     /// Where admission reads pool usage in-process.
@@ -208,7 +219,7 @@ impl Backend for LvmBackend {
         }
     }
 
-    /// Sets up again the classes that are not ready (at most every [`SETUP_RETRY`]), then
+    /// Sets up again the classes that are not ready (see [`SETUP_RETRY_FIRST`]), then
     /// says which are not.
     async fn ready(&self) -> Result<(), String> {
         self.retry_setup().await;

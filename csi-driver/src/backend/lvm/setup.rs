@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 
 use super::index::Index;
 use super::report::{self, LV_FIELDS, Lv, PV_FIELDS, extent_of, parse_lvs, parse_pvs};
-use super::{Class, DeviceClass, LV_PREFIX, LvmBackend, WipePolicy, tags};
+use super::{Class, DeviceClass, LV_PREFIX, LvmBackend, SetupRetry, WipePolicy, tags};
 use crate::error::{Error, Result};
 use crate::os::lvm::{Report, ThinPoolSpec};
 use crate::os::{Os, Signature};
@@ -39,8 +39,9 @@ impl LvmBackend {
                     device_class = %cfg.name,
                     vg = %cfg.vg,
                     %reason,
-                    "device class is not ready: /healthz reports it; its set-up is tried again every {} s",
-                    super::SETUP_RETRY.as_secs()
+                    "device class is not ready: /healthz reports it; its set-up is tried again after {} s, then at most every {} s",
+                    super::SETUP_RETRY_FIRST.as_secs(),
+                    super::SETUP_RETRY_MAX.as_secs()
                 );
             }
             out.push(Class {
@@ -54,7 +55,10 @@ impl LvmBackend {
             pool_status: Arc::new(os.clone()),
             os,
             classes: out,
-            last_setup: Mutex::new(Instant::now()),
+            last_setup: Mutex::new(SetupRetry {
+                at: Instant::now(),
+                wait: super::SETUP_RETRY_FIRST,
+            }),
             index: std::sync::Mutex::new(Index {
                 volumes: HashMap::new(),
                 snapshots: HashMap::new(),
@@ -83,8 +87,9 @@ impl LvmBackend {
         }
     }
 
-    /// Sets up again every class that is not ready, if [`SETUP_RETRY`](super::SETUP_RETRY)
-    /// has passed since the last try and no other retry is running: a device cleared by
+    /// Sets up again every class that is not ready, if the wait since the last try has
+    /// passed (5 s after the first failure, doubling up to 30 s) and no other retry is
+    /// running: a device cleared by
     /// the operator, or an LVM report that hung once (a command of a SIGKILLed predecessor
     /// can hold the VG for minutes), then needs no restart. A class that turns ready is
     /// swept and indexed as at start-up.
@@ -95,7 +100,7 @@ impl LvmBackend {
         let Ok(mut last) = self.last_setup.try_lock() else {
             return;
         };
-        if last.elapsed() < super::SETUP_RETRY {
+        if last.at.elapsed() < last.wait {
             return;
         }
         let mut turned_ready = false;
@@ -117,7 +122,10 @@ impl LvmBackend {
                 }
             }
         }
-        *last = Instant::now();
+        *last = SetupRetry {
+            at: Instant::now(),
+            wait: (last.wait * 2).min(super::SETUP_RETRY_MAX),
+        };
         if turned_ready {
             self.index_ready_classes().await;
         }
@@ -127,8 +135,8 @@ impl LvmBackend {
     #[cfg(test)]
     pub(super) async fn expire_setup_retry(&self) {
         let mut last = self.last_setup.lock().await;
-        if let Some(earlier) = last.checked_sub(super::SETUP_RETRY) {
-            *last = earlier;
+        if let Some(earlier) = last.at.checked_sub(last.wait) {
+            last.at = earlier;
         }
     }
 
