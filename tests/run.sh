@@ -80,7 +80,7 @@ fi
 # checked after every round; each prints a summary line `campaign kill9: ...` /
 # `campaign cancel: ...` / `campaign grpc-fuzz: ...` with its seed, counts and violations
 # (IOLANE_CAMPAIGN_SEED replays a seed). On lvm they run in the VM (tests/vm/lvm-suite.sh):
-# the kill -9 campaign bounded by default (4 clients, a 120 s budget, children spared), both
+# the kill -9 campaign bounded by default (4 clients, a 120 s budget), both
 # in full with IOLANE_VM_CAMPAIGN=1 (too slow under emulation for CI's budget).
 echo "== fault campaigns, loop backend (tests/tests/suite/campaign/)"
 cargo test -p iolane-tests --test suite --locked -- campaign:: --nocapture --test-threads 1

@@ -140,7 +140,8 @@ run_tests lvm 1
 # 0.3-0.45 s), and the clients' commands queue on the VG's lock, so a kill -9 round with 8
 # clients took about 28 s (10 kills: 281 s) and 3 cancellation rounds 296 s, most of it the
 # clients finishing their cycles: the full forms (100 kills with 8 clients, about 47 min by
-# that rate; the cancellation campaign, 810 s) are opt-in with IOLANE_VM_CAMPAIGN=1. By
+# that rate, 13 min measured on a quiet host; the cancellation campaign, 810 s) are opt-in
+# with IOLANE_VM_CAMPAIGN=1. By
 # default (CI) the kill -9 campaign runs bounded: 4 clients, no round started after 120 s
 # (at most 30 kills; at load ~10 that was 1 kill, 228 s in all), then the clients finish
 # their cycles and the final check runs; its summary line gives the seed and the kills
@@ -154,10 +155,12 @@ else
     export IOLANE_CAMPAIGN_CLIENTS="${IOLANE_CAMPAIGN_CLIENTS:-4}"
     export IOLANE_CAMPAIGN_KILLS="${IOLANE_CAMPAIGN_KILLS:-30}"
     export IOLANE_CAMPAIGN_BUDGET_SECS="${IOLANE_CAMPAIGN_BUDGET_SECS:-120}"
-    # Only the driver is killed, not its children: a SIGKILLed `lvcreate --type thin` once
-    # left the next `pvs` hanging past its 120 s limit (the device class then stays not
-    # ready until a restart), a fault the full form still hits and that is not fixed yet.
-    export IOLANE_CAMPAIGN_KILL_CHILDREN="${IOLANE_CAMPAIGN_KILL_CHILDREN:-0}"
+    # The driver's children (lvcreate, mkfs, ...) are killed with it about half the time,
+    # as in the full form. A SIGKILLed `lvcreate --type thin` once left the restarted
+    # node's first `pvs` hanging past its 120 s limit (seed 1796463407936880940; not
+    # reproduced by 40 kills of a lone lvcreate); the class that was then not ready is set
+    # up again 5 s later, so the clients see it recover within their 240 s.
+    export IOLANE_CAMPAIGN_KILL_CHILDREN="${IOLANE_CAMPAIGN_KILL_CHILDREN:-1}"
     run_tests campaign::kill9 1 900
 fi
 
