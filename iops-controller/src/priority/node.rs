@@ -69,6 +69,8 @@ struct Written {
     /// The volume device's IO in flight when it was written (it completes after).
     in_flight: u64,
     limits: Limits,
+    /// The line this one replaced, when the law wrote it.
+    prior: Option<Limits>,
     /// Changes held back: since when, and when last (a hold that ended without a write,
     /// the law having come back to the line in force, does not count towards the next).
     deferred: Option<(Duration, Duration)>,
@@ -81,20 +83,38 @@ impl Written {
     /// debt, and on Linux 6.1 (Debian 12's kernel) an `io.max` write while it is in debt wraps its
     /// unsigned carryover and lifts the throttling altogether for a while
     /// (docs/priority.md, *blk-throttle's carryover*). Its line is not changed then.
+    ///
+    /// A lowered line also starts with a credit: a group that had IO queued under the
+    /// higher line it replaced carries over what that line still allowed in its slice, up
+    /// to about two slices of the difference, and runs that far ahead legitimately. Read
+    /// as debt, it held the raise of a volume lowered to the wake share for a whole run
+    /// (the 800-IOPS run k3 of docs/priority.md).
     fn over(&self, now: Duration, counters: &Counters) -> bool {
         let secs = now.saturating_sub(self.at).as_secs_f64() + SLICE;
-        let exceeds = |done: u64, cap: crate::tier::Limit, unit: f64| {
-            cap.get()
-                .is_some_and(|c| done as f64 > c as f64 * secs + unit)
-        };
-        let l = &self.limits;
-        let c = &self.counters;
         let ios = self.in_flight as f64 + 1.0;
         let bytes = ios * MAX_IO_BYTES;
-        exceeds(counters.rios.saturating_sub(c.rios), l.read_iops, ios)
-            || exceeds(counters.wios.saturating_sub(c.wios), l.write_iops, ios)
-            || exceeds(counters.rbytes.saturating_sub(c.rbytes), l.read_bps, bytes)
-            || exceeds(counters.wbytes.saturating_sub(c.wbytes), l.write_bps, bytes)
+        let exceeds = |done: u64, pick: fn(&Limits) -> crate::tier::Limit, unit: f64| {
+            pick(&self.limits).get().is_some_and(|c| {
+                let credit = self
+                    .prior
+                    .and_then(|p| pick(&p).get())
+                    .map_or(0.0, |p| p.saturating_sub(c) as f64 * 2.0 * SLICE);
+                done as f64 > c as f64 * secs + unit + credit
+            })
+        };
+        let c = &self.counters;
+        exceeds(counters.rios.saturating_sub(c.rios), |l| l.read_iops, ios)
+            || exceeds(counters.wios.saturating_sub(c.wios), |l| l.write_iops, ios)
+            || exceeds(
+                counters.rbytes.saturating_sub(c.rbytes),
+                |l| l.read_bps,
+                bytes,
+            )
+            || exceeds(
+                counters.wbytes.saturating_sub(c.wbytes),
+                |l| l.write_bps,
+                bytes,
+            )
     }
 }
 
@@ -630,6 +650,7 @@ impl NodePriority {
                 Ok(()) => {
                     out.written += 1;
                     if let Some((counters, in_flight)) = seen {
+                        let prior = self.written.get(&key).map(|w| w.limits);
                         self.written.insert(
                             key,
                             Written {
@@ -637,6 +658,7 @@ impl NodePriority {
                                 counters,
                                 in_flight,
                                 limits,
+                                prior,
                                 deferred: None,
                             },
                         );
