@@ -294,6 +294,31 @@ fn capacity_precedence_is_config_then_calibration_then_default() {
     );
 }
 
+/// Streaming on 253:3 and batch on 253:4 of the fixture: each step adds the IOs of one
+/// 100 ms pass to their cumulative counters and runs that pass.
+#[derive(Default)]
+struct Passes {
+    streaming: u64,
+    batch: u64,
+    pass: u64,
+}
+
+impl Passes {
+    fn step(&mut self, n: &mut Node, streaming: u64, batch: u64) -> PriorityPass {
+        self.streaming += streaming;
+        self.batch += batch;
+        read_ios(n, 0, "253:3", self.streaming);
+        read_ios(n, 1, "253:4", self.batch);
+        let p = n.priority.pass_at(
+            Duration::from_millis(100 * self.pass),
+            &mut n.reconciler,
+            n.fs.as_ref(),
+        );
+        self.pass += 1;
+        p
+    }
+}
+
 /// A batch group that ran over the line written for it (blk-throttle let IO through: on
 /// Linux 6.1 (Debian 12's kernel) a write while it owes IO lifts its throttling) keeps its line, while
 /// streaming is active on the device, until it is back within it or for at most
@@ -302,21 +327,8 @@ fn capacity_precedence_is_config_then_calibration_then_default() {
 #[test]
 fn a_line_is_not_changed_while_its_group_runs_over_it() {
     let mut n = node();
-    let (mut s, mut b) = (0, 0);
-    let mut pass = 0u64;
-    let mut step = |n: &mut Node, s_io: u64, b_io: u64| {
-        s += s_io;
-        b += b_io;
-        read_ios(n, 0, "253:3", s);
-        read_ios(n, 1, "253:4", b);
-        let p = n.priority.pass_at(
-            Duration::from_millis(100 * pass),
-            &mut n.reconciler,
-            n.fs.as_ref(),
-        );
-        pass += 1;
-        p
-    };
+    let mut passes = Passes::default();
+    let mut step = |n: &mut Node, s_io: u64, b_io: u64| passes.step(n, s_io, b_io);
     let cap = |n: &Node| riops(n, 1, "253:4").get().unwrap_or(u64::MAX);
     // Batch alone, then streaming at 60 % of the device: batch gets what streaming
     // leaves; it keeps to its line throughout (blk-throttle holds it).
@@ -376,21 +388,8 @@ fn a_line_is_not_changed_while_its_group_runs_over_it() {
 fn a_lowered_group_ahead_by_its_carried_credit_is_not_held() {
     let run = |extra_of_credit: f64| {
         let mut n = node();
-        let (mut s, mut b) = (0, 0);
-        let mut pass = 0u64;
-        let mut step = |n: &mut Node, s_io: u64, b_io: u64| {
-            s += s_io;
-            b += b_io;
-            read_ios(n, 0, "253:3", s);
-            read_ios(n, 1, "253:4", b);
-            let p = n.priority.pass_at(
-                Duration::from_millis(100 * pass),
-                &mut n.reconciler,
-                n.fs.as_ref(),
-            );
-            pass += 1;
-            p
-        };
+        let mut passes = Passes::default();
+        let mut step = |n: &mut Node, s_io: u64, b_io: u64| passes.step(n, s_io, b_io);
         let cap = |n: &Node| riops(n, 1, "253:4").get().unwrap_or(u64::MAX);
         // Batch alone at a high line, then streaming saturates the device: the line falls.
         for _ in 0..10 {

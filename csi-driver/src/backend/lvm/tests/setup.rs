@@ -4,6 +4,14 @@
 use super::*;
 use crate::backend::lvm::setup::lcm;
 
+/// The `lvs` report of the fixture's VG, as the backend runs it.
+fn lvs_of_vg() -> String {
+    format!(
+        "lvs --reportformat json --units b --nosuffix -o {} iolane",
+        report::LV_FIELDS.join(",")
+    )
+}
+
 #[tokio::test]
 async fn blank_devices_become_a_vg_and_a_thin_pool() {
     let f = Fixture::new();
@@ -36,14 +44,8 @@ async fn blank_devices_become_a_vg_and_a_thin_pool() {
             format!("vgcreate iolane {} {}", a.display(), b.display()),
             "lvcreate -T -l 95%VG --chunksize 64k --zero y --errorwhenfull y iolane/pool"
                 .to_owned(),
-            format!(
-                "lvs --reportformat json --units b --nosuffix -o {} iolane",
-                report::LV_FIELDS.join(",")
-            ),
-            format!(
-                "lvs --reportformat json --units b --nosuffix -o {} iolane",
-                report::LV_FIELDS.join(",")
-            ),
+            lvs_of_vg(),
+            lvs_of_vg(),
         ]
     );
 }
@@ -124,14 +126,8 @@ async fn a_class_not_ready_at_start_is_set_up_again_and_turns_ready() {
         f.runner.calls()[calls..],
         [
             "pvs --reportformat json --units b --nosuffix -o pv_name,vg_name".to_owned(),
-            format!(
-                "lvs --reportformat json --units b --nosuffix -o {} iolane",
-                report::LV_FIELDS.join(",")
-            ),
-            format!(
-                "lvs --reportformat json --units b --nosuffix -o {} iolane",
-                report::LV_FIELDS.join(",")
-            ),
+            lvs_of_vg(),
+            lvs_of_vg(),
         ]
     );
     // The sweep's report filled the index: the volume is known without another report.
