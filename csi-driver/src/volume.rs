@@ -392,6 +392,21 @@ pub struct CreateSpec {
     pub source: Option<ContentSource>,
 }
 
+impl CreateSpec {
+    /// The volume this request makes, of `capacity_bytes` (the size as the backend rounds it).
+    pub fn volume(&self, capacity_bytes: u64) -> Volume {
+        Volume {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            capacity_bytes,
+            fs_type: self.fs_type,
+            parameters: self.parameters.clone(),
+            tier: self.tier.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
 /// A stored tier in its flat string form (the loop backend's metadata file).
 mod stored_tier {
     use std::collections::BTreeMap;

@@ -95,7 +95,7 @@ CONFIG_TOP_KEYS = {"loop", "device_class", "tiers"}
 CONFIG_LOOP_KEYS = {"overprovision_ratio"}
 CONFIG_CLASS_KEYS = {
     "name", "devices", "vg", "thin_pool", "chunk_size", "zero", "overprovision_ratio",
-    "data_high_watermark", "metadata_high_watermark", "wipe", "pool_size_percent",
+    "data_high_watermark", "metadata_high_watermark", "wipe", "pool_size_percent", "spares",
 }
 CONFIG_TIER_KEYS = {"priority", "read_iops", "write_iops", "read_bps", "write_bps", "per_gib"}
 BUILTIN_TIERS = {"streaming", "batch"}

@@ -9,7 +9,7 @@
 #
 # Writes OUT/bench-cycle.json (every figure and sample), OUT/bench-driver.log (the driver's
 # JSON log, one `running` line per spawned process) and prints the table. Extra arguments
-# after OUT go to the benchmark (--cycles N, --concurrency C, --per-worker K).
+# after OUT go to the benchmark (--cycles N, --concurrency C, --per-worker K, --spares N).
 set -euo pipefail
 out="${1:-${IOLANE_VM_RESULTS:-/tmp}}"
 shift || true

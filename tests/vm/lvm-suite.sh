@@ -2,7 +2,7 @@
 # Runs INSIDE the VM (tests/vm/run.sh --disks 2): the real csi-sanity against `iolane node
 # --lvm-devices /dev/nvme0n1` (tests/k8s/sanity.sh), the conformance suite on the lvm backend
 # (/dev/nvme0n1), then the lvm scenarios of tests/tests/suite/lvm/ (pool full on
-# /dev/nvme1n1, no stale data, SIGKILL during creates), then the kill -9 campaign of
+# /dev/nvme1n1, no stale data, SIGKILL during creates, snapshots, spares), then the kill -9 campaign of
 # tests/tests/suite/campaign/ in its bounded form (below), or, with IOLANE_VM_CAMPAIGN=1,
 # the full kill -9 and cancellation campaigns. The reboot scenario needs two boots:
 # reboot.sh.

@@ -40,17 +40,25 @@ impl Os {
     }
 
     /// Looks for any signature on `device`: blank without a spawn when its first and last
-    /// MiB read as zeros (see [`zero_at_both_ends`]), otherwise whatever `blkid -p`
-    /// (low-level probe, no cache) identifies.
+    /// MiB read as zeros (see [`zero_at_both_ends`]), ext4 without a spawn when it holds
+    /// nothing but a freshly made ext4 where signatures live (see [`fresh_ext4`]),
+    /// otherwise whatever `blkid -p` (low-level probe, no cache) identifies.
     pub async fn probe(&self, device: &Path) -> Result<Signature> {
-        // Up to 2 MiB read from the device: on the blocking pool.
+        // Up to 4 MiB read from the device: on the blocking pool.
         let dev = device.to_owned();
-        match blocking(move || zero_at_both_ends(&dev)).await {
-            Ok(true) => {
-                tracing::debug!(device = %device.display(), "first and last MiB read as zeros: blank");
-                return Ok(Signature::Blank);
+        let quick = blocking(move || {
+            if zero_at_both_ends(&dev)? {
+                return Ok(Some(Signature::Blank));
             }
-            Ok(false) => {}
+            Ok(fresh_ext4(&dev)?.then(|| Signature::Filesystem("ext4".to_owned())))
+        })
+        .await;
+        match quick {
+            Ok(Some(sig)) => {
+                tracing::debug!(device = %device.display(), signature = ?sig, "identified from the first and last MiB");
+                return Ok(sig);
+            }
+            Ok(None) => {}
             Err(e) => {
                 tracing::debug!(device = %device.display(), error = %e, "could not read the device's ends; asking blkid");
             }
@@ -163,6 +171,54 @@ pub fn zero_at_both_ends(device: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Reads `len` bytes of `f` from `start`.
+fn read_range(f: &mut std::fs::File, device: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |op: &'static str, e: std::io::Error| Error::io(op, device, e);
+    f.seek(SeekFrom::Start(start)).map_err(|e| io("seek", e))?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    f.read_exact(&mut buf).map_err(|e| io("read", e))?;
+    Ok(buf)
+}
+
+/// Whether `device` holds a freshly made ext4 and nothing else where signatures live: its
+/// first KiB is zeros, then an ext4 superblock (magic 0xEF53, dynamic revision, block size
+/// 1-64 KiB, the extents feature) and, with blocks of 4 KiB or more, zeros to the end of
+/// that block; and its last MiB reads as zeros. That is what `mkfs.ext4` leaves on a discarded thin LV (a spare of the
+/// lvm backend). Anything else, a filesystem that has been written to near its end
+/// included, is left to `blkid`.
+pub fn fresh_ext4(device: &Path) -> Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(device).map_err(|e| Error::io("open", device, e))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("seek", device, e))?;
+    if size < 2 * BLANK_CHECK_BYTES {
+        return Ok(false);
+    }
+    let head = read_range(&mut f, device, 0, 4096)?;
+    let sb = &head[1024..2048];
+    let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    const EXTENTS: u32 = 0x40;
+    let ext4 = u16_at(0x38) == 0xEF53
+        && u32_at(0x4C) == 1
+        && u32_at(0x18) <= 6
+        && u32_at(0x60) & EXTENTS != 0;
+    // With blocks of 4 KiB or more the superblock's block holds nothing else; with 1 or 2
+    // KiB blocks (small filesystems) the group descriptors follow it.
+    let rest_of_block = if u32_at(0x18) >= 2 {
+        &head[2048..]
+    } else {
+        &[][..]
+    };
+    if !ext4 || head[..1024].iter().any(|b| *b != 0) || rest_of_block.iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    let tail = read_range(&mut f, device, size - BLANK_CHECK_BYTES, BLANK_CHECK_BYTES)?;
+    Ok(tail.iter().all(|b| *b == 0))
+}
+
 fn parse_blkid_export(stdout: &str) -> Signature {
     let mut fs = None;
     let mut pt = None;
@@ -269,5 +325,82 @@ mod tests {
             runner.calls(),
             vec![format!("blkid -p -o export -- {}", used.display())]
         );
+    }
+
+    /// Writes an 8 MiB image holding a minimal ext4 superblock at 1024, then `writes`.
+    fn ext4_image(dir: &Path, name: &str, writes: &[(usize, &[u8])]) -> std::path::PathBuf {
+        let mut bytes = vec![0u8; 8 << 20];
+        let sb = 1024;
+        bytes[sb + 0x38..sb + 0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        bytes[sb + 0x4C..sb + 0x50].copy_from_slice(&1u32.to_le_bytes());
+        bytes[sb + 0x18..sb + 0x1C].copy_from_slice(&2u32.to_le_bytes());
+        bytes[sb + 0x60..sb + 0x64].copy_from_slice(&0x2C2u32.to_le_bytes());
+        for (at, b) in writes {
+            bytes[*at..*at + b.len()].copy_from_slice(b);
+        }
+        let p = dir.join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_fresh_ext4_is_known_without_blkid_and_anything_more_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(fresh_ext4(&ext4_image(dir.path(), "fresh", &[])).unwrap());
+        // Data in the middle is no signature.
+        assert!(fresh_ext4(&ext4_image(dir.path(), "middle", &[(4 << 20, b"x")])).unwrap());
+        for (name, at, b) in [
+            // Something in the boot area (an MBR's 0x55AA), an LVM label in sector 1,
+            // something after the superblock in its block, anything in the last MiB.
+            ("mbr", 510, &b"\x55\xaa"[..]),
+            ("lvm", 512, b"LABELONE"),
+            ("after", 3000, b"x"),
+            ("tail", (8 << 20) - 512, b"EFI PART"),
+            // No extents: ext2 or ext3.
+            ("ext3", 1024 + 0x60, &[0x02, 0, 0, 0][..]),
+            // Not the magic.
+            ("magic", 1024 + 0x38, &[0x54, 0xef][..]),
+        ] {
+            let p = ext4_image(dir.path(), name, &[(at, b)]);
+            assert!(!fresh_ext4(&p).unwrap(), "{name}");
+        }
+        // Too small to have a head and a tail apart.
+        let small = dir.path().join("small");
+        std::fs::write(&small, vec![0u8; 1 << 20]).unwrap();
+        assert!(!fresh_ext4(&small).unwrap());
+    }
+
+    #[tokio::test]
+    async fn what_the_drivers_mkfs_ext4_leaves_on_a_zeroed_device_is_a_fresh_ext4() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("made");
+        std::fs::File::create(&made)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let os = Os::new(Arc::new(command::SystemRunner), Roots::default());
+        os.mkfs(&made, FsType::Ext4)
+            .await
+            .expect("mkfs.ext4 (e2fsprogs) runs");
+        assert!(fresh_ext4(&made).unwrap());
+        // Once written to near its end, it is left to blkid.
+        let mut bytes = std::fs::read(&made).unwrap();
+        let end = bytes.len() - 4096;
+        bytes[end] = 1;
+        std::fs::write(&made, &bytes).unwrap();
+        assert!(!fresh_ext4(&made).unwrap());
+    }
+
+    #[tokio::test]
+    async fn probe_knows_a_fresh_ext4_without_blkid() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Arc::new(command::RecordingRunner::default());
+        let os = Os::new(runner.clone(), Roots::default());
+        let p = ext4_image(dir.path(), "fresh", &[]);
+        assert_eq!(
+            os.probe(&p).await.unwrap(),
+            Signature::Filesystem("ext4".into())
+        );
+        assert!(runner.calls().is_empty());
     }
 }

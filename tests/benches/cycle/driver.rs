@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::raw::raw_cycle;
 use crate::report::{Phase, Sample};
-use crate::{Args, GIB, STEPS_DRIVER, STEPS_RAW, secs};
+use crate::{Args, DRAINS, GIB, STEPS_DRIVER, STEPS_RAW, drain, record_check, secs, sh_status};
 
 /// Upper bound for one RPC of the benchmark.
 const RPC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,6 +41,16 @@ pub(crate) async fn start_driver(a: &Args) -> Driver {
     let socket = root.join("csi.sock");
     let log = root.join("driver.log");
     let f = File::create(&log).unwrap();
+    // The default class as `--lvm-devices` makes it, with spares as asked.
+    let config = root.join("node.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[device_class]]\nname = \"default\"\ndevices = [{:?}]\nspares = {}\n",
+            a.driver_device, a.spares
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(&a.iolane)
         .arg("node")
         .arg("--endpoint")
@@ -55,8 +65,8 @@ pub(crate) async fn start_driver(a: &Args) -> Driver {
         ])
         .arg("--state-dir")
         .arg(root.join("state"))
-        .arg("--lvm-devices")
-        .arg(&a.driver_device)
+        .arg("--config")
+        .arg(&config)
         .env_remove("IOLANE_CONFIG")
         .env("IOLANE_STATUS_ADDRESS", "off")
         .stdin(Stdio::null())
@@ -182,6 +192,10 @@ pub(crate) async fn driver_cycle(
         }),
         "NodeStage"
     );
+    // Not timed: the staged filesystem's device and UUID.
+    let (_, dev) = sh_status("findmnt", &["-n", "-o", "SOURCE", "--mountpoint", &staging]);
+    let dev = dev.trim().to_owned();
+    let (_, uuid) = sh_status("blkid", &["-p", "-s", "UUID", "-o", "value", &dev]);
     step!(
         node.node_publish_volume(csi::NodePublishVolumeRequest {
             volume_id: id.clone(),
@@ -206,6 +220,9 @@ pub(crate) async fn driver_cycle(
         }),
         "NodeUnstage"
     );
+    // Not timed: `fsck -n` of the unstaged filesystem.
+    let (clean, fsck) = sh_status("e2fsck", &["-f", "-n", &dev]);
+    record_check(name, uuid.trim(), clean, &format!("{dev}: {fsck}"));
     step!(
         controller.delete_volume(csi::DeleteVolumeRequest {
             volume_id: id.clone(),
@@ -244,6 +261,8 @@ pub(crate) async fn sequential(
             .await,
         );
         spawns.push(tr);
+        let waited = drain(&d.log).await;
+        DRAINS.lock().unwrap().push(waited);
         rs.push(tokio::task::block_in_place(|| {
             raw_cycle(&format!("seq-{i}"))
         }));

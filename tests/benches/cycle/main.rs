@@ -11,8 +11,18 @@
 //! NodeUnstage → DeleteVolume. Raw: `lvcreate --type thin -V 1G` → `mkfs.ext4` (the
 //! driver's options) → `mount` → `umount` → `lvremove -y`.
 //!
+//! `--spares N` gives the driver's class `spares = N` (default 0: off). With spares, a
+//! DeleteVolume leaves background work in the driver (discard and `mkfs` of the spare): in
+//! the sequential phase the bench waits, untimed, until the driver log says it is done
+//! before the raw cycle starts, and likewise between the driver and the raw concurrent
+//! phases, so the raw side never runs beside the driver's background work; the waits are
+//! reported (`drain_s`). Untimed, each driver cycle reads the staged filesystem's UUID
+//! (`blkid`) and runs `e2fsck -fn` after NodeUnstage; each raw cycle runs the same
+//! `e2fsck -fn` before `lvremove`. The report says whether every UUID was distinct and
+//! every check clean; the exit status is 1 if not.
+//!
 //! ```text
-//! cycle [--out DIR] [--cycles N] [--concurrency C] [--per-worker K]
+//! cycle [--out DIR] [--cycles N] [--concurrency C] [--per-worker K] [--spares N]
 //!       [--driver-device /dev/nvme0n1] [--raw-device /dev/nvme1n1] [--iolane PATH]
 //! ```
 //!
@@ -76,6 +86,7 @@ pub(crate) struct Args {
     pub(crate) driver_device: String,
     pub(crate) raw_device: String,
     pub(crate) iolane: PathBuf,
+    pub(crate) spares: u32,
 }
 
 pub(crate) fn parse_args() -> Args {
@@ -91,6 +102,7 @@ pub(crate) fn parse_args() -> Args {
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/iolane"),
             PathBuf::from,
         ),
+        spares: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -107,20 +119,26 @@ pub(crate) fn parse_args() -> Args {
             "--driver-device" => a.driver_device = v,
             "--raw-device" => a.raw_device = v,
             "--iolane" => a.iolane = v.into(),
+            "--spares" => a.spares = v.parse().unwrap(),
             _ => panic!("unknown flag {k}"),
         }
     }
     a
 }
 
-/// Runs a program, panicking with its output when it fails.
-pub(crate) fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
+/// Runs a program to its end (C locale, no stdin).
+fn output(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+}
+
+/// Runs a program, panicking with its output when it fails.
+pub(crate) fn sh(program: &str, args: &[&str]) -> String {
+    let out = output(program, args);
     assert!(
         out.status.success(),
         "{program} {args:?}: {}\n{}{}",
@@ -129,6 +147,46 @@ pub(crate) fn sh(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a program; whether it exited 0, and its output.
+pub(crate) fn sh_status(program: &str, args: &[&str]) -> (bool, String) {
+    let out = output(program, args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// One driver volume's checks: (cycle name, filesystem UUID, fsck clean, fsck output).
+type Check = (String, String, bool, String);
+static CHECKS: std::sync::Mutex<Vec<Check>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn record_check(name: &str, uuid: &str, clean: bool, fsck: &str) {
+    CHECKS
+        .lock()
+        .unwrap()
+        .push((name.to_owned(), uuid.to_owned(), clean, fsck.to_owned()));
+}
+
+/// Every filesystem UUID distinct and every `fsck -n` clean, over the driver cycles.
+fn checks_report() -> (bool, Value) {
+    let checks = CHECKS.lock().unwrap().clone();
+    let uuids: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.1.as_str()).collect();
+    let bad_uuid: Vec<&Check> = checks.iter().filter(|c| c.1.len() != 36).collect();
+    let unclean: Vec<&Check> = checks.iter().filter(|c| !c.2).collect();
+    let ok = uuids.len() == checks.len() && bad_uuid.is_empty() && unclean.is_empty();
+    (
+        ok,
+        json!({"filesystems": checks.len(), "distinct_uuids": uuids.len(),
+               "unreadable_uuids": bad_uuid.iter().map(|c| format!("{}: {}", c.0, c.1)).collect::<Vec<_>>(),
+               "fsck_clean": checks.len() - unclean.len(),
+               "fsck_failures": unclean.iter().map(|c| format!("{}: {}", c.0, c.3)).collect::<Vec<_>>()}),
+    )
 }
 
 pub(crate) fn secs(d: Duration) -> f64 {
@@ -182,9 +240,12 @@ async fn main() {
         a.concurrency, a.per_worker
     );
     let dc = driver_concurrent(&d, a.concurrency, a.per_worker).await;
+    let drain_concurrent = drain(&d.log).await;
     eprintln!("bench: raw concurrent {}x{}", a.concurrency, a.per_worker);
     let rc = tokio::task::block_in_place(|| raw_concurrent(a.concurrency, a.per_worker));
 
+    let (checks_ok, checks) = checks_report();
+    let drains = DRAINS.lock().unwrap().clone();
     let phases = [&ds, &rs, &dc, &rc];
     let mut ph = serde_json::Map::new();
     for p in phases {
@@ -202,7 +263,7 @@ async fn main() {
         "config": {"cycles": a.cycles, "concurrency": a.concurrency, "per_worker": a.per_worker,
                    "driver_device": a.driver_device, "raw_device": a.raw_device,
                    "iolane": a.iolane.display().to_string(), "volume_size_bytes": GIB, "fs": "ext4",
-                   "mkfs_ext4_options": MKFS_EXT4},
+                   "spares": a.spares, "mkfs_ext4_options": MKFS_EXT4},
         "guest": tools,
         "phases": ph,
         "ratio_p50": {"sequential": ratio("driver_sequential", "raw_sequential", "p50"),
@@ -214,6 +275,8 @@ async fn main() {
         "samples": {"driver_sequential": ds.samples, "raw_sequential": rs.samples,
                     "driver_concurrent": dc.samples, "raw_concurrent": rc.samples},
         "total_s": secs(t_all.elapsed()),
+        "checks": checks,
+        "drain_s": {"sequential": drains, "after_driver_concurrent": drain_concurrent},
     });
     let path = a.out.join("bench-cycle.json");
     fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
@@ -223,4 +286,55 @@ async fn main() {
     let _ = d.child.kill();
     let _ = d.child.wait();
     let _ = fs::copy(&d.log, a.out.join("bench-driver.log"));
+    println!(
+        "\ndriver background work after a delete (spares {}), waited for untimed: sequential p50 {:.3} s max {:.3} s; after the concurrent phase {:.3} s",
+        a.spares,
+        {
+            let mut sorted = drains.clone();
+            sorted.sort_by(f64::total_cmp);
+            report::pct(&sorted, 50.0)
+        },
+        drains.iter().copied().fold(0.0, f64::max),
+        drain_concurrent
+    );
+    println!(
+        "checks (driver volumes, spares {}): {} filesystems, {} distinct UUIDs, fsck -n clean {}/{}{}",
+        a.spares,
+        report["checks"]["filesystems"],
+        report["checks"]["distinct_uuids"],
+        report["checks"]["fsck_clean"],
+        report["checks"]["filesystems"],
+        if checks_ok { "" } else { ": FAILED" }
+    );
+    if !checks_ok {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report["checks"]).unwrap()
+        );
+        std::process::exit(1);
+    }
+}
+
+/// Seconds waited, after each sequential driver cycle, for the driver's background work.
+pub(crate) static DRAINS: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits until every spare the driver kept (log: "kept the volume's LV as a spare") is
+/// prepared or given up ("prepared a spare", "could not prepare a spare"); returns the
+/// seconds waited. Without spares there is nothing to wait for.
+pub(crate) async fn drain(log: &Path) -> f64 {
+    let t = Instant::now();
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let kept = text.matches("kept the volume's LV as a spare").count();
+        let done = text.matches("prepared a spare").count()
+            + text.matches("could not prepare a spare").count();
+        if done >= kept {
+            return secs(t.elapsed());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the driver's spares were not prepared within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

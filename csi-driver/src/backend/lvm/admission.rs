@@ -51,7 +51,8 @@ impl LvmBackend {
                     .values()
                     .filter(|e| e.class == class)
                     .map(|e| e.bytes)
-                    .sum::<u64>();
+                    .sum::<u64>()
+                + super::spares::bytes_in(&index, class);
             (facts, indexed + index.reserved_in(class, None))
         };
         let status = self

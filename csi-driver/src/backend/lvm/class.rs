@@ -47,6 +47,11 @@ pub struct DeviceClass {
     /// the pool; the rest holds the pool's metadata and its spare.
     #[serde(default = "default_pool_size_percent")]
     pub pool_size_percent: u32,
+    /// How many deleted filesystem volumes the class keeps as formatted spares, for the
+    /// next volumes of the same size and filesystem (see the lvm backend's `spares.rs`);
+    /// 0 (the default) turns spares off.
+    #[serde(default)]
+    pub spares: u32,
 }
 
 /// Whether iolane may erase signatures on a device listed in a device class.
@@ -66,6 +71,8 @@ pub const DEFAULT_CLASS: &str = "default";
 /// Smallest and largest thin pool chunk size LVM accepts.
 const MIN_CHUNK: u64 = 64 << 10;
 const MAX_CHUNK: u64 = 1 << 30;
+/// The most spares a class may keep.
+pub const MAX_SPARES: u32 = 256;
 /// LVM's limit on VG and LV name length.
 const MAX_LVM_NAME_LEN: usize = 127;
 
@@ -116,6 +123,7 @@ impl DeviceClass {
             metadata_high_watermark: default_metadata_watermark(),
             wipe: WipePolicy::Never,
             pool_size_percent: default_pool_size_percent(),
+            spares: 0,
         }
     }
 
@@ -178,6 +186,12 @@ impl DeviceClass {
                     "{} is outside 1..=99 (the pool's metadata and its spare need the rest of the VG)",
                     self.pool_size_percent
                 ),
+            ));
+        }
+        if self.spares > MAX_SPARES {
+            return Err(invalid(
+                "spares",
+                format!("{} is more than {MAX_SPARES}", self.spares),
             ));
         }
         Ok(())

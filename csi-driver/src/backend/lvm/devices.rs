@@ -33,8 +33,21 @@ impl LvmBackend {
 
     /// The device node of the volume's LV if it is active now.
     pub(super) fn active_device(&self, id: &str) -> Option<PathBuf> {
-        self.ready_classes()
-            .find_map(|c| self.os.lv_device(&c.cfg.vg, id))
+        let (vg, lv) = {
+            let index = self.index();
+            match index.volumes.get(id) {
+                Some(e) => (Some(e.vg.clone()), e.lv.clone()),
+                // An LV of that name holds a spare or another volume.
+                None if index.known(id) => return None,
+                None => (None, id.to_owned()),
+            }
+        };
+        match vg {
+            Some(vg) => self.os.lv_device(&vg, &lv),
+            None => self
+                .ready_classes()
+                .find_map(|c| self.os.lv_device(&c.cfg.vg, &lv)),
+        }
     }
 
     /// [`Backend::attach`](super::Backend::attach).
@@ -46,9 +59,9 @@ impl LvmBackend {
             .lookup(id)
             .await?
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
-        self.os.activate_lv(&e.vg, id).await?;
-        tracing::debug!(volume.id = %id, vg = %e.vg, "activated thin LV");
-        let dev = self.device(&e.vg, id)?;
+        self.os.activate_lv(&e.vg, &e.lv).await?;
+        tracing::debug!(volume.id = %id, vg = %e.vg, lv = %e.lv, "activated thin LV");
+        let dev = self.device(&e.vg, &e.lv)?;
         if let Some(x) = self.index().volumes.get_mut(id) {
             x.active = true;
         }

@@ -48,9 +48,10 @@ impl LvmBackend {
     ) -> Result<std::collections::BTreeMap<String, String>> {
         let rows = self.report_all().await?;
         let mut out = std::collections::BTreeMap::new();
-        for lv in rows
+        for (id, lv) in rows
             .iter()
-            .filter(|l| l.name.starts_with(super::LV_PREFIX) && tags::is_ours(&l.tags))
+            .filter(|l| tags::is_ours(&l.tags))
+            .filter_map(|l| Some((l.volume_id()?, l)))
         {
             let Some(class) = self.class_of(lv) else {
                 continue;
@@ -60,7 +61,7 @@ impl LvmBackend {
                 .iter()
                 .find(|l| l.vg == c.vg && l.name == c.thin_pool && l.is_thin_pool());
             if let Some(why) = pool_condition(c, lv, pool) {
-                out.insert(lv.name.clone(), why);
+                out.insert(id, why);
             }
         }
         Ok(out)
@@ -70,7 +71,7 @@ impl LvmBackend {
     pub(super) async fn volume_condition(&self, id: &str) -> Result<Option<String>> {
         let rows = self.report_all().await?;
         let Some((class, lv)) = rows.iter().find_map(|l| {
-            (l.name == id && tags::is_ours(&l.tags))
+            (l.holds(id) && tags::is_ours(&l.tags))
                 .then(|| self.class_of(l).map(|c| (c, l)))
                 .flatten()
         }) else {

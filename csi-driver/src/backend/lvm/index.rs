@@ -3,12 +3,14 @@
 //!
 //! **The volume index.** `lvs` costs a process and the VG's lock (0.3-0.6 s in the test VM,
 //! more than `mount`), so the backend keeps what it knows of its own volumes in memory: an
-//! index `volume ID -> (class, VG, volume)` built from the report that start-up reads
+//! index `volume ID -> (class, VG, LV, volume)` built from the report that start-up reads
 //! anyway (after the sweep of untagged LVs), and updated by the backend's own create,
-//! expand and delete. That is sound because of one invariant, which a deployment must keep:
+//! expand and delete; spares (`spares.rs`) are indexed beside them by LV name. A volume's
+//! ID is the hash of its name tag; its LV is named by that ID unless it was a spare. That is sound because of one invariant, which a deployment must keep:
 //! **one iolane node process per node owns these VGs** (the DaemonSet runs one pod per
 //! node, and nothing else creates, tags or removes `iol-*` LVs in them); the tags are
-//! written by that process only, in the same `lvcreate` that makes the LV. The index is a
+//! written by that process only, in the same `lvcreate` that makes the LV (or the
+//! `lvchange` that makes a spare a volume, or a volume a spare). The index is a
 //! cache of LVM, never a second store: a restart rebuilds it, and where it could be wrong it
 //! is checked against the kernel without a spawn: an indexed, active volume must have its
 //! device node `/dev/<vg>/<lv>`, and an unindexed ID must not. When the node and the index
@@ -25,6 +27,7 @@
 use std::collections::HashMap;
 
 use super::report::{Lv, extent_of};
+use super::spares::Spare;
 use super::{DeviceClass, LV_PREFIX, LvmBackend, tags};
 use crate::error::{Error, Result};
 use crate::volume::{SNAPSHOT_PREFIX, Snapshot, Volume, snapshot_id_for, volume_id_for};
@@ -35,6 +38,10 @@ pub(super) struct Entry {
     /// Position of its class in `LvmBackend::classes`.
     pub(super) class: usize,
     pub(super) vg: String,
+    /// The LV holding it: named by the volume ID, unless the LV was a spare (`spares.rs`).
+    pub(super) lv: String,
+    /// The LV's tags (what a volume turned spare loses).
+    pub(super) tags: Vec<String>,
     pub(super) volume: Volume,
     /// Whether the LV was active when last seen; an inactive LV has no device node.
     pub(super) active: bool,
@@ -72,6 +79,10 @@ pub(super) struct Index {
     pub(super) reserved: HashMap<String, (usize, u64)>,
     /// Per class, in `LvmBackend::classes` order; `None` until a report of its VG is seen.
     pub(super) pools: Vec<Option<PoolFacts>>,
+    /// LV name -> spare (see `spares.rs`).
+    pub(super) spares: HashMap<String, Spare>,
+    /// Woken whenever a spare stops being prepared (clean, or given up).
+    pub(super) spare_done: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Index {
@@ -81,6 +92,8 @@ impl Index {
         self.volumes.contains_key(name)
             || self.snapshots.contains_key(name)
             || self.reserved.contains_key(name)
+            || self.spares.contains_key(name)
+            || self.volumes.values().any(|e| e.lv == name)
     }
 
     /// Virtual bytes of `class`'s in-flight creates whose LV is not in `rows` yet.
@@ -109,9 +122,14 @@ impl LvmBackend {
             return None;
         }
         let class = self.class_index_of(lv)?;
+        if tags::is_spare(&lv.tags) {
+            return None;
+        }
         Some(Self::volume_of(lv).map(|volume| Entry {
             class,
             vg: lv.vg.clone(),
+            lv: lv.name.clone(),
+            tags: lv.tags.clone(),
             volume,
             active: lv.active(),
         }))
@@ -178,7 +196,7 @@ impl LvmBackend {
         for lv in rows {
             match self.entry_of(lv) {
                 Some(Ok(e)) => {
-                    fresh.insert(lv.name.clone(), e);
+                    fresh.insert(e.volume.id.clone(), e);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(lv.name = %lv.name, vg = %lv.vg, error = %e, "not indexing an LV whose iolane tags cannot be read");
@@ -187,17 +205,19 @@ impl LvmBackend {
             }
         }
         self.absorb_snapshots(rows);
+        let spares = self.spares_in(rows);
         let mut index = self.index();
         let stale: Vec<String> = index
             .volumes
             .iter()
-            .filter(|(id, e)| !fresh.contains_key(*id) && self.os.lv_device(&e.vg, id).is_none())
+            .filter(|(id, e)| !fresh.contains_key(*id) && self.os.lv_device(&e.vg, &e.lv).is_none())
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
             index.volumes.remove(&id);
         }
         index.volumes.extend(fresh);
+        super::spares::absorb(&mut index.spares, spares);
         let pools = self
             .classes
             .iter()
@@ -225,7 +245,7 @@ impl LvmBackend {
     pub(super) fn fix_entry(&self, id: &str, rows: &[Lv]) -> Result<Option<Entry>> {
         let found = rows
             .iter()
-            .filter(|l| l.name == id)
+            .filter(|l| l.answers_for(id))
             .find_map(|l| self.entry_of(l));
         let mut index = self.index();
         match found {
@@ -244,12 +264,37 @@ impl LvmBackend {
         }
     }
 
+    /// Indexes a volume this process just made in `lv` (a new LV or a spare), in place of
+    /// the reservation or the spare that stood for it.
+    pub(super) fn index_made(&self, class: usize, lv: String, tags: Vec<String>, volume: &Volume) {
+        let mut index = self.index();
+        index.reserved.remove(&lv);
+        index.spares.remove(&lv);
+        index.volumes.insert(
+            volume.id.clone(),
+            Entry {
+                class,
+                vg: self.classes[class].cfg.vg.clone(),
+                lv,
+                tags,
+                volume: volume.clone(),
+                active: true,
+            },
+        );
+    }
+
     /// The volume `id` as the index knows it, checked against the device nodes; one `lvs`
     /// only when the two disagree (see the module docs).
     pub(super) async fn lookup(&self, id: &str) -> Result<Option<Entry>> {
-        let hit = self.index().volumes.get(id).cloned();
+        let (hit, taken) = {
+            let index = self.index();
+            let hit = index.volumes.get(id).cloned();
+            // An LV named `id` that holds a spare or another volume says nothing of `id`.
+            let taken = hit.is_none() && index.known(id);
+            (hit, taken)
+        };
         match hit {
-            Some(e) if self.os.lv_device(&e.vg, id).is_some() => {
+            Some(e) if self.os.lv_device(&e.vg, &e.lv).is_some() => {
                 if !e.active
                     && let Some(x) = self.index().volumes.get_mut(id)
                 {
@@ -260,7 +305,7 @@ impl LvmBackend {
             // Inactive when last seen (e.g. not auto-activated at boot): no node expected.
             Some(e) if !e.active => return Ok(Some(e)),
             Some(_) => {}
-            None if self.active_device(id).is_none() => return Ok(None),
+            None if taken || self.active_device(id).is_none() => return Ok(None),
             None => {}
         }
         tracing::debug!(volume.id = %id, indexed = hit.is_some(), "the volume index and /dev disagree; asking LVM");
@@ -268,21 +313,16 @@ impl LvmBackend {
         self.fix_entry(id, &rows)
     }
 
-    /// The volume an iolane LV stands for, rebuilt from its name, size and tags.
+    /// The volume an iolane LV stands for, rebuilt from its size and tags; its ID is the
+    /// hash of its name tag (the LV's name unless the LV was a spare).
     pub(super) fn volume_of(lv: &Lv) -> Result<Volume> {
         let bad = |reason: String| Error::Metadata {
             path: format!("lv {}/{}", lv.vg, lv.name),
             reason,
         };
         let t = tags::decode(&lv.tags).map_err(bad)?;
-        if volume_id_for(&t.name) != lv.name {
-            return Err(bad(format!(
-                "the name tag {:?} does not hash to the LV name",
-                t.name
-            )));
-        }
         Ok(Volume {
-            id: lv.name.clone(),
+            id: volume_id_for(&t.name),
             name: t.name,
             capacity_bytes: lv.size,
             fs_type: t.fs_type,

@@ -9,8 +9,11 @@
 //!
 //! **LVM metadata is the only state store.** A volume is a thin LV named by its volume ID
 //! (`iol-` + 32 hex digits) carrying the tags of [`tags`], all written by one `lvcreate`, so
-//! a crash leaves either a complete volume or nothing. Every read of LVM is one `lvs` JSON
-//! report ([`report`]).
+//! a crash leaves either a complete volume or nothing. A class with `spares` also keeps
+//! deleted filesystem volumes' LVs, formatted, for the next volumes of their size
+//! (`spares.rs`): a volume made from one keeps the spare's LV name, and its ID is the hash
+//! of its name tag, as for every volume. Every read of LVM is one `lvs` JSON report
+//! ([`report`]).
 //!
 //! The backend keeps an index of its volumes in memory (`index.rs`), so that most calls
 //! need no `lvs`; admission in create and expand (`admission.rs`) reads pool usage
@@ -18,7 +21,7 @@
 //!
 //! Code map: this file holds [`LvmBackend`] and its [`Backend`] impl, which delegates to
 //! `setup.rs` (start-up: pool adoption or creation, the sweep), `index.rs` (the volume
-//! index), `admission.rs` (pool usage and the limits on it), `volumes.rs` (get, list,
+//! index), `spares.rs` (spares), `admission.rs` (pool usage and the limits on it), `volumes.rs` (get, list,
 //! create, delete, expand, capacity), `snapshots.rs` (snapshots and clones), `health.rs` (pool usage for `iolane status`, volume
 //! conditions) and `devices.rs` (block devices of volumes); [`report`] parses LVM's
 //! reports, [`tags`] converts volumes to and from LV tags, and `class.rs` holds
@@ -32,6 +35,7 @@ mod index;
 pub mod report;
 mod setup;
 mod snapshots;
+mod spares;
 pub mod tags;
 mod volumes;
 
@@ -120,8 +124,9 @@ pub struct LvmBackend {
     classes: Vec<Class>,
     /// When the not-ready classes were last set up; held while a retry runs.
     last_setup: Mutex<SetupRetry>,
-    /// What the backend knows of its volumes without asking LVM (see `index.rs`).
-    index: std::sync::Mutex<Index>,
+    /// What the backend knows of its volumes without asking LVM (see `index.rs`); shared
+    /// with the tasks that prepare spares (`spares.rs`).
+    index: Arc<std::sync::Mutex<Index>>,
     /// Where admission reads pool usage in-process.
     pool_status: Arc<dyn ThinPoolReader>,
 }

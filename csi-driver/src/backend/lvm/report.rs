@@ -95,6 +95,37 @@ impl Lv {
     pub fn is_thin_in(&self, vg: &str, pool: &str) -> bool {
         self.kind() == b'V' && !self.pool.is_empty() && self.vg == vg && self.pool == pool
     }
+
+    /// The ID of the volume this LV holds: the hash of its name tag (`volume_id_for`), which
+    /// is the LV's own name unless the LV was a spare when the volume was made (see
+    /// `spares.rs`). `None` for an LV that holds no volume (no `iol-` name, no name tag, a
+    /// spare).
+    pub fn volume_id(&self) -> Option<String> {
+        if !self.name.starts_with(super::LV_PREFIX) || super::tags::is_spare(&self.tags) {
+            return None;
+        }
+        let key = format!("{}name=", super::tags::PREFIX);
+        let name = self
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix(&key))
+            .and_then(super::tags::unescape)?;
+        Some(crate::volume::volume_id_for(&name))
+    }
+
+    /// Whether this LV holds the volume `id` (see [`Lv::volume_id`]).
+    pub fn holds(&self, id: &str) -> bool {
+        self.volume_id().as_deref() == Some(id)
+    }
+
+    /// Whether this LV is the one to ask about volume `id`: it holds it, or it is named
+    /// `id` and its tags name no volume (then they are unreadable, or it is a spare).
+    pub fn answers_for(&self, id: &str) -> bool {
+        match self.volume_id() {
+            Some(v) => v == id,
+            None => self.name == id,
+        }
+    }
 }
 
 /// One PV; `vg` is empty for a PV in no VG.

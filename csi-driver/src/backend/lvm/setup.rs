@@ -59,12 +59,14 @@ impl LvmBackend {
                 at: Instant::now(),
                 wait: super::SETUP_RETRY_FIRST,
             }),
-            index: std::sync::Mutex::new(Index {
+            index: std::sync::Arc::new(std::sync::Mutex::new(Index {
                 volumes: HashMap::new(),
                 snapshots: HashMap::new(),
                 reserved: HashMap::new(),
                 pools,
-            }),
+                spares: HashMap::new(),
+                spare_done: Arc::default(),
+            })),
         };
         backend.index_ready_classes().await;
         backend
@@ -75,10 +77,16 @@ impl LvmBackend {
         match self.sweep().await {
             Ok(rows) => {
                 self.absorb_all(&rows);
+                let (volumes, spares) = {
+                    let index = self.index();
+                    (index.volumes.len(), index.spares.len())
+                };
                 tracing::info!(
-                    volumes = self.index().volumes.len(),
+                    volumes,
+                    spares,
                     "indexed the volumes of every ready device class"
                 );
+                self.tend_spares();
             }
             Err(e) => tracing::warn!(
                 error = %e,

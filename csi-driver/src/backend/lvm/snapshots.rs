@@ -10,12 +10,12 @@
 //! blocks it still shares with its source or with clones stay theirs.
 
 use super::admission::admit;
-use super::index::{Entry, SnapEntry};
+use super::index::SnapEntry;
 use super::report::Lv;
 use super::{Created, LvmBackend, tags};
 use crate::backend::CreatedSnapshot;
 use crate::error::{Error, Result};
-use crate::volume::{ContentSource, CreateSpec, SNAPSHOT_PREFIX, Snapshot, SnapshotSpec, Volume};
+use crate::volume::{ContentSource, CreateSpec, SNAPSHOT_PREFIX, Snapshot, SnapshotSpec};
 
 impl LvmBackend {
     /// Every snapshot of every ready class, as one report says.
@@ -98,7 +98,7 @@ impl LvmBackend {
         }
         let created = self
             .os
-            .create_thin_snapshot(&c.vg, &spec.source_volume_id, &spec.id, &tags, false)
+            .create_thin_snapshot(&c.vg, &src.lv, &spec.id, &tags, false)
             .await;
         self.index().reserved.remove(&spec.id);
         if let Err(err) = created {
@@ -169,12 +169,9 @@ impl LvmBackend {
         if let Some(v) = self.existing_in(c, &spec.id, &rows)? {
             return Ok(Created::Existing(v));
         }
-        let is_source = |l: &&Lv| {
-            l.name == src.id()
-                && match src {
-                    ContentSource::Snapshot(_) => self.snap_entry_of(l).is_some(),
-                    ContentSource::Volume(_) => self.entry_of(l).is_some(),
-                }
+        let is_source = |l: &&Lv| match src {
+            ContentSource::Snapshot(id) => l.name == *id && self.snap_entry_of(l).is_some(),
+            ContentSource::Volume(id) => l.holds(id) && self.entry_of(l).is_some(),
         };
         let origin = match rows.iter().find(is_source) {
             Some(l) if l.is_thin_in(&c.vg, &c.thin_pool) => l,
@@ -206,21 +203,22 @@ impl LvmBackend {
                 spec.size
             )));
         }
+        let lv = self.new_lv_name(&spec.id)?;
         let u = {
             let _admit = class.admission.lock().await;
             let (u, _) = self.admission_usage(ci).await?;
             admit(c, &u, spec.size)?;
             self.index()
                 .reserved
-                .insert(spec.id.clone(), (ci, spec.size.next_multiple_of(u.extent)));
+                .insert(lv.clone(), (ci, spec.size.next_multiple_of(u.extent)));
             u
         };
         let made = self
             .os
-            .create_thin_snapshot(&c.vg, &origin.name, &spec.id, &tags, true)
+            .create_thin_snapshot(&c.vg, &origin.name, &lv, &tags, true)
             .await;
         if let Err(err) = made {
-            self.index().reserved.remove(&spec.id);
+            self.index().reserved.remove(&lv);
             let Ok(rows) = self.lvs(&[&c.vg]).await else {
                 return Err(err.into());
             };
@@ -230,38 +228,18 @@ impl LvmBackend {
             };
         }
         if spec.size > origin.size
-            && let Err(err) = self.os.extend_lv(&c.vg, &spec.id, spec.size).await
+            && let Err(err) = self.os.extend_lv(&c.vg, &lv, spec.size).await
         {
             // Not a volume of the size asked for: undo it, so a retry starts afresh.
             let rows = self.lvs(&[&c.vg]).await?;
-            if let Some(lv) = rows.iter().find(|l| l.name == spec.id) {
-                self.remove(lv).await?;
+            if let Some(made) = rows.iter().find(|l| l.name == lv) {
+                self.remove(made).await?;
             }
-            self.index().reserved.remove(&spec.id);
+            self.index().reserved.remove(&lv);
             return Err(err.into());
         }
-        let volume = Volume {
-            id: spec.id.clone(),
-            name: spec.name.clone(),
-            capacity_bytes: spec.size.max(origin.size).next_multiple_of(u.extent),
-            fs_type: spec.fs_type,
-            parameters: spec.parameters.clone(),
-            tier: spec.tier.clone(),
-            source: Some(src.clone()),
-        };
-        {
-            let mut index = self.index();
-            index.reserved.remove(&spec.id);
-            index.volumes.insert(
-                spec.id.clone(),
-                Entry {
-                    class: ci,
-                    vg: c.vg.clone(),
-                    volume: volume.clone(),
-                    active: true,
-                },
-            );
-        }
+        let volume = spec.volume(spec.size.max(origin.size).next_multiple_of(u.extent));
+        self.index_made(ci, lv, tags, &volume);
         tracing::debug!(volume.id = %spec.id, source = %src.id(), vg = %c.vg, size = volume.capacity_bytes, "created thin clone");
         Ok(Created::New(volume))
     }

@@ -1,6 +1,7 @@
 //! The LV tags that make a thin LV an iolane volume: LVM metadata is the only state store,
 //! so everything needed to rebuild a [`Volume`] is written here, by the one `lvcreate`
-//! that creates the LV.
+//! that creates the LV (or the one `lvchange` that makes a spare the volume: a spare
+//! carries only `iolane.dev/v=1` and `iolane.dev/spare=ext4|xfs`).
 //!
 //! ```text
 //! iolane.dev/v=1                       format version
@@ -233,6 +234,35 @@ pub fn decode_snapshot(id: &str, tags: &[String]) -> Result<Snapshot, String> {
         size_bytes: size.ok_or_else(|| missing("size"))?,
         fs_type,
     })
+}
+
+/// The tag of a spare (see `spares.rs`): a formatted thin LV held for the next volume of
+/// its size and filesystem. A spare carries this and the version tag, nothing else.
+pub fn spare_tag(fs: FsType) -> String {
+    format!("{PREFIX}spare={}", fs.as_str())
+}
+
+/// The filesystem a spare is formatted with; `None` if the LV is not a spare (or its
+/// spare tag names no filesystem this driver knows).
+pub fn spare_fs(tags: &[String]) -> Option<FsType> {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(PREFIX)?.strip_prefix("spare="))
+        .and_then(FsType::parse)
+}
+
+/// Whether an LV carries a spare tag, readable or not.
+pub fn is_spare(tags: &[String]) -> bool {
+    let key = format!("{PREFIX}spare=");
+    tags.iter().any(|t| t.starts_with(&key))
+}
+
+/// The tags a volume's LV loses when it becomes a spare: every iolane tag but the version.
+pub fn volume_only(tags: &[String]) -> Vec<String> {
+    let version = format!("{PREFIX}v={VERSION}");
+    tags.iter()
+        .filter(|t| t.starts_with(PREFIX) && **t != version)
+        .cloned()
+        .collect()
 }
 
 /// Whether an LV carries any iolane tag.

@@ -17,7 +17,7 @@ impl LvmBackend {
         id: &str,
         rows: &[Lv],
     ) -> Result<Option<Volume>> {
-        let Some(lv) = rows.iter().find(|l| l.name == id) else {
+        let Some(lv) = rows.iter().find(|l| l.answers_for(id)) else {
             return Ok(None);
         };
         if !tags::is_ours(&lv.tags) {
@@ -47,26 +47,41 @@ impl LvmBackend {
     /// it and drops it from the index. An LV that is already gone when `lvremove` runs
     /// counts as removed.
     pub(super) async fn remove_volume(&self, id: &str, e: &Entry) -> Result<()> {
-        let dev = match self.os.lv_device(&e.vg, id) {
-            Some(dev) => dev,
-            None => {
-                self.os.activate_lv(&e.vg, id).await?;
-                self.device(&e.vg, id)?
-            }
-        };
+        let dev = self.volume_device(e).await?;
         // Freed blocks go back to the pool; without the discard a pool that does not zero
         // new chunks could hand this volume's bytes to the next one.
         self.os.discard(&dev).await?;
-        if let Err(err) = self.os.remove_lv(&e.vg, id).await {
+        if let Err(err) = self.os.remove_lv(&e.vg, &e.lv).await {
             let rows = self.lvs(&[&e.vg]).await?;
-            if rows.iter().any(|l| l.name == id) {
+            if rows.iter().any(|l| l.name == e.lv) {
                 return Err(err.into());
             }
             tracing::debug!(volume.id = %id, vg = %e.vg, error = %err, "lvremove failed but the LV is gone");
         }
         self.index().volumes.remove(id);
-        tracing::debug!(lv.name = %id, vg = %e.vg, "discarded and removed LV");
+        tracing::debug!(volume.id = %id, lv.name = %e.lv, vg = %e.vg, "discarded and removed LV");
         Ok(())
+    }
+
+    /// The name for a new volume's LV: its ID, unless a spare or a volume made from one
+    /// holds that name (the CSI name was used before), then a fresh random one.
+    pub(super) fn new_lv_name(&self, id: &str) -> Result<String> {
+        if self.index().known(id) {
+            random_lv_name()
+        } else {
+            Ok(id.to_owned())
+        }
+    }
+
+    /// The device node of an indexed volume's LV, activating the LV if needed.
+    pub(super) async fn volume_device(&self, e: &Entry) -> Result<std::path::PathBuf> {
+        match self.os.lv_device(&e.vg, &e.lv) {
+            Some(dev) => Ok(dev),
+            None => {
+                self.os.activate_lv(&e.vg, &e.lv).await?;
+                self.device(&e.vg, &e.lv)
+            }
+        }
     }
 
     /// [`Backend::get`](super::Backend::get).
@@ -79,9 +94,13 @@ impl LvmBackend {
         // ListVolumes is authoritative: it reads LVM, and the index follows what it read.
         let rows = self.report_all().await?;
         self.absorb_all(&rows);
+        self.tend_spares();
         let mut out = Vec::new();
         for lv in rows.iter().filter(|l| {
-            l.name.starts_with(LV_PREFIX) && tags::is_ours(&l.tags) && self.class_of(l).is_some()
+            l.name.starts_with(LV_PREFIX)
+                && tags::is_ours(&l.tags)
+                && !tags::is_spare(&l.tags)
+                && self.class_of(l).is_some()
         }) {
             match Self::volume_of(lv) {
                 Ok(v) => out.push(v),
@@ -102,6 +121,12 @@ impl LvmBackend {
         if let Some(e) = self.lookup(&spec.id).await? {
             return Ok(Created::Existing(e.volume));
         }
+        if let Some(v) = self.claim_spare(ci, spec, &tags).await? {
+            return Ok(Created::New(v));
+        }
+        // The LV is named by the volume ID, unless a spare or a volume made from one holds
+        // that name (the name was used before): then by a fresh random one.
+        let lv = self.new_lv_name(&spec.id)?;
         // Admission and the reservation it makes are one step under the class's lock; the
         // lvcreate runs outside it, so creates of different volumes overlap as far as
         // LVM's own VG lock lets them.
@@ -113,18 +138,25 @@ impl LvmBackend {
             {
                 return Ok(Created::Existing(v));
             }
-            admit(c, &u, spec.size)?;
+            let u = match admit(c, &u, spec.size) {
+                Ok(()) => u,
+                // Spares hold virtual bytes a volume can have.
+                Err(err) => match self.drop_spares_for(ci, spec.size).await? {
+                    Some(u) => u,
+                    None => return Err(err),
+                },
+            };
             self.index()
                 .reserved
-                .insert(spec.id.clone(), (ci, spec.size.next_multiple_of(u.extent)));
+                .insert(lv.clone(), (ci, spec.size.next_multiple_of(u.extent)));
             u
         };
         let created = self
             .os
-            .create_thin_lv(&c.vg, &c.thin_pool, &spec.id, spec.size, &tags)
+            .create_thin_lv(&c.vg, &c.thin_pool, &lv, spec.size, &tags)
             .await;
         if created.is_err() {
-            self.index().reserved.remove(&spec.id);
+            self.index().reserved.remove(&lv);
         }
         if let Err(err) = created {
             // An LV of this name that the index did not know (a foreign one, or the
@@ -138,29 +170,9 @@ impl LvmBackend {
                 None => Err(err.into()),
             };
         }
-        let volume = Volume {
-            id: spec.id.clone(),
-            name: spec.name.clone(),
-            capacity_bytes: spec.size.next_multiple_of(u.extent),
-            fs_type: spec.fs_type,
-            parameters: spec.parameters.clone(),
-            tier: spec.tier.clone(),
-            source: None,
-        };
-        {
-            let mut index = self.index();
-            index.reserved.remove(&spec.id);
-            index.volumes.insert(
-                spec.id.clone(),
-                Entry {
-                    class: ci,
-                    vg: c.vg.clone(),
-                    volume: volume.clone(),
-                    active: true,
-                },
-            );
-        }
-        tracing::debug!(volume.id = %spec.id, vg = %c.vg, size = spec.size, "created thin LV");
+        let volume = spec.volume(spec.size.next_multiple_of(u.extent));
+        self.index_made(ci, lv.clone(), tags, &volume);
+        tracing::debug!(volume.id = %spec.id, lv.name = %lv, vg = %c.vg, size = spec.size, "created thin LV");
         Ok(Created::New(volume))
     }
 
@@ -169,7 +181,9 @@ impl LvmBackend {
         let Some(e) = self.lookup(id).await? else {
             return Ok(false);
         };
-        self.remove_volume(id, &e).await?;
+        if !self.recycle(id, &e).await? {
+            self.remove_volume(id, &e).await?;
+        }
         Ok(true)
     }
 
@@ -179,7 +193,11 @@ impl LvmBackend {
         let rows = self.lvs(&[&class.cfg.vg]).await?;
         self.absorb_pool(ci, &rows);
         let mut u = usage(&class.cfg, &rows)?;
-        u.provisioned += self.index().reserved_in(ci, Some(&rows));
+        let index = self.index();
+        // Spares give their bytes up to a create that needs them.
+        u.provisioned = (u.provisioned + index.reserved_in(ci, Some(&rows)))
+            .saturating_sub(super::spares::bytes_in(&index, ci));
+        drop(index);
         Ok(capacity_of(&class.cfg, &u))
     }
 
@@ -204,11 +222,13 @@ impl LvmBackend {
         let new = tags::tier_tags(tier)?;
         let delete: Vec<String> = old.iter().filter(|t| !new.contains(t)).cloned().collect();
         let add: Vec<String> = new.iter().filter(|t| !old.contains(t)).cloned().collect();
-        self.os.retag_lv(&e.vg, id, &delete, &add).await?;
+        self.os.retag_lv(&e.vg, &e.lv, &delete, &add).await?;
         let mut volume = e.volume;
         volume.tier = Some(tier.clone());
         if let Some(x) = self.index().volumes.get_mut(id) {
             x.volume.tier = Some(tier.clone());
+            x.tags.retain(|t| !delete.contains(t));
+            x.tags.extend(add);
         }
         tracing::debug!(volume.id = %id, vg = %e.vg, tier = %tier.name, "replaced the tier tags");
         Ok(volume)
@@ -233,7 +253,7 @@ impl LvmBackend {
             Some(rows) => {
                 let lv = rows
                     .iter()
-                    .find(|l| l.name == id && l.is_thin_in(&c.vg, &c.thin_pool))
+                    .find(|l| l.holds(id) && l.is_thin_in(&c.vg, &c.thin_pool))
                     .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
                 self.fix_entry(id, rows)?;
                 lv.size
@@ -244,7 +264,7 @@ impl LvmBackend {
             return Ok(current);
         }
         admit(c, &u, size - current)?;
-        self.os.extend_lv(&c.vg, id, size).await?;
+        self.os.extend_lv(&c.vg, &e.lv, size).await?;
         let new = size.next_multiple_of(u.extent);
         if let Some(x) = self.index().volumes.get_mut(id) {
             x.volume.capacity_bytes = new;
@@ -252,4 +272,19 @@ impl LvmBackend {
         tracing::debug!(volume.id = %id, vg = %c.vg, size, "extended thin LV");
         Ok(new)
     }
+}
+
+/// A fresh LV name in the volume ID's form, for a volume whose own ID names an LV that
+/// holds something else.
+fn random_lv_name() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| crate::os::Error::io("read", std::path::Path::new("/dev/urandom"), e))?;
+    let mut name = String::from(LV_PREFIX);
+    for x in b {
+        name.push_str(&format!("{x:02x}"));
+    }
+    Ok(name)
 }

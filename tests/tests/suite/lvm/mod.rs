@@ -1,6 +1,7 @@
 //! lvm backend scenarios that only a real kernel with dm-thin can run (the VM of
 //! `tests/vm/`): a full thin pool, no stale data across delete and create, SIGKILL in the
-//! middle of a stream of creates, snapshots and clones (`snapshots.rs`), and a reboot (two boots on the same disks, run by
+//! middle of a stream of creates, snapshots and clones (`snapshots.rs`), spares
+//! (`spares.rs`), and a reboot (two boots on the same disks, run by
 //! `tests/vm/reboot.sh`). Every test returns early with a printed reason unless
 //! `IOLANE_TEST_BACKEND=lvm` (see `iolane_tests::test_backend`); the tests share the VGs, so
 //! they run one at a time (`--test-threads 1`).
@@ -18,6 +19,7 @@ mod pool_full;
 mod reboot;
 mod sigkill;
 mod snapshots;
+mod spares;
 mod stale_data;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

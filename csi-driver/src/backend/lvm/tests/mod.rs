@@ -6,6 +6,7 @@ mod admission;
 mod index;
 mod setup;
 mod snapshots;
+mod spares;
 mod volumes;
 
 use std::sync::Arc;
@@ -85,7 +86,11 @@ impl Fixture {
 
     /// Scripts the start-up of a class whose pool already exists (adoption, then sweep).
     async fn adopted(&self, extra: &[serde_json::Value]) -> LvmBackend {
-        let class = self.class(&["nvme0n1"]);
+        self.adopted_class(self.class(&["nvme0n1"]), extra).await
+    }
+
+    /// [`Fixture::adopted`] with the class given.
+    async fn adopted_class(&self, class: DeviceClass, extra: &[serde_json::Value]) -> LvmBackend {
         self.answer_pvs(&[(&class.devices[0], "iolane")]);
         self.answer_lvs(&[pool(0.0, 0.0)]);
         let mut rows = vec![pool(0.0, 0.0)];
