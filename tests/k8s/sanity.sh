@@ -16,7 +16,9 @@
 #
 # Environment: IOLANE_BIN, IOLANE_CSI_SANITY (a csi-sanity binary; default: built by
 # tests/k8s/build.sh), IOLANE_SANITY_LOG (keep csi-sanity's and the node's output there),
-# IOLANE_SANITY_ARGS (more csi-sanity arguments, e.g. `--ginkgo.focus=NodeStage`).
+# IOLANE_SANITY_ARGS (more csi-sanity arguments, e.g. `--ginkgo.focus=NodeStage`),
+# IOLANE_SANITY_SPARES=N (lvm: the class gets `spares = N`, given in a node config
+# instead of --lvm-devices; spares left at the end are not counted as left volumes).
 # Exit status: 0 when csi-sanity passed and nothing was left behind, 1 otherwise.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -83,7 +85,13 @@ trap 'exit 1' INT TERM
 sock="$tmp/csi.sock"
 node_args=(node --endpoint "unix://$sock" --node-id sanity-node --state-dir "$tmp/state"
     --path-root "$tmp" --kubernetes off --log info)
-if [ -n "$lvm_devices" ]; then
+spares="${IOLANE_SANITY_SPARES:-0}"
+if [ -n "$lvm_devices" ] && [ "$spares" != 0 ]; then
+    devices_toml="$(sed 's/[^,][^,]*/"&"/g; s/,/, /g' <<<"$lvm_devices")"
+    printf '[[device_class]]\nname = "default"\ndevices = [%s]\nspares = %s\n' \
+        "$devices_toml" "$spares" >"$tmp/node.toml"
+    node_args+=(--config "$tmp/node.toml")
+elif [ -n "$lvm_devices" ]; then
     node_args+=(--lvm-devices "$lvm_devices")
 fi
 "$bin" "${node_args[@]}" >"$log/node.log" 2>&1 &
@@ -99,7 +107,7 @@ while [ ! -S "$sock" ]; do
     sleep 0.2
 done
 backend="loop backend"
-[ -z "$lvm_devices" ] || backend="lvm backend on $lvm_devices"
+[ -z "$lvm_devices" ] || backend="lvm backend on $lvm_devices, spares $spares"
 echo "sanity.sh: iolane node up in $(($(date +%s) - t0)) s ($backend)"
 
 # 64 MiB volumes: big enough for ext4 and for the lvm backend's 4 MiB extents, small
@@ -141,7 +149,9 @@ if [ -n "$left" ]; then
     rc=1
 fi
 if [ -n "$lvm_devices" ]; then
-    lvs="$(lvs --noheadings -o lv_name iolane 2>/dev/null | awk '$1 ~ /^iol(snap)?-/')"
+    # Spares (tag iolane.dev/spare=...) are the class's own, not volumes left behind.
+    lvs="$(lvs --noheadings -o lv_name,lv_tags iolane 2>/dev/null |
+        awk '$1 ~ /^iol(snap)?-/ && $2 !~ /iolane.dev\/spare=/ {print $1}')"
     if [ -n "$lvs" ]; then
         echo "sanity.sh: FAILED: volumes or snapshots left in VG iolane: $(tr -s ' \n' ' ' <<<"$lvs")"
         rc=1

@@ -125,7 +125,8 @@ impl Driver {
     }
 
     /// The volumes as the backend stores them: image files under the state dir (loop), or
-    /// `vg/iol-*` LVs in the test VGs (lvm). Sorted.
+    /// `vg/<volume ID>` of the `iol-*` LVs in the test VGs that are not spares (lvm; see
+    /// [`LvInfo::volume_id`](crate::LvInfo::volume_id)). Sorted.
     pub fn backend_volumes(&self) -> Vec<String> {
         if self.vgs.is_empty() {
             files_under(&self.state_dir())
@@ -136,7 +137,7 @@ impl Driver {
         } else {
             let mut v: Vec<String> = lvm_volume_lvs(&self.vgs)
                 .iter()
-                .map(|l| format!("{}/{}", l.vg, l.name))
+                .filter_map(|l| Some(format!("{}/{}", l.vg, l.volume_id()?)))
                 .collect();
             v.sort();
             v

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::{LV_PREFIX, SNAPSHOT_PREFIX, command, detach_loop, unmount_devices};
+use crate::{LV_PREFIX, SNAPSHOT_PREFIX, command, detach_loop, unmount_devices, volume_id_for};
 
 /// One row of the harness's own `lvs` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,43 @@ impl LvInfo {
         self.kernel?;
         fs::canonicalize(&self.dm_path).ok()
     }
+
+    /// Whether this is a spare of a class with `spares` (tag `iolane.dev/spare=`).
+    pub fn is_spare(&self) -> bool {
+        self.tags.iter().any(|t| t.starts_with("iolane.dev/spare="))
+    }
+
+    /// The ID of the volume an `iol-*` LV holds: the hash of its name tag (the LV's own
+    /// name unless it was a spare when the volume was made); an LV without a readable name
+    /// tag counts as its own name; a spare holds none.
+    pub fn volume_id(&self) -> Option<String> {
+        if self.is_spare() {
+            return None;
+        }
+        let name = self
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix("iolane.dev/name="))
+            .and_then(unescape_tag);
+        Some(name.map_or_else(|| self.name.clone(), |n| volume_id_for(&n)))
+    }
+}
+
+/// The driver's tag escaping undone (`:` and two hex digits for a byte); `None` if malformed.
+fn unescape_tag(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b':' {
+            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Fields of [`lvm_lvs`].

@@ -190,7 +190,7 @@ pub(super) async fn round(d: &mut Driver, shared: &Shared, baseline: Option<i64>
     for (_, v) in &vols {
         let dev = if is_lvm() {
             lvs.iter()
-                .find(|l| l.name == v.id)
+                .find(|l| l.volume_id().as_deref() == Some(v.id.as_str()))
                 .and_then(|l| l.device())
                 .and_then(|p| rdev(&p))
         } else {

@@ -26,7 +26,9 @@
 //!
 //! The random choices come from one seed, printed first (`IOLANE_CAMPAIGN_SEED` replays
 //! it; the timing of the processes is not replayed, so a replay hits nearby points).
-//! `IOLANE_CAMPAIGN_CLIENTS` changes the number of clients (8).
+//! `IOLANE_CAMPAIGN_CLIENTS` changes the number of clients (8). On lvm,
+//! `IOLANE_CAMPAIGN_SPARES=N` gives the class `spares = N` (default 0), so deletes keep
+//! LVs as spares and creates take them, under the same kills and checks.
 //! Runs on the loop backend on the host (`tests/run.sh`); on lvm in the VM
 //! (`tests/vm/lvm-suite.sh`), the kill -9 campaign in a bounded form by default (4 clients,
 //! a time budget), both in full with `IOLANE_VM_CAMPAIGN=1`.
@@ -46,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use iolane_tests::{Driver, Options, is_lvm, note};
+use iolane_tests::{Driver, LvmClass, Options, TestBackend, is_lvm, note, test_backend};
 
 /// Clients cycling volumes side by side, unless `IOLANE_CAMPAIGN_CLIENTS` says otherwise.
 const CLIENTS: usize = 8;
@@ -65,6 +67,20 @@ const DATA_LEN: usize = 256 << 10;
 const PARK_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A `u64` from the environment, or `default`.
+/// The lvm device class of the campaign: the default one, with `IOLANE_CAMPAIGN_SPARES`
+/// spares (none on loop, or without the variable).
+fn campaign_classes() -> Vec<LvmClass> {
+    let spares = env_u64("IOLANE_CAMPAIGN_SPARES", 0);
+    match test_backend() {
+        TestBackend::Lvm { devices } if spares > 0 => {
+            let mut class = LvmClass::default_class(&devices);
+            class.extra = format!("spares = {spares}\n");
+            vec![class]
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => v
@@ -264,6 +280,7 @@ async fn start(cancel_max_ms: u64) -> (Driver, Arc<Shared>, tempfile::TempDir) {
     let d = Driver::start_with(Options {
         args: vec!["--cgroup-root".into(), cgroup_root.display().to_string()],
         config: Some(TIERS.to_owned()),
+        lvm_classes: campaign_classes(),
         ..Options::default()
     })
     .await;
@@ -319,8 +336,13 @@ fn report(mode: &str, seed: u64, rounds: &str, shared: &Shared, started: Instant
     let m = shared.model();
     let codes: Vec<String> = m.codes.iter().map(|(c, n)| format!("{c}={n}")).collect();
     note(format!(
-        "campaign {mode}: backend={} seed={seed} {rounds} clients={} cycles={} calls_ok={} failed_attempts={} cancelled={} verified={} errors[{}] violations={} in {:.0}s",
+        "campaign {mode}: backend={}{} seed={seed} {rounds} clients={} cycles={} calls_ok={} failed_attempts={} cancelled={} verified={} errors[{}] violations={} in {:.0}s",
         if is_lvm() { "lvm" } else { "loop" },
+        match env_u64("IOLANE_CAMPAIGN_SPARES", 0) {
+            0 => String::new(),
+            n if is_lvm() => format!(" spares={n}"),
+            _ => String::new(),
+        },
         shared.clients,
         m.cycles,
         m.calls_ok,

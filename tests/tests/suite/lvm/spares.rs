@@ -20,10 +20,12 @@ fn lv_holding(vg: &str, name: &str) -> iolane_tests::LvInfo {
         .unwrap_or_else(|| panic!("no LV carries {tag}"))
 }
 
-fn spares(vg: &str) -> Vec<iolane_tests::LvInfo> {
+/// The spares of `vg` formatted with `fs` (any filesystem: `""`).
+fn spares(vg: &str, fs: &str) -> Vec<iolane_tests::LvInfo> {
+    let tag = format!("{SPARE_TAG}{fs}");
     lvm_volume_lvs(&[vg.to_owned()])
         .into_iter()
-        .filter(|l| l.tags.iter().any(|t| t.starts_with(SPARE_TAG)))
+        .filter(|l| l.tags.iter().any(|t| t.starts_with(&tag)))
         .collect()
 }
 
@@ -67,6 +69,12 @@ fn device_holds(dev: &str, needle: &[u8]) -> bool {
     }
 }
 
+/// Total bytes of the filesystem mounted at `path`.
+fn fs_bytes(path: &str) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    st.blocks() * st.fragment_size()
+}
+
 /// Waits until the driver's log says `n` spares were prepared.
 async fn prepared(d: &Driver, n: usize) {
     let done = poll(REPORT_DEADLINE, || {
@@ -100,17 +108,18 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
         assert_eq!(first.volume_id, volume_id_for(&first_name));
         let first_lv = lv_holding(DEFAULT_VG, &first_name);
         let (s0, t0) = stage_publish(&mut d, &first.volume_id, &first_name, &cap).await;
+        let first_fs_bytes = fs_bytes(&t0);
         write_synced(&Path::new(&t0).join("mark.bin"), &MARK.repeat(4096)).expect("write the mark");
         let first_uuid = uuid(&dev(DEFAULT_VG, &first_lv.name));
         unpublish_unstage(&mut d, &first.volume_id, &s0, &t0).await;
         delete(&mut d, &first.volume_id).await;
         kept += 1;
         prepared(&d, kept).await;
-        let spare = spares(DEFAULT_VG);
+        let spare = spares(DEFAULT_VG, fs);
         assert_eq!(
             spare.iter().map(|l| &l.name).collect::<Vec<_>>(),
             vec![&first_lv.name],
-            "the deleted volume's LV is the one spare"
+            "the deleted volume's LV is the one {fs} spare"
         );
         assert!(
             !list(&mut d).await.contains_key(&first.volume_id),
@@ -123,7 +132,7 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
         assert_eq!(second.volume_id, volume_id_for(&name));
         let lv = lv_holding(DEFAULT_VG, &name);
         assert_eq!(lv.name, first_lv.name, "{name} is made from the spare");
-        assert!(spares(DEFAULT_VG).is_empty());
+        assert!(spares(DEFAULT_VG, fs).is_empty());
         let mark = d.log().len();
         let (s1, t1) = stage_publish(&mut d, &second.volume_id, &name, &cap).await;
         assert!(
@@ -138,11 +147,11 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
             !entries.iter().any(|e| e == "mark.bin"),
             "{name} shows the deleted volume's files: {entries:?}"
         );
-        let st = nix::sys::statvfs::statvfs(t1.as_str()).expect("statvfs");
-        let fs_bytes = st.blocks() * st.fragment_size();
-        assert!(
-            fs_bytes > (size as u64) * 8 / 10,
-            "{name}'s {fs} filesystem is {fs_bytes} bytes, for a {size}-byte volume"
+        // The spare's filesystem is the one NodeStage's mkfs makes on such a volume.
+        assert_eq!(
+            fs_bytes(&t1),
+            first_fs_bytes,
+            "{name}'s {fs} filesystem against the one NodeStage made on {first_name}"
         );
         write_synced(&Path::new(&t1).join("own.bin"), b"second").expect("write");
         let second_uuid = uuid(&dev(DEFAULT_VG, &lv.name));
@@ -175,7 +184,7 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
 
     // Two spares now (ext4 and xfs, the class's count). After a restart they are prepared
     // again before a create may take one.
-    assert_eq!(spares(DEFAULT_VG).len(), 2);
+    assert_eq!(spares(DEFAULT_VG, "").len(), 2);
     d.restart().await;
     // The log goes on in the same file.
     prepared(&d, kept + 2).await;
@@ -185,7 +194,8 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
     let (s, t) = stage_publish(&mut d, &v.volume_id, "spare-after-restart", &cap).await;
     unpublish_unstage(&mut d, &v.volume_id, &s, &t).await;
     fsck_clean("ext4", &dev(DEFAULT_VG, &lv.name));
-    assert_eq!(spares(DEFAULT_VG).len(), 1, "the xfs spare is left");
+    assert_eq!(spares(DEFAULT_VG, "xfs").len(), 1, "the xfs spare is left");
+    assert!(spares(DEFAULT_VG, "ext4").is_empty());
     delete(&mut d, &v.volume_id).await;
     d.assert_no_leaks("spares").await;
 }
