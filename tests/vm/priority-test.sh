@@ -73,7 +73,7 @@ tier=tiers::vm::vm_batch_is_capped_at_its_limit_and_streaming_is_not
 if true; then
     start=$(date +%s)
     log="$(mktemp)"
-    IOLANE_TEST_TIER_DEVICE_IOPS="${IOLANE_TEST_PRIORITY_IOPS:-400}" timeout -k 10 600 \
+    IOLANE_TEST_TIER_DEVICE_IOPS="${IOLANE_TEST_PRIORITY_IOPS:-800}" timeout -k 10 600 \
         "$local_bin/suite" --exact "$tier" --test-threads 1 --nocapture >"$log" 2>&1
     rc_tier=$?
     secs_tier=$(($(date +%s) - start))

@@ -87,8 +87,10 @@ if [ -z "$filter" ] || grep -qE -- "$filter" <<<"demo::end-to-end"; then
     # What this line checks is the newcomer's path: the demo ran end to end (the disk
     # measured, the node and its controllers up, five volumes made, loaded and removed,
     # nothing left). Its verdict (exit 0: the priority held; 3: it did not) is printed,
-    # not asserted: the law's own VM test still fails about one run in three on this
-    # host (docs/priority.md), and CI must not turn on it.
+    # not asserted: here the demo runs the debug build on a 400-IOPS disk, where the
+    # floor is two throttle units for four volumes and a debug node's CPU shows in the
+    # figures under emulation (docs/priority.md). The law's own lines are asserted in
+    # the priority boot (priority::on, release build, 800 IOPS).
     echo "tiers: demo verdict (exit $rc):"
     grep -E 'priority (NOT )?held|work conserv' "$log" | sed 's/^/    /'
     [ "$rc" = 3 ] && rc=0

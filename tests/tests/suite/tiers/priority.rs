@@ -13,7 +13,8 @@
 //! - all five loading: streaming keeps >= 0.90 of its solo IOPS (the better of a solo run
 //!   before and after) from +1 s of its start (the first second is the reaction line's;
 //!   the whole run's mean is printed too), and its p99 latency from +1 s stays within
-//!   1.5x of solo's from +1 s (`iolane bench --latency-from-ms 1000` in every run: the
+//!   1.5x of solo's from +1 s (the mean of the two solo runs' p99s;
+//!   `iolane bench --latency-from-ms 1000` in every run: the
 //!   first second, when batch's queued IO drains at the device, is the reaction line's
 //!   too);
 //! - the four batch volumes alone (streaming idle) get >= 0.85 of the device (the
@@ -43,6 +44,17 @@ pub(super) fn secs() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
+}
+
+/// Seconds of each run of the test with the default tiers (`IOLANE_TEST_PRIORITY_SECS`,
+/// default 8): its lines are judged from +1 s, and a p99 over 7 s of a streaming job on
+/// an 800-IOPS disk is the 56th-slowest of about 5600 IOs, where 4 s gave the 32nd, whose
+/// spread between solo runs of one boot was 13-21 ms.
+fn priority_secs() -> u64 {
+    std::env::var("IOLANE_TEST_PRIORITY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
 }
 
 /// One bench run's figures.
@@ -189,8 +201,13 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     // reports would take a vCPU of the emulated guest every 2 s.
     let mut d = Driver::start_with(Options {
         args: vec!["--metrics-address".into(), metrics.clone()],
-        // Each pass's inputs and budget (`priority: pass`), printed when the test fails.
-        log: Some("info,csi_driver=debug,iops_controller::priority=debug".to_owned()),
+        // Each pass's inputs and budget (`priority: pass`), printed when the test fails;
+        // `IOLANE_TEST_PRIORITY_LOG` sets another filter.
+        log: Some(
+            std::env::var("IOLANE_TEST_PRIORITY_LOG").unwrap_or_else(|_| {
+                "info,csi_driver=debug,iops_controller::priority=debug".to_owned()
+            }),
+        ),
         config: Some(config),
         ..Options::default()
     })
@@ -206,7 +223,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     }
     let out = d.root().join("bench");
     fs::create_dir_all(&out).expect("bench dir");
-    let s = secs();
+    let s = priority_secs();
     let solo_first = load(&streaming, &out.join("s-solo.json"), s, Duration::ZERO);
     // The batch class alone: all four at once.
     let alone: Vec<Run> = std::thread::scope(|sc| {
@@ -292,9 +309,14 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
         (together, b, watch.join().expect("watch"))
     });
     // Streaming solo again: the device's rate is the better of the two solo runs (a VM on a
-    // loaded host stalls now and then; the better run is the stricter reference).
+    // loaded host stalls now and then; the better run is the stricter reference). Solo's
+    // p99 is the mean of the two runs' p99s: a tail percentile of one run is the noisier
+    // figure, and the better run by rate is not the one with the better tail more often
+    // than not.
     let solo_last = load(&streaming, &out.join("s-solo-end.json"), s, Duration::ZERO);
     let solo_means = (solo_first.mean, solo_last.mean);
+    let solo_p99s = (solo_first.p99_us, solo_last.p99_us);
+    let solo_p99_us = (solo_p99s.0 + solo_p99s.1) / 2.0;
     let solo = if solo_last.mean > solo_first.mean {
         solo_last
     } else {
@@ -319,7 +341,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     let keep_run = together.mean / solo.mean;
     let steady_s: Vec<f64> = together.samples.iter().copied().skip(10).collect();
     let keep = steady_s.iter().sum::<f64>() / steady_s.len().max(1) as f64 / solo.mean;
-    let p99x = together.p99_us / solo.p99_us;
+    let p99x = together.p99_us / solo_p99_us;
     let share_alone = batch_alone / device;
     let s_start = together.start_ms;
     let s_end = s_start + 100 * together.samples.len() as u64;
@@ -338,7 +360,7 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
     let show = |v: Option<usize>| v.map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"));
     note(format!(
         "priority {mode} (device throttled to {iops} IOPS, {s} s runs):\n  \
-         streaming solo {:.0} IOPS, p99 from +1 s {:.1} ms (the better of {:.0} before and {:.0} after)\n  \
+         streaming solo {:.0} IOPS (the better of {:.0} before and {:.0} after), p99 from +1 s {:.1} ms (the mean of {:.1} and {:.1})\n  \
          batch alone (4 volumes) {batch_alone:.0} IOPS = {share_alone:.2} of the device\n  \
          all five: streaming {:.0} IOPS = {keep_run:.2} of solo over its run, {keep:.2} from +1 s, p99 from +1 s {:.1} ms = {p99x:.2}x solo; \
          batch {:.0} IOPS over its whole run ({})\n  \
@@ -346,9 +368,11 @@ async fn vm_streaming_keeps_its_rate_against_four_batch_volumes() {
          streaming >= 0.90 of solo after {}; batch >= 0.85 of the device {} after streaming stopped\n  \
          streaming per 100 ms, first 2 s: {}",
         solo.mean,
-        solo.p99_us / 1000.0,
         solo_means.0,
         solo_means.1,
+        solo_p99_us / 1000.0,
+        solo_p99s.0 / 1000.0,
+        solo_p99s.1 / 1000.0,
         together.mean,
         together.p99_us / 1000.0,
         batch_runs.iter().map(|r| r.mean).sum::<f64>(),
