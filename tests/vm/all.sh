@@ -4,7 +4,8 @@
 #   1. tests/vm/setup.sh (installs what is missing);
 #   2. builds `iolane` and the test binary `suite` on the host, and copies them (debug info
 #      stripped: the guest reads them over 9p) to a work directory; the release `iolane`
-#      for the priority boot is built in the background while the first two boots run;
+#      for the priority boot is built in the background while the first two boots run
+#      (tests/run.sh starts that build earlier, with the host tests);
 #   3. one boot (2 NVMe disks) for tests/vm/lvm-suite.sh: the real csi-sanity
 #      (tests/k8s/build.sh, sanity.sh), the conformance suite on the lvm backend, then the
 #      pool-full, no-stale-data and SIGKILL-during-creates scenarios;
@@ -96,7 +97,9 @@ stamp "binaries: $(du -sh "$work/bin"/* | awk '{printf "%s (%s) ", $2, $1}')"
 # under software emulation a debug node's controller takes enough of the guest's CPU to
 # show in streaming's p99 (docs/priority.md, *The test with the default tiers*). It is
 # built here in the background at the lowest priority while boots 1 and 2 run, in a target
-# directory of its own, so that no cargo command above or below waits on its lock.
+# directory of its own, so that no cargo command above or below waits on its lock. Under
+# tests/run.sh the same build started with the host tests: this one then finds it done, or
+# waits for it.
 run_priority=0
 if [ "${IOLANE_VM_SKIP_PRIORITY:-0}" != 1 ] \
     && { [ -z "${IOLANE_VM_SUITE_FILTER:-}" ] || grep -qE -- "$IOLANE_VM_SUITE_FILTER" <<<"priority::on priority::off-fails priority::two-devices priority::tier-cap"; }; then
