@@ -39,11 +39,17 @@ pub(super) const SPAN: u64 = 32 << 20;
 /// The batch class's floor (`[priority] floor`, default).
 const FLOOR: f64 = 0.05;
 
-pub(super) fn secs() -> u64 {
-    std::env::var("IOLANE_TEST_BENCH_SECS")
+/// Seconds from the environment variable `var`, else `default`.
+fn env_secs(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(default)
+}
+
+/// Seconds of each load run of the tier tests (`IOLANE_TEST_BENCH_SECS`, default 5).
+pub(super) fn secs() -> u64 {
+    env_secs("IOLANE_TEST_BENCH_SECS", 5)
 }
 
 /// Seconds of each run of the test with the default tiers (`IOLANE_TEST_PRIORITY_SECS`,
@@ -51,10 +57,7 @@ pub(super) fn secs() -> u64 {
 /// an 800-IOPS disk is the 56th-slowest of about 5600 IOs, where 4 s gave the 32nd, whose
 /// spread between solo runs of one boot was 13-21 ms.
 fn priority_secs() -> u64 {
-    std::env::var("IOLANE_TEST_PRIORITY_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+    env_secs("IOLANE_TEST_PRIORITY_SECS", 8)
 }
 
 /// One bench run's figures.

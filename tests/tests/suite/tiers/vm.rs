@@ -221,17 +221,10 @@ pub(super) fn http_get(addr: &str, path: &str) -> String {
     body.to_owned()
 }
 
-fn bench_secs() -> u64 {
-    std::env::var("IOLANE_TEST_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
-}
-
 /// Mean IOPS of `iolane bench` (random 4 KiB O_DIRECT reads) on `p` from inside its pod's
 /// cgroup, read from its JSON report.
 fn bench(p: &Published, json: &Path) -> f64 {
-    let secs = bench_secs().to_string();
+    let secs = super::priority::secs().to_string();
     let bin = binary();
     run(
         &bin.to_string_lossy(),
@@ -375,7 +368,7 @@ async fn vm_batch_is_capped_at_its_limit_and_streaming_is_not() {
     fs::create_dir_all(&out).expect("bench dir");
     let load = |p: &Published, json: &Path| match device {
         None => bench(p, json),
-        Some(_) => super::priority::load(p, json, bench_secs(), Duration::ZERO).mean,
+        Some(_) => super::priority::load(p, json, super::priority::secs(), Duration::ZERO).mean,
     };
     if device.is_some() {
         super::priority::prefill(&streaming);
